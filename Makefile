@@ -1,0 +1,42 @@
+# Two commands do everything: `make demo` (the main job) and `make test` (lint + the whole test suite).
+# Both create or refresh ./.venv and install what they need; nothing is downloaded at run time.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+SHARED ?= ../shared
+
+.PHONY: venv venv-test demo test lint proto bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e '.[onnx,plot]'
+	touch $@
+
+# Test extras: torch (a CPU wheel on local disk) and the authors' resnest package for checkpoint parity.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e '.[test]'
+	$(PIP) install torch==2.13.0
+	$(PIP) install --no-deps resnest==0.0.5
+	touch $@
+
+venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
+
+demo: venv
+	$(PY) -m serving.demo --shared $(SHARED)
+
+lint: venv-test
+	$(VENV)/bin/ruff check .
+
+test: venv-test
+	$(VENV)/bin/ruff check .
+	RESNEST_SHARED=$(SHARED) $(PY) -m pytest -q
+
+# Regenerate the committed protobuf/gRPC stubs in protocol/ (a test fails when they are stale).
+proto: venv-test
+	$(PY) -m protocol.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,203 @@
+"""ResNeSt in Paddle, with PaddleClas's module tree so that `state_dict()` keys and shapes match
+PaddleClas checkpoints exactly (develop layout; the release/2.5 layout lacks `conv2.conv3.bias`).
+
+Beyond PaddleClas's constructor this class takes three options:
+- `base_planes`: width of layer1 (64 in every published variant); smaller values give the tiny test/demo nets.
+- `attention_bias`: whether split-attention `conv3` has a bias (develop: yes; release/2.5: no).
+- `avg_pool_exclusive`: Paddle's AvgPool2D excludes padding from the average, PyTorch's AvgPool2d counts it.
+  Models converted from PyTorch set this to False so that they reproduce their source's numerics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Hyper-parameters of one ResNeSt variant plus its PaddleClas preprocessing sizes."""
+
+    layers: tuple[int, int, int, int]
+    radix: int
+    stem_width: int
+    avd_first: bool
+    groups: int = 1
+    bottleneck_width: int = 64
+    base_planes: int = 64
+    class_num: int = 1000
+    resize_short: int = 256
+    crop_size: int = 224
+    attention_bias: bool = True
+    avg_pool_exclusive: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# PaddleClas ppcls/arch/backbone/model_zoo/resnest.py (develop) and ppcls/configs/ImageNet/ResNeSt/*.yaml.
+ARCHS: dict[str, ArchSpec] = {
+    "ResNeSt50_fast_1s1x64d": ArchSpec((3, 4, 6, 3), radix=1, stem_width=32, avd_first=True),
+    "ResNeSt50": ArchSpec((3, 4, 6, 3), radix=2, stem_width=32, avd_first=False),
+    "ResNeSt101": ArchSpec((3, 4, 23, 3), radix=2, stem_width=64, avd_first=False,
+                           resize_short=288, crop_size=256),
+    "ResNeSt200": ArchSpec((3, 24, 36, 3), radix=2, stem_width=64, avd_first=False,
+                           resize_short=320, crop_size=320),
+    "ResNeSt269": ArchSpec((3, 30, 48, 8), radix=2, stem_width=64, avd_first=False,
+                           resize_short=416, crop_size=416),
+    # Small nets with the same blocks (split attention radix 2, avg-down, avd), for tests and the demo.
+    "ResNeSt_tiny": ArchSpec((1, 1, 1, 1), radix=2, stem_width=8, avd_first=False, base_planes=8,
+                             class_num=10, resize_short=64, crop_size=56),
+}
+
+
+def arch_spec(name: str, **overrides) -> ArchSpec:
+    """Look up a variant by name (case-insensitive) and apply overrides such as class_num."""
+    by_lower = {k.lower(): k for k in ARCHS}
+    key = by_lower.get(name.lower())
+    if key is None:
+        raise ValueError(f"unknown ResNeSt variant {name!r}; known: {', '.join(ARCHS)}")
+    return replace(ARCHS[key], **overrides) if overrides else ARCHS[key]
+
+
+class ConvBNLayer(nn.Layer):
+    """Conv2D without bias followed by BatchNorm with an optional activation (PaddleClas naming)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
+                 act: str | None = None):
+        super().__init__()
+        self._conv = nn.Conv2D(in_ch, out_ch, kernel, stride=stride, padding=(kernel - 1) // 2,
+                               groups=groups, bias_attr=False)
+        self._batch_norm = nn.BatchNorm(out_ch, act=act)
+
+    def forward(self, x):
+        return self._batch_norm(self._conv(x))
+
+
+class RSoftmax(nn.Layer):
+    """Softmax across the radix splits of each cardinal group (sigmoid when radix is 1)."""
+
+    def __init__(self, radix: int, cardinality: int):
+        super().__init__()
+        self.radix = radix
+        self.cardinality = cardinality
+
+    def forward(self, x):
+        if self.radix == 1:
+            return F.sigmoid(x)
+        x = paddle.reshape(x, [0, self.cardinality, self.radix, -1])
+        x = F.softmax(paddle.transpose(x, [0, 2, 1, 3]), axis=1)
+        return paddle.reshape(x, [0, -1, 1, 1])
+
+
+class SplatConv(nn.Layer):
+    """Split-attention convolution: radix feature-map splits weighted by a learned softmax attention."""
+
+    def __init__(self, in_ch: int, channels: int, radix: int, groups: int, attention_bias: bool):
+        super().__init__()
+        self.radix = radix
+        inter = max(in_ch * radix // 4, 32)
+        self.conv1 = ConvBNLayer(in_ch, channels * radix, 3, groups=groups * radix, act="relu")
+        self.avg_pool2d = nn.AdaptiveAvgPool2D(1)
+        self.conv2 = ConvBNLayer(channels, inter, 1, groups=groups, act="relu")
+        self.conv3 = nn.Conv2D(inter, channels * radix, 1, groups=groups,
+                               bias_attr=None if attention_bias else False)
+        self.rsoftmax = RSoftmax(radix, groups)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        splits = paddle.split(x, self.radix, axis=1) if self.radix > 1 else [x]
+        gap = paddle.add_n(splits) if self.radix > 1 else x
+        atten = self.rsoftmax(self.conv3(self.conv2(self.avg_pool2d(gap))))
+        if self.radix == 1:
+            return x * atten
+        attens = paddle.split(atten, self.radix, axis=1)
+        return paddle.add_n([a * s for a, s in zip(attens, splits, strict=True)])
+
+
+class BottleneckBlock(nn.Layer):
+    def __init__(self, inplanes: int, planes: int, stride: int, spec: ArchSpec, is_first: bool):
+        super().__init__()
+        group_width = int(planes * spec.bottleneck_width / 64) * spec.groups
+        avd = stride > 1 or is_first
+        pool = dict(kernel_size=3, stride=stride, padding=1, exclusive=spec.avg_pool_exclusive)
+        self.conv1 = ConvBNLayer(inplanes, group_width, 1, act="relu")
+        self.avg_pool2d_1 = nn.AvgPool2D(**pool) if avd and spec.avd_first else None
+        self.conv2 = SplatConv(group_width, group_width, spec.radix, spec.groups, spec.attention_bias)
+        self.avg_pool2d_2 = nn.AvgPool2D(**pool) if avd and not spec.avd_first else None
+        self.conv3 = ConvBNLayer(group_width, planes * 4, 1)
+        self.has_shortcut = stride != 1 or inplanes != planes * 4
+        if self.has_shortcut:
+            self.avg_pool2d_3 = nn.AvgPool2D(stride, stride, 0, exclusive=spec.avg_pool_exclusive)
+            self.conv4 = nn.Conv2D(inplanes, planes * 4, 1, bias_attr=False)
+            self._batch_norm = nn.BatchNorm(planes * 4)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        if self.avg_pool2d_1 is not None:
+            y = self.avg_pool2d_1(y)
+        y = self.conv2(y)
+        if self.avg_pool2d_2 is not None:
+            y = self.avg_pool2d_2(y)
+        y = self.conv3(y)
+        short = self._batch_norm(self.conv4(self.avg_pool2d_3(x))) if self.has_shortcut else x
+        return F.relu(y + short)
+
+
+class ResNeStLayer(nn.Layer):
+    def __init__(self, name: str, inplanes: int, planes: int, blocks: int, stride: int, spec: ArchSpec,
+                 is_first: bool = False):
+        super().__init__()
+        self.blocks = []
+        for i in range(blocks):
+            block = BottleneckBlock(inplanes if i == 0 else planes * 4, planes, stride if i == 0 else 1,
+                                    spec, is_first and i == 0)
+            self.blocks.append(self.add_sublayer(f"{name}_bottleneck_{i}", block))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ResNeSt(nn.Layer):
+    """ResNeSt classifier returning logits of shape [N, class_num]."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.spec = spec
+        sw = spec.stem_width
+        self.stem = nn.Sequential(
+            ("conv1", ConvBNLayer(3, sw, 3, stride=2, act="relu")),
+            ("conv2", ConvBNLayer(sw, sw, 3, act="relu")),
+            ("conv3", ConvBNLayer(sw, sw * 2, 3, act="relu")),
+        )
+        self.max_pool2d = nn.MaxPool2D(3, 2, 1)
+        base = spec.base_planes
+        inplanes = sw * 2
+        for i, (blocks, mult, stride) in enumerate(zip(spec.layers, (1, 2, 4, 8), (1, 2, 2, 2), strict=True)):
+            name = f"layer{i + 1}"
+            setattr(self, name, ResNeStLayer(name, inplanes, base * mult, blocks, stride, spec))
+            inplanes = base * mult * 4
+        self.features = inplanes
+        self.pool2d_avg = nn.AdaptiveAvgPool2D(1)
+        self.out = nn.Linear(inplanes, spec.class_num)
+
+    def forward(self, x):
+        x = self.max_pool2d(self.stem(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = paddle.reshape(self.pool2d_avg(x), [-1, self.features])
+        return self.out(x)
+
+
+def build_model(arch: str | ArchSpec, **overrides) -> ResNeSt:
+    """Build a variant by name (or from a spec) in eval mode, with random weights."""
+    spec = arch if isinstance(arch, ArchSpec) else arch_spec(arch)
+    if overrides:
+        spec = replace(spec, **overrides)
+    model = ResNeSt(spec)
+    model.eval()
+    return model

@@ -1,0 +1,38 @@
+"""Transport-agnostic request and response: every protocol adapter converts to and from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.errors import ErrorCode, PipelineError
+
+
+@dataclass
+class Request:
+    """One pipeline call: parallel key/value lists (PaddleClas: every value is one base64 image)."""
+
+    keys: list[str]
+    values: list[str]
+    logid: int = 0
+    name: str = ""  # service name from the URL or the gRPC message; "" skips the name check
+    method: str = ""
+    clientip: str = ""
+    protocol: str = ""  # "grpc" | "http" | "brpc" | "inproc": for logs and metrics only
+
+
+@dataclass
+class Response:
+    """Pipeline answer in Paddle Serving's shape: err_no/err_msg plus parallel key/value string lists."""
+
+    err_no: int = 0
+    err_msg: str = ""
+    keys: list[str] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_error(cls, error: PipelineError) -> Response:
+        return cls(err_no=int(error.code), err_msg=error.message)
+
+    @property
+    def ok(self) -> bool:
+        return self.err_no == ErrorCode.OK
