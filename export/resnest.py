@@ -50,7 +50,7 @@ ARCHS: dict[str, ArchSpec] = {
                            resize_short=416, crop_size=416),
     # Small nets with the same blocks (split attention radix 2, avg-down, avd), for tests and the demo.
     "ResNeSt_tiny": ArchSpec((1, 1, 1, 1), radix=2, stem_width=8, avd_first=False, base_planes=8,
-                             class_num=10, resize_short=64, crop_size=56),
+                             class_num=10, resize_short=72, crop_size=64),
 }
 
 
@@ -80,17 +80,18 @@ class ConvBNLayer(nn.Layer):
 class RSoftmax(nn.Layer):
     """Softmax across the radix splits of each cardinal group (sigmoid when radix is 1)."""
 
-    def __init__(self, radix: int, cardinality: int):
+    def __init__(self, radix: int, cardinality: int, channels: int):
         super().__init__()
         self.radix = radix
         self.cardinality = cardinality
+        self.channels = channels  # static, so exported graphs (and ONNX) keep a known channel dim
 
     def forward(self, x):
         if self.radix == 1:
             return F.sigmoid(x)
         x = paddle.reshape(x, [0, self.cardinality, self.radix, -1])
         x = F.softmax(paddle.transpose(x, [0, 2, 1, 3]), axis=1)
-        return paddle.reshape(x, [0, -1, 1, 1])
+        return paddle.reshape(x, [0, self.channels, 1, 1])
 
 
 class SplatConv(nn.Layer):
@@ -105,7 +106,7 @@ class SplatConv(nn.Layer):
         self.conv2 = ConvBNLayer(channels, inter, 1, groups=groups, act="relu")
         self.conv3 = nn.Conv2D(inter, channels * radix, 1, groups=groups,
                                bias_attr=None if attention_bias else False)
-        self.rsoftmax = RSoftmax(radix, groups)
+        self.rsoftmax = RSoftmax(radix, groups, channels * radix)
 
     def forward(self, x):
         x = self.conv1(x)
@@ -115,7 +116,7 @@ class SplatConv(nn.Layer):
         if self.radix == 1:
             return x * atten
         attens = paddle.split(atten, self.radix, axis=1)
-        return paddle.add_n([a * s for a, s in zip(attens, splits, strict=True)])
+        return paddle.add_n([attens[i] * splits[i] for i in range(self.radix)])  # no zip(): dy2static
 
 
 class BottleneckBlock(nn.Layer):

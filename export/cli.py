@@ -1,0 +1,50 @@
+"""`resnest export`: a checkpoint or an inference model dir → Paddle inference model + Serving dirs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from export.resnest import ARCHS
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a ResNeSt checkpoint to a Paddle inference model + Paddle Serving dirs",
+        description="Write OUT/serving_server (model, params, serving_server_conf.prototxt + .stream, "
+                    "resnest_meta.json) and OUT/serving_client, as Paddle Serving's convert does.")
+    p.add_argument("--arch", required=True, choices=sorted(ARCHS), metavar="ARCH",
+                   help=f"ResNeSt variant: {', '.join(ARCHS)}")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path,
+                     help="PaddleClas .pdparams, PyTorch .pth/.pt/.safetensors, or an inference model dir "
+                          "(.json or legacy .pdmodel + .pdiparams, e.g. PaddleClas's *_infer.tar contents)")
+    src.add_argument("--random-init", action="store_true", help="random weights (for shapes and speed only)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--class-num", type=int, help="classes (default: from the checkpoint, else the variant's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    p.add_argument("--labels", type=Path, help="label file to record in the bundle ('<id> <name>' or one name per line)")
+    p.add_argument("--feed-alias", default="x", help="feed alias name (default x)")
+    p.add_argument("--fetch-alias", default="prediction", help="fetch alias name (default prediction, as PaddleClas)")
+    p.add_argument("--no-softmax", action="store_true", help="do not append softmax (default: appended, as PaddleClas)")
+    p.add_argument("--resize-short", type=int, help="override the variant's resize-short size")
+    p.add_argument("--crop-size", type=int, help="override the variant's crop (= model input) size")
+    p.add_argument("--onnx", action="store_true", help="also write serving_server/inference.onnx (paddle2onnx)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.exporter import ExportOptions, export
+
+    result = export(ExportOptions(
+        arch=args.arch, out=args.out, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed,
+        class_num=args.class_num, feed_alias=args.feed_alias, fetch_alias=args.fetch_alias,
+        softmax=not args.no_softmax, label_file=args.labels, onnx=args.onnx, force=args.force,
+        resize_short=args.resize_short, crop_size=args.crop_size))
+    log.info("serving_server: %s", result.server_dir)
+    log.info("serving_client: %s", result.client_dir)
+    return 0

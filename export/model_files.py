@@ -1,0 +1,96 @@
+"""Paddle inference model files on disk, and the one place that builds a `paddle.inference.Config`.
+
+Three layouts load: Paddle 3 (`*.json` + `*.pdiparams`, what we export), legacy (`*.pdmodel` +
+`*.pdiparams`, as in PaddleClas's released `*_infer.tar`), and the old `__model__` + `__params__`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO lines are noise in a server log
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Paddle Inference switches, in Paddle Serving's `local_service_conf` vocabulary."""
+
+    device_type: int = 0  # 0 CPU, 1 GPU, 2 GPU + TensorRT (Paddle Serving codes)
+    gpu_id: int = 0
+    thread_num: int = 1  # CPU math threads for this predictor
+    use_mkldnn: bool = True  # oneDNN: several times faster on CPU
+    mkldnn_cache_capacity: int = 0
+    ir_optim: bool = True
+    mem_optim: bool = True
+    precision: str = "fp32"  # fp32 | fp16 | int8 | bf16
+    min_subgraph_size: int = 3
+    use_calib: bool = False
+    gpu_mem_mb: int = 500
+    max_batch_size: int = 32  # TensorRT engine's max batch
+
+
+def find_model_files(directory: Path) -> tuple[Path, Path]:
+    """(model file, params file) of the inference model in `directory`, or a FileNotFoundError saying why."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    if (directory / "__model__").is_file() and (directory / "__params__").is_file():
+        return directory / "__model__", directory / "__params__"
+    params = sorted(directory.glob("*.pdiparams"))
+    for suffix in (".json", ".pdmodel"):
+        for model in sorted(directory.glob(f"*{suffix}")):
+            twin = model.with_suffix(".pdiparams")
+            if twin.is_file():
+                return model, twin
+    found = sorted(p.name for p in directory.iterdir())
+    hint = "no .pdiparams file" if not params else "no .json or .pdmodel file next to the .pdiparams"
+    raise FileNotFoundError(f"{directory}: no Paddle inference model ({hint}); found {found[:10]}")
+
+
+def paddle_config(model_file: Path, params_file: Path, options: EngineOptions):
+    """A paddle.inference.Config with the switches Paddle Serving's options ask for.
+
+    GPU (device_type 1) and TensorRT (2) paths set the right switches but cannot run on a machine
+    without a GPU; they are checked by configuration tests only."""
+    from paddle import inference
+
+    config = inference.Config(str(model_file), str(params_file))
+    config.disable_glog_info()
+    precision = options.precision.lower()
+    if options.device_type in (1, 2):
+        gpu_precision = {"fp32": inference.PrecisionType.Float32, "fp16": inference.PrecisionType.Half,
+                         "int8": inference.PrecisionType.Int8, "bf16": inference.PrecisionType.Bfloat16}
+        mode = gpu_precision[precision]
+        if options.device_type == 1:
+            config.enable_use_gpu(options.gpu_mem_mb, options.gpu_id, mode if precision != "int8" else
+                                  inference.PrecisionType.Float32)
+        else:
+            config.enable_use_gpu(options.gpu_mem_mb, options.gpu_id)
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=options.max_batch_size,
+                                          min_subgraph_size=options.min_subgraph_size, precision_mode=mode,
+                                          use_static=False, use_calib_mode=options.use_calib)
+    else:
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(options.thread_num)
+        if options.use_mkldnn:
+            config.enable_mkldnn()
+            if options.mkldnn_cache_capacity > 0:
+                config.set_mkldnn_cache_capacity(options.mkldnn_cache_capacity)
+            if precision == "bf16":
+                config.enable_mkldnn_bfloat16()
+        else:
+            config.disable_mkldnn()
+    config.switch_ir_optim(options.ir_optim)
+    if options.mem_optim and options.device_type in (1, 2):
+        # CPU: Paddle 3.3.1's PIR predictor fails at creation with memory_optimize_pass enabled
+        # ("Not find predictor_id N and pass_name memory_optimize_pass"), so mem_optim is GPU-only here.
+        config.enable_memory_optim()
+    return config
+
+
+def open_predictor(model_file: Path, params_file: Path, options: EngineOptions | None = None):
+    """A ready Paddle predictor (CPU, oneDNN, 1 thread unless options say otherwise)."""
+    from paddle import inference
+
+    return inference.create_predictor(paddle_config(model_file, params_file, options or EngineOptions()))

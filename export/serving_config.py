@@ -1,0 +1,81 @@
+"""Paddle Serving model config files: `serving_{server,client}_conf.prototxt` (protobuf text of
+GeneralModelConfig) and their `.stream.prototxt` twins (the same message, binary), written exactly as
+Paddle Serving's `convert` writes them, and read back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from protocol.general_model_config_pb2 import GeneralModelConfig
+
+SERVER_CONF = "serving_server_conf.prototxt"
+SERVER_STREAM = "serving_server_conf.stream.prototxt"
+CLIENT_CONF = "serving_client_conf.prototxt"
+CLIENT_STREAM = "serving_client_conf.stream.prototxt"
+
+# Paddle Serving var_type_conversion codes (convert/io): numpy dtype name -> feed_type/fetch_type.
+DTYPE_CODES = {"int64": 0, "float32": 1, "int32": 2, "float64": 3, "int16": 4, "float16": 5,
+               "bfloat16": 6, "uint8": 7, "int8": 8, "bool": 9, "complex64": 10, "complex128": 11}
+
+
+@dataclass(frozen=True)
+class VarSpec:
+    """One feed or fetch variable: real name, alias, element type code and shape without the batch dim."""
+
+    name: str
+    alias: str
+    type_code: int
+    shape: tuple[int, ...]
+    is_lod_tensor: bool = False
+
+
+def build_config(feeds: list[VarSpec], fetches: list[VarSpec]) -> GeneralModelConfig:
+    """GeneralModelConfig as convert builds it: negative dims (the batch -1) dropped from shapes."""
+    config = GeneralModelConfig()
+    for spec in feeds:
+        var = config.feed_var.add(name=spec.name, alias_name=spec.alias, is_lod_tensor=spec.is_lod_tensor,
+                                  feed_type=spec.type_code)
+        var.shape.extend([-1] if spec.is_lod_tensor else [d for d in spec.shape if d >= 0])
+    for spec in fetches:
+        var = config.fetch_var.add(name=spec.name, alias_name=spec.alias, is_lod_tensor=spec.is_lod_tensor,
+                                   fetch_type=spec.type_code)
+        var.shape.extend([-1] if spec.is_lod_tensor else [d for d in spec.shape if d >= 0])
+    return config
+
+
+def render_text(config: GeneralModelConfig) -> str:
+    """The text rendering Paddle Serving writes: `str(GeneralModelConfig)` (2-space indent)."""
+    return text_format.MessageToString(config)
+
+
+def write_config_files(config: GeneralModelConfig, server_dir: Path, client_dir: Path) -> None:
+    """Write the four prototxt files into the server and client directories."""
+    text, binary = render_text(config), config.SerializeToString()
+    server_dir.mkdir(parents=True, exist_ok=True)
+    client_dir.mkdir(parents=True, exist_ok=True)
+    (server_dir / SERVER_CONF).write_text(text)
+    (server_dir / SERVER_STREAM).write_bytes(binary)
+    (client_dir / CLIENT_CONF).write_text(text)
+    (client_dir / CLIENT_STREAM).write_bytes(binary)
+
+
+def read_config(directory: Path) -> GeneralModelConfig:
+    """Read a server or client dir's config: the text file if present, else the binary stream file."""
+    for text_name, stream_name in ((SERVER_CONF, SERVER_STREAM), (CLIENT_CONF, CLIENT_STREAM)):
+        text_path, stream_path = directory / text_name, directory / stream_name
+        config = GeneralModelConfig()
+        if text_path.is_file():
+            try:
+                return text_format.Parse(text_path.read_text(), config)
+            except text_format.ParseError as exc:
+                raise ValueError(f"{text_path}: not a valid GeneralModelConfig text: {exc}") from exc
+        if stream_path.is_file():
+            try:
+                config.ParseFromString(stream_path.read_bytes())
+            except Exception as exc:  # protobuf raises DecodeError subclasses
+                raise ValueError(f"{stream_path}: not a valid GeneralModelConfig binary: {exc}") from exc
+            return config
+    raise FileNotFoundError(f"{directory}: no {SERVER_CONF} or {CLIENT_CONF} (is this a Paddle Serving dir?)")

@@ -1,0 +1,158 @@
+"""Dynamic batching: requests queue up; each engine instance takes the next batch, which closes at
+`batch_size` images or `auto_batching_timeout` after its first request arrived, whichever comes first.
+
+A request's images are never split across batches (a request larger than batch_size runs alone), and
+each request gets back exactly its own rows of the batch output. With auto_batching_timeout ≤ 0 a batch
+takes what is already queued and never waits (Paddle Serving would block until the batch is full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    images: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def count(self) -> int:
+        return self.images.shape[0]
+
+
+class BatchObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def batch_done(self, images: int, requests: int, queue_wait_s: float, infer_s: float) -> None: ...
+
+    def queue_depth(self, images: int) -> None: ...
+
+
+class QueueFull(Exception):
+    """The queue already holds max_queue_images images."""
+
+
+class DynamicBatcher:
+    """Feeds engine instances from one queue; `submit` returns the request's own output rows."""
+
+    def __init__(self, engines: list, batch_size: int = 1, timeout_ms: float = -1,
+                 max_queue_images: int = 1024, observer: BatchObserver | None = None):
+        self.engines = engines
+        self.batch_size = max(1, batch_size)
+        self.timeout_s = timeout_ms / 1000.0 if timeout_ms > 0 and batch_size > 1 else 0.0
+        self.max_queue_images = max_queue_images
+        self.observer = observer or BatchObserver()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_images = 0
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(len(self.engines), thread_name_prefix="engine")
+        self._workers = [asyncio.create_task(self._worker(engine), name=f"batcher-{i}")
+                         for i, engine in enumerate(self.engines)]
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(asyncio.CancelledError("pipeline stopped"))
+        self._queue.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        """Queue a request's images [n, C, H, W]; wait for and return its output rows [n, classes]."""
+        if self._queued_images + images.shape[0] > self.max_queue_images:
+            raise QueueFull(f"{self._queued_images} images already queued (max_queue_images "
+                            f"{self.max_queue_images})")
+        item = _Item(images, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._queued_images += item.count
+        self.observer.queue_depth(self._queued_images)
+        self._wakeup.set()
+        return await item.future
+
+    def _take(self) -> _Item:
+        item = self._queue.popleft()
+        self._queued_images -= item.count
+        return item
+
+    async def _next_batch(self) -> list[_Item]:
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        loop = asyncio.get_running_loop()
+        batch = [self._take()]
+        images = batch[0].count
+        deadline = loop.time() + self.timeout_s
+        while images < self.batch_size:
+            if self._queue:
+                if images + self._queue[0].count > self.batch_size:
+                    break
+                batch.append(self._take())
+                images += batch[-1].count
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        self.observer.queue_depth(self._queued_images)
+        if self._queue:
+            self._wakeup.set()  # let another idle instance start on what is left
+        return batch
+
+    async def _worker(self, engine) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            batch = [item for item in batch if not item.future.done()]  # caller gave up (timeout)
+            if not batch:
+                continue
+            started = time.perf_counter()
+            inputs = batch[0].images if len(batch) == 1 else np.concatenate([i.images for i in batch])
+            try:
+                outputs = await self._run(engine, loop, inputs)
+            except Exception as exc:  # engine failure: every request of this batch gets it
+                log.exception("engine failed on a batch of %d images", inputs.shape[0])
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            infer_s = time.perf_counter() - started
+            self.observer.batch_done(inputs.shape[0], len(batch), started - batch[0].enqueued, infer_s)
+            offset = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result(outputs[offset:offset + item.count])
+                offset += item.count
+
+    async def _run(self, engine, loop: asyncio.AbstractEventLoop, inputs: np.ndarray) -> np.ndarray:
+        run_async: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = getattr(engine, "run_async", None)
+        if run_async is not None:
+            return await run_async(inputs)
+        return await loop.run_in_executor(self._executor, engine.run, inputs)

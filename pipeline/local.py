@@ -1,0 +1,60 @@
+"""In-process classification without a server: load a serving_server dir and classify images
+synchronously with the same preprocessing, engine and top-k code the server uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from export.model_files import EngineOptions
+from pipeline.bundle import ModelBundle
+from pipeline.engines import create_engines
+from pipeline.postprocess import top_k
+from pipeline.preprocess import PreprocessSpec, Preprocessor, decode_image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image."""
+
+    class_ids: list[int]
+    scores: list[float]
+    labels: list[str]
+
+
+class LocalClassifier:
+    """A bundle plus one engine instance; not thread-safe (one predictor)."""
+
+    def __init__(self, model_dir: str | Path, engine: str = "paddle", options: EngineOptions | None = None,
+                 label_file: str | Path | None = None):
+        self.bundle = ModelBundle.load(model_dir, label_file)
+        meta = self.bundle.meta
+        self.preprocessor = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std))
+        self.engine = create_engines(self.bundle, engine, options or EngineOptions(), 1)[0]
+
+    def preprocess_file(self, path: str | Path) -> np.ndarray:
+        data = Path(path).read_bytes()
+        return self.preprocessor.from_bgr(str(path), decode_image(str(path), data, self.preprocessor.spec.max_pixels))
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.engine.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def classify_files(self, paths: list[str | Path], k: int = 5) -> list[Prediction]:
+        probs = self.probabilities(np.stack([self.preprocess_file(p) for p in paths]))
+        return self.predictions(probs, k)
+
+    def predictions(self, probs: np.ndarray, k: int) -> list[Prediction]:
+        result = top_k(probs, k)
+        labels = self.bundle.labels
+        return [Prediction(ids, scores, [labels[i] if labels and i < len(labels) else str(i) for i in ids])
+                for ids, scores in zip(result.class_ids, result.scores, strict=True)]
+
+
+def read_bgr(path: str | Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    return img

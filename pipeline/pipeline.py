@@ -1,0 +1,154 @@
+"""The transport-agnostic pipeline: Request → decode + preprocess → dynamic batcher → engine → top-k →
+Response. Every protocol adapter calls `Pipeline.infer`; one Pipeline object serves them all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
+from pipeline.bundle import ModelBundle
+from pipeline.errors import ErrorCode, PipelineError
+from pipeline.postprocess import Postprocessor
+from pipeline.preprocess import PreprocessSpec, Preprocessor
+from pipeline.types import Request, Response
+
+log = logging.getLogger(__name__)
+
+PROFILE_KEY = "pipeline.profile"  # Paddle Serving: value "1" asks for stage timings in the response
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Op-level behaviour, in Paddle Serving's vocabulary where it has one."""
+
+    service_name: str = "imagenet"
+    topk: int = 1
+    batch_size: int = 1
+    auto_batching_timeout_ms: float = -1
+    timeout_ms: float = -1  # > 0: a request taking longer gets err_no 6000
+    max_images_per_request: int = 32
+    max_image_pixels: int = 40_000_000
+    max_queue_images: int = 1024
+    preprocess_threads: int = 2
+
+
+class StageObserver(BatchObserver):
+    """Metrics hooks: per-stage latency and request outcomes, plus the batcher's hooks."""
+
+    def stage(self, name: str, seconds: float) -> None: ...
+
+
+class Pipeline:
+    """Serves one model. Create, `await start()`, call `infer` from any protocol, `await stop()`."""
+
+    def __init__(self, bundle: ModelBundle, engines: list, settings: PipelineSettings,
+                 observer: StageObserver | None = None):
+        self.bundle = bundle
+        self.settings = settings
+        self.observer = observer or StageObserver()
+        meta = bundle.meta
+        self.preprocess = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std,
+                                                      settings.max_image_pixels))
+        self.postprocess = Postprocessor(bundle.labels, settings.topk)
+        self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
+                                      settings.max_queue_images, self.observer)
+        self._pool: ThreadPoolExecutor | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self.settings.preprocess_threads, thread_name_prefix="preprocess")
+        await self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    async def infer(self, request: Request) -> Response:
+        """Classify every image of the request; errors become a Response with a Paddle Serving err_no."""
+        started = time.perf_counter()
+        try:
+            if self.settings.timeout_ms > 0:
+                try:
+                    response = await asyncio.wait_for(self._infer(request), self.settings.timeout_ms / 1000)
+                except TimeoutError:
+                    raise PipelineError(ErrorCode.TIMEOUT, f"request took longer than the op timeout of "
+                                        f"{self.settings.timeout_ms:g} ms") from None
+            else:
+                response = await self._infer(request)
+        except PipelineError as exc:
+            log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, exc.code, exc.message)
+            response = Response.from_error(exc)
+        except Exception as exc:  # a bug or an engine failure: report it, keep serving
+            log.exception("logid=%d protocol=%s unexpected error", request.logid, request.protocol)
+            response = Response(err_no=int(ErrorCode.UNKNOW), err_msg=f"Log_id: {request.logid} unexpected "
+                                f"error: {type(exc).__name__}: {exc}")
+        self.observer.stage("total", time.perf_counter() - started)
+        return response
+
+    async def _infer(self, request: Request) -> Response:
+        if request.name and request.name != self.settings.service_name:
+            raise PipelineError(ErrorCode.NO_SERVICE, f"Failed to inference: Service name error. (got "
+                                f"{request.name!r}; this server serves {self.settings.service_name!r})")
+        if not self.ready:
+            raise PipelineError(ErrorCode.CLOSED_ERROR, "dag closed.")
+        images = self._images(request)
+        profile = {}
+
+        t0 = time.perf_counter()
+        batch = await self._preprocess_all(images)
+        profile["preprocess"] = time.perf_counter() - t0
+        self.observer.stage("preprocess", profile["preprocess"])
+
+        t1 = time.perf_counter()
+        try:
+            probs = await self.batcher.submit(batch)
+        except QueueFull as exc:
+            raise PipelineError(ErrorCode.TIMEOUT, f"server overloaded: {exc}; retry later") from None
+        profile["inference"] = time.perf_counter() - t1
+        self.observer.stage("inference", profile["inference"])
+
+        t2 = time.perf_counter()
+        values = self.postprocess(probs)
+        profile["postprocess"] = time.perf_counter() - t2
+        self.observer.stage("postprocess", profile["postprocess"])
+        if PROFILE_KEY in request.keys:
+            values[PROFILE_KEY] = " ".join(f"{k}:{v * 1000:.3f}ms" for k, v in profile.items())
+        return Response(keys=list(values), values=list(values.values()))
+
+    def _images(self, request: Request) -> list[tuple[str, str]]:
+        """(key, value) pairs that are images: every key except Paddle Serving's profile key."""
+        if len(request.keys) != len(request.values):
+            raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, f"request has {len(request.keys)} keys but "
+                                f"{len(request.values)} values; they must pair up")
+        images = [(k, v) for k, v in zip(request.keys, request.values, strict=True) if k != PROFILE_KEY]
+        if not images:
+            raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, "request has no images: send each image as a "
+                                "key with a base64 value, e.g. {\"key\": [\"image\"], \"value\": [\"<b64>\"]}")
+        if len(images) > self.settings.max_images_per_request:
+            raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, f"request has {len(images)} images; this server "
+                                f"takes at most {self.settings.max_images_per_request} per request")
+        return images
+
+    async def _preprocess_all(self, images: list[tuple[str, str]]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        if len(images) == 1:
+            return (await loop.run_in_executor(self._pool, self.preprocess, *images[0]))[None]
+        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self.preprocess, k, v)
+                                         for k, v in images), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            first = errors[0]
+            if not isinstance(first, PipelineError):
+                raise first
+            more = f" (and {len(errors) - 1} more bad images)" if len(errors) > 1 else ""
+            raise PipelineError(first.code, first.message + more)
+        return np.stack(results)

@@ -1,0 +1,344 @@
+"""bRPC ``baidu_std`` server on asyncio: what Paddle Serving's C++ (brpc) port speaks.
+
+Handlers are registered per (service, method) and get the request payload already decompressed; what
+they return is sent back, compressed as chosen at registration (gzip for ``GeneralModelService``, like
+C++ Serving). Each request runs in its own task, so several calls on one connection proceed at once and
+are answered in completion order, matched by ``correlation_id``. Errors go back as brpc errno values in
+``RpcResponseMeta``. Framing lives in ``protocol.baidu_std``; this module holds no model code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from protocol.baidu_std import (
+    DEFAULT_MAX_BODY_SIZE,
+    HEADER_SIZE,
+    BrpcError,
+    CompressType,
+    Errno,
+    FrameError,
+    FrameTooLargeError,
+    compress,
+    decompress,
+    encode_response,
+    parse_header,
+    parse_meta,
+    short_service_name,
+)
+from protocol.brpc_meta_pb2 import RpcMeta
+
+__all__ = ["BrpcServer", "Handler", "RequestContext"]
+
+log = logging.getLogger(__name__)
+
+_MAX_META_TO_PEEK = 64 * 1024  # an oversized frame's meta is read (for its correlation_id) up to this size
+_PEEK_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a handler may want to know about the call besides its payload."""
+
+    service: str  # the service name as the client sent it
+    method: str
+    log_id: int
+    correlation_id: int
+    peer: str
+    compress_type: int  # the request payload's compression (already undone)
+    attachment: bytes = b""
+    received_at: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[bytes, RequestContext], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class _Method:
+    handler: Handler
+    response_compress_type: int
+    timeout_s: float | None
+
+
+class _Connection:
+    """Per-connection state: the stream pair and a lock that keeps response frames whole."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.write_lock = asyncio.Lock()
+
+    async def send(self, frame: bytes) -> None:
+        async with self.write_lock:
+            if self.writer.is_closing():
+                raise ConnectionResetError("connection closed before the response was sent")
+            self.writer.write(frame)
+            await self.writer.drain()
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+class BrpcServer:
+    """An asyncio bRPC server: ``register`` handlers, ``await start(host, port)``, ``await stop()``."""
+
+    def __init__(
+        self,
+        *,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        max_connections: int = 1024,
+        max_concurrency: int = 0,
+        timeout_s: float | None = None,
+    ) -> None:
+        """``max_concurrency`` > 0 answers ELIMIT beyond that many calls in flight (server-wide);
+        ``timeout_s`` is the default per-call handler timeout (None: no limit) → ERPCTIMEDOUT."""
+        self.max_body_size = max_body_size
+        self.max_connections = max_connections
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self._services: dict[str, dict[str, _Method]] = {}
+        self._short: dict[str, set[str]] = {}
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Task[None]] = set()  # server-wide: a call outlives its connection
+        self._in_flight = 0
+        self._stopping = False
+        self.port: int | None = None
+
+    # -- registration -------------------------------------------------------------------------------
+
+    def register(
+        self,
+        service: str,
+        method: str,
+        handler: Handler,
+        *,
+        response_compress_type: int = CompressType.NONE,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Serve ``service.method`` (full service name, e.g.
+        ``baidu.paddle_serving.predictor.general_model.GeneralModelService``) with ``handler``.
+
+        Clients may call it by the full name or by the short one (after the last dot).
+        ``response_compress_type`` compresses successful responses (2 = gzip, as C++ Serving does);
+        ``timeout_s`` overrides the server's per-call timeout for this method.
+        """
+        compress(b"", response_compress_type)  # refuse snappy/lz4 now, not at the first call
+        methods = self._services.setdefault(service, {})
+        if method in methods:
+            raise ValueError(f"{service}.{method} is already registered")
+        methods[method] = _Method(handler, int(response_compress_type), timeout_s)
+        self._short.setdefault(short_service_name(service), set()).add(service)
+
+    def _lookup(self, service: str, method: str) -> _Method:
+        methods = self._services.get(service)
+        if methods is None and "." not in service:
+            full = self._short.get(service, set())
+            if len(full) == 1:
+                methods = self._services[next(iter(full))]
+        if methods is None:
+            raise BrpcError(Errno.ENOSERVICE, f"Fail to find service={service}")
+        entry = methods.get(method)
+        if entry is None:
+            raise BrpcError(Errno.ENOMETHOD, f"Fail to find method={service}/{method}")
+        return entry
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on ``host:port``; port 0 picks a free port, readable afterwards as ``.port``."""
+        if self._server is not None:
+            raise RuntimeError("BrpcServer already started")
+        self._stopping = False
+        self._server = await asyncio.start_server(self._on_connect, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("brpc server listening on %s:%d", host, self.port)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let calls in flight finish (up to ``grace_s``), then close every connection.
+
+        Requests that arrive meanwhile are answered ELOGOFF ("Server is stopping"), as brpc does.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping = True
+        server.close()
+        pending = list(self._calls)
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("brpc server stop: cancelled %d calls still running after %.1fs", len(late), grace_s)
+                await asyncio.wait(late)
+        for conn in list(self._connections):
+            conn.close()
+        for task in list(self._conn_tasks):
+            task.cancel()
+        if self._conn_tasks:
+            await asyncio.wait(list(self._conn_tasks))
+        leftover = list(self._calls)  # e.g. ELOGOFF answers to requests that came in during the grace
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover)
+        await server.wait_closed()
+        log.info("brpc server on port %s stopped", self.port)
+
+    # -- connections --------------------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Connection(reader, writer)
+        if self._stopping or len(self._connections) >= self.max_connections:
+            log.warning("brpc refused connection from %s: %d connections open (max_connections=%d)",
+                        conn.peer, len(self._connections), self.max_connections)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(conn)
+        self._conn_tasks.add(task)
+        log.debug("brpc connection from %s", conn.peer)
+        try:
+            await self._read_loop(conn)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._connections.discard(conn)
+            self._conn_tasks.discard(task)
+            conn.close()
+            log.debug("brpc connection from %s closed", conn.peer)
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        """Read frames until EOF or a framing error; each request becomes its own task."""
+        while True:
+            try:
+                header = await conn.reader.readexactly(HEADER_SIZE)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    log.warning("brpc connection from %s closed in the middle of a header", conn.peer)
+                return
+            except ConnectionError:
+                return
+            try:
+                body_size, meta_size = parse_header(header, self.max_body_size)
+                body = await conn.reader.readexactly(body_size)
+            except FrameTooLargeError as exc:
+                log.warning("brpc closing connection from %s: %s", conn.peer, exc.text)
+                await self._refuse_too_large(conn, exc)
+                return
+            except FrameError as exc:
+                log.warning("brpc closing connection from %s: %s", conn.peer, exc.text)
+                return
+            except (asyncio.IncompleteReadError, ConnectionError):
+                log.warning("brpc connection from %s closed in the middle of a frame", conn.peer)
+                return
+            if not self._accept_frame(conn, body, meta_size):
+                return
+
+    def _accept_frame(self, conn: _Connection, body: bytes, meta_size: int) -> bool:
+        """Start a task for one request frame; False when the frame is malformed (close the connection)."""
+        try:
+            meta = parse_meta(body[:meta_size])
+        except FrameError as exc:
+            log.warning("brpc closing connection from %s: %s", conn.peer, exc.text)
+            return False
+        if not meta.HasField("request"):
+            log.warning("brpc closing connection from %s: frame without RpcRequestMeta", conn.peer)
+            return False
+        task = asyncio.create_task(self._serve_call(conn, meta, body[meta_size:]))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return True
+
+    async def _refuse_too_large(self, conn: _Connection, exc: FrameTooLargeError) -> None:
+        """Answer an oversized frame with EREQUEST when its meta (and so its correlation_id) is small
+        enough to read; the body itself is never read."""
+        if not 0 < exc.meta_size <= min(_MAX_META_TO_PEEK, exc.body_size):
+            return
+        try:
+            meta_bytes = await asyncio.wait_for(conn.reader.readexactly(exc.meta_size), _PEEK_TIMEOUT_S)
+            meta = parse_meta(meta_bytes)
+            await asyncio.wait_for(
+                conn.send(encode_response(meta.correlation_id, error_code=exc.code, error_text=exc.text)),
+                _PEEK_TIMEOUT_S,
+            )
+        except (FrameError, asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            return
+        log.warning("brpc log_id=%d correlation_id=%d refused: %s",
+                    meta.request.log_id, meta.correlation_id, exc.text)
+
+    # -- calls --------------------------------------------------------------------------------------
+
+    async def _serve_call(self, conn: _Connection, meta: RpcMeta, rest: bytes) -> None:
+        req = meta.request
+        start = time.monotonic()
+        cause: BaseException | None = None
+        try:
+            payload, compress_type = await self._run(conn, meta, rest)
+            frame = encode_response(meta.correlation_id, payload, compress_type=compress_type)
+            code, text = 0, ""
+        except BrpcError as exc:
+            code, text, cause = exc.code, exc.text, exc.__cause__
+            frame = encode_response(meta.correlation_id, error_code=code, error_text=text)
+        try:
+            await conn.send(frame)
+        except (ConnectionError, OSError) as exc:
+            log.warning("brpc log_id=%d %s.%s from %s: response not sent: %s",
+                        req.log_id, req.service_name, req.method_name, conn.peer, exc)
+            return
+        ms = (time.monotonic() - start) * 1000
+        if code:
+            # A handler's own exception is a bug worth a traceback, but only when debugging.
+            trace = cause if cause is not None and log.isEnabledFor(logging.DEBUG) else None
+            log.warning("brpc log_id=%d %s.%s from %s failed in %.1f ms: [%d] %s",
+                        req.log_id, req.service_name, req.method_name, conn.peer, ms, code, text,
+                        exc_info=trace)
+        else:
+            log.debug("brpc log_id=%d %s.%s from %s ok in %.1f ms",
+                      req.log_id, req.service_name, req.method_name, conn.peer, ms)
+
+    async def _run(self, conn: _Connection, meta: RpcMeta, rest: bytes) -> tuple[bytes, int]:
+        """Dispatch one call; returns (response payload, how to compress it) or raises BrpcError."""
+        req = meta.request
+        if self._stopping:
+            raise BrpcError(Errno.ELOGOFF, "Server is stopping")
+        if self.max_concurrency and self._in_flight >= self.max_concurrency:
+            raise BrpcError(Errno.ELIMIT, f"Reached server's max_concurrency={self.max_concurrency}")
+        entry = self._lookup(req.service_name, req.method_name)
+        attachment_size = meta.attachment_size
+        if not 0 <= attachment_size <= len(rest):
+            raise BrpcError(Errno.EREQUEST,
+                            f"attachment_size={attachment_size} is larger than request_size={len(rest)}")
+        split = len(rest) - attachment_size
+        compress_type = meta.compress_type
+        payload = decompress(rest[:split], compress_type)
+        ctx = RequestContext(
+            service=req.service_name, method=req.method_name, log_id=req.log_id,
+            correlation_id=meta.correlation_id, peer=conn.peer, compress_type=compress_type, attachment=rest[split:],
+        )
+        timeout = entry.timeout_s if entry.timeout_s is not None else self.timeout_s
+        self._in_flight += 1
+        try:
+            result = await asyncio.wait_for(entry.handler(payload, ctx), timeout)
+        except BrpcError:
+            raise
+        except TimeoutError:
+            limit = f"within {timeout * 1000:.0f} ms" if timeout is not None else "(its own timeout)"
+            raise BrpcError(Errno.ERPCTIMEDOUT, f"handler did not finish {limit}") from None
+        except Exception as exc:  # a handler bug must not kill the connection: answer EINTERNAL
+            raise BrpcError(Errno.EINTERNAL, str(exc) or type(exc).__name__) from exc
+        finally:
+            self._in_flight -= 1
+        if not isinstance(result, bytes | bytearray | memoryview):
+            raise BrpcError(Errno.EINTERNAL, f"handler returned {type(result).__name__}, not bytes")
+        return bytes(result), entry.response_compress_type
