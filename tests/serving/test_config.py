@@ -145,8 +145,8 @@ def test_defaults_filled(cpus) -> None:
     lsc = op.local_service_conf
     assert lsc.model_config == Path("/srv/conf/model")
     assert (lsc.client_type, lsc.workdir, lsc.device_type, lsc.devices) == ("local_predictor", "", -1, ())
-    assert (lsc.mem_optim, lsc.ir_optim, lsc.precision, lsc.use_calib) == (True, False, "fp32", False)
-    assert (lsc.use_mkldnn, lsc.mkldnn_cache_capacity, lsc.min_subgraph_size) == (False, 0, 3)
+    assert (lsc.mem_optim, lsc.ir_optim, lsc.precision, lsc.use_calib) == (True, True, "fp32", False)
+    assert (lsc.use_mkldnn, lsc.mkldnn_cache_capacity, lsc.min_subgraph_size) == (True, 0, 3)  # ours: oneDNN on by default
     assert lsc.mkldnn_op_list is None and lsc.mkldnn_bf16_op_list is None and lsc.fetch_list is None
     assert lsc.rpc_timeout_ms == 20000 and lsc.device == "cpu" and not lsc.use_gpu
     assert lsc.thread_num == 8  # 8 cores // concurrency 1
