@@ -171,6 +171,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
         ("collections", "OrderedDict"), ("builtins", "tuple"),
+        ("_codecs", "encode"),  # protocol-2 pickles (older paddle) store bytes this way
     }
 
     def find_class(self, module: str, name: str):
@@ -183,7 +184,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_pdparams(path: Path) -> dict:
+def _read_pdparams(path: Path) -> object:
     # Same result as paddle.load(path, return_numpy=True), without paddle and without executing pickled code.
     try:
         with path.open("rb") as f:
@@ -200,9 +201,16 @@ def _read_pdparams(path: Path) -> dict:
     if isinstance(big, dict):
         for key, info in big.items():
             obj[key] = np.concatenate([obj.pop(part) for part in info["slices"]]).reshape(info["OriginShape"])
-    # paddle pickles a Tensor that is not part of a state dict as the tuple (name, ndarray).
-    return {k: (v[1] if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], np.ndarray) else v)
-            for k, v in obj.items()}
+    return _untuple(obj)
+
+
+def _untuple(obj: object) -> object:
+    """paddle.save pickles a Tensor outside a plain state dict as the tuple (name, ndarray): keep the array."""
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
+        return obj[1]
+    if isinstance(obj, Mapping):
+        return {k: _untuple(v) for k, v in obj.items()}
+    return obj
 
 
 def _read_torch(path: Path) -> object:

@@ -154,7 +154,7 @@ def _load_dygraph(opts: ExportOptions):
     from export.checkpoint import load_checkpoint_model
 
     model, info = load_checkpoint_model(opts.arch, opts.checkpoint, class_num=opts.class_num)
-    return model, {"checkpoint": str(opts.checkpoint.resolve()), **info.as_dict()}
+    return model, {"checkpoint": str(opts.checkpoint.resolve()), **info.to_dict()}
 
 
 def _save_inference_model(model, spec: ArchSpec, softmax: bool, server_dir: Path) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
 from pipeline.engines import create_engines
 from pipeline.postprocess import top_k
-from pipeline.preprocess import PreprocessSpec, Preprocessor, decode_image
+from pipeline.preprocess import Preprocessor, PreprocessSpec, decode_image
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
 from pipeline.bundle import ModelBundle
 from pipeline.errors import ErrorCode, PipelineError
 from pipeline.postprocess import Postprocessor
-from pipeline.preprocess import PreprocessSpec, Preprocessor
+from pipeline.preprocess import Preprocessor, PreprocessSpec
 from pipeline.types import Request, Response
 
 log = logging.getLogger(__name__)

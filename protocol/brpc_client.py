@@ -65,8 +65,11 @@ class _Connection:
         async with self._write_lock:
             if not self.alive:
                 raise BrpcError(Errno.EFAILEDSOCKET, f"connection to {self.name} is closed")
-            self.writer.write(frame)
-            await self.writer.drain()
+            try:
+                self.writer.write(frame)
+                await self.writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise BrpcError(Errno.EFAILEDSOCKET, f"cannot send to {self.name}: {exc}") from exc
         return future
 
     async def _read_loop(self) -> None:
@@ -206,7 +209,8 @@ class BrpcClient:
         try:
             return decompress(response.payload, response.meta.compress_type), response.attachment
         except BrpcError as exc:
-            raise BrpcError(Errno.ERESPONSE, f"bad response from {self.host}:{self.port}: {exc.text}") from exc
+            raise BrpcError(Errno.ERESPONSE,
+                            f"bad response from {self.host}:{self.port}: {exc.text}") from exc
 
     async def call_message(
         self,
@@ -258,8 +262,9 @@ class BrpcClient:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
         except TimeoutError:
-            raise BrpcError(Errno.EFAILEDSOCKET,
-                            f"connect to {name} timed out after {self.connect_timeout * 1000:.0f} ms") from None
+            raise BrpcError(
+                Errno.EFAILEDSOCKET, f"connect to {name} timed out after {self.connect_timeout * 1000:.0f} ms"
+            ) from None
         except OSError as exc:
             raise BrpcError(Errno.EFAILEDSOCKET, f"cannot connect to {name}: {exc}") from exc
         log.debug("brpc connected to %s", name)
@@ -271,7 +276,8 @@ def _parse(response_cls: type[M], data: bytes) -> M:
     try:
         msg.ParseFromString(data)
     except DecodeError as exc:
-        raise BrpcError(Errno.ERESPONSE, f"cannot parse response as {response_cls.__name__}: {exc}") from exc
+        raise BrpcError(Errno.ERESPONSE,
+                        f"cannot parse response as {response_cls.__name__}: {exc}") from exc
     return msg
 
 

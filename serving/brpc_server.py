@@ -178,7 +178,8 @@ class BrpcServer:
             for task in late:
                 task.cancel()
             if late:
-                log.warning("brpc server stop: cancelled %d calls still running after %.1fs", len(late), grace_s)
+                log.warning("brpc server stop: cancelled %d calls still running after %.1fs",
+                            len(late), grace_s)
                 await asyncio.wait(late)
         for conn in list(self._connections):
             conn.close()
@@ -324,7 +325,8 @@ class BrpcServer:
         payload = decompress(rest[:split], compress_type)
         ctx = RequestContext(
             service=req.service_name, method=req.method_name, log_id=req.log_id,
-            correlation_id=meta.correlation_id, peer=conn.peer, compress_type=compress_type, attachment=rest[split:],
+            correlation_id=meta.correlation_id, peer=conn.peer, compress_type=compress_type,
+            attachment=rest[split:],
         )
         timeout = entry.timeout_s if entry.timeout_s is not None else self.timeout_s
         self._in_flight += 1

@@ -26,3 +26,23 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def image_paths(shared: Path) -> list[Path]:
     return sorted((shared / "data" / "images").glob("*.*"))
+
+
+@pytest.fixture(scope="session")
+def label_file(shared: Path) -> Path:
+    return shared / "data" / "imagenet1k_label_list.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, label_file: Path):
+    """ResNeSt_tiny with random weights, exported once per session (with ONNX) by the real exporter."""
+    from export.exporter import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("tiny") / "bundle"
+    return export(ExportOptions(arch="ResNeSt_tiny", out=out, random_init=True, seed=7, label_file=label_file,
+                                onnx=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_export) -> Path:
+    return tiny_export.server_dir

@@ -31,7 +31,8 @@ def test_request_frame_is_byte_exact() -> None:
 
 
 def test_request_frame_with_log_id_compression_and_attachment_is_byte_exact() -> None:
-    # log_id is RpcRequestMeta field 3 (0x18); compress_type RpcMeta field 3 (0x18), attachment_size 5 (0x28).
+    # log_id is RpcRequestMeta field 3 (0x18); compress_type is RpcMeta field 3 (0x18),
+    # attachment_size field 5 (0x28).
     request_meta = _len_field(0x0A, b"S") + _len_field(0x12, b"m") + b"\x18\x2a"
     payload = gzip.compress(b"data", compresslevel=6, mtime=0)  # level 6 (zlib's default), no timestamp
     meta = _len_field(0x0A, request_meta) + b"\x18\x02" + b"\x20\x01" + b"\x28\x03"

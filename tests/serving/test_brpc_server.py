@@ -141,7 +141,8 @@ def test_general_model_service_messages_and_gzip_response_meta() -> None:
             assert (resp.log_id, resp.err_msg) == (5, "prob")
             # On the wire the response is gzip with compress_type=2, like C++ Serving.
             payload = Request(log_id=6).SerializeToString()
-            [frame] = await raw_call(server.port, bs.encode_request(GM, "inference", payload, correlation_id=9))
+            request = bs.encode_request(GM, "inference", payload, correlation_id=9)
+            [frame] = await raw_call(server.port, request)
             assert frame.meta.compress_type == 2 and frame.meta.correlation_id == 9
             assert frame.meta.response.error_code == 0 and not frame.meta.response.HasField("error_text")
             assert Response.FromString(gzip.decompress(frame.payload)).log_id == 6
@@ -256,7 +257,8 @@ def test_bad_request_payloads_are_erequest() -> None:
             meta.attachment_size = 100  # more than the body holds
             data = bs.encode_frame(meta, b"abc")
             [frame] = await raw_call(server.port, data)
-            assert frame.meta.response.error_code == bs.EREQUEST and "attachment_size" in frame.meta.response.error_text
+            assert frame.meta.response.error_code == bs.EREQUEST
+            assert "attachment_size" in frame.meta.response.error_text
     run(main)
 
 
@@ -360,24 +362,35 @@ def test_client_reconnects_after_server_restart_on_same_port() -> None:
 
 def test_stop_lets_calls_finish_refuses_new_ones_and_drops_stragglers() -> None:
     async def main() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def gated(payload: bytes, ctx: RequestContext) -> bytes:
+            started.set()
+            await release.wait()
+            return payload
+
         server = make_server()
+        server.register(SVC, "gated", gated)
         await server.start(HOST, 0)
         client = BrpcClient(HOST, server.port, pool_size=1)
-        finishing = asyncio.create_task(client.call(SVC, "sleep", b"0.2"))
-        await asyncio.sleep(0.05)
-        stopping = asyncio.create_task(server.stop(grace_s=1.0))
-        await asyncio.sleep(0.02)
+        assert await client.call(SVC, "echo", b"warm") == b"warm"
+        finishing = asyncio.create_task(client.call(SVC, "gated", b"done"))
+        await started.wait()
+        stopping = asyncio.create_task(server.stop(grace_s=5))
+        await asyncio.sleep(0)  # stop() has begun: no more accepting, new calls get ELOGOFF
         await expect_error(bs.ELOGOFF, client.call(SVC, "echo", b"late"))  # same connection, while stopping
-        assert await finishing == b"0.2"
+        release.set()
+        assert await finishing == b"done"
         await stopping
 
+        started.clear()
+        release.clear()
         await server.start(HOST, 0)
         client2 = BrpcClient(HOST, server.port)
-        straggler = asyncio.create_task(client2.call(SVC, "sleep", b"5"))
-        await asyncio.sleep(0.05)
+        straggler = asyncio.create_task(client2.call(SVC, "gated", b"never"))
+        await started.wait()
         await server.stop(grace_s=0.05)
-        err = await expect_error(bs.EEOF, straggler)  # the dropped connection fails the pending call
-        assert "closed by the server" in err.text
+        await expect_error(DROPPED, straggler)  # the dropped connection fails the pending call
         await client.close()
         await client2.close()
     run(main)

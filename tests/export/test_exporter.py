@@ -1,0 +1,133 @@
+"""`resnest export`: files written, outputs equal the dygraph model, atomic failure, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from export.exporter import ExportError, ExportOptions, export
+from export.model_files import find_model_files, open_predictor
+from export.resnest import build_model
+from export.serving_config import read_config
+from serving.cli import main as resnest_main
+
+
+def run_predictor(model_dir: Path, x: np.ndarray) -> np.ndarray:
+    predictor = open_predictor(*find_model_files(model_dir))
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(list(x.shape))
+    handle.copy_from_cpu(x)
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_tiny_export_layout(tiny_export, label_file):
+    server, client = tiny_export.server_dir, tiny_export.client_dir
+    assert sorted(p.name for p in client.iterdir()) == ["serving_client_conf.prototxt",
+                                                         "serving_client_conf.stream.prototxt"]
+    names = {p.name for p in server.iterdir()}
+    assert {"inference.json", "inference.pdiparams", "serving_server_conf.prototxt",
+            "serving_server_conf.stream.prototxt", "resnest_meta.json", label_file.name,
+            "inference.onnx"} <= names
+    config = read_config(server)
+    feed, fetch = config.feed_var[0], config.fetch_var[0]
+    assert (feed.name, feed.alias_name, feed.feed_type, list(feed.shape)) == ("x", "x", 1, [3, 64, 64])
+    assert (fetch.alias_name, fetch.fetch_type, list(fetch.shape)) == ("prediction", 1, [10])
+    assert (server / "serving_server_conf.prototxt").read_text() == (client / "serving_client_conf.prototxt").read_text()
+    meta = json.loads((server / "resnest_meta.json").read_text())
+    assert (meta["arch"], meta["resize_short"], meta["crop_size"], meta["softmax"]) == ("ResNeSt_tiny", 72, 64, True)
+    assert not list(server.parent.parent.glob(".*tmp*"))  # no temporary dir left behind
+
+
+@pytest.mark.parametrize("arch,softmax", [("ResNeSt_tiny", True), ("ResNeSt_tiny", False),
+                                          ("ResNeSt50_fast_1s1x64d", False)])
+def test_exported_model_equals_dygraph(tmp_path, arch, softmax):
+    paddle.seed(3)
+    model = build_model(arch)
+    ckpt = tmp_path / "model.pdparams"
+    paddle.save(model.state_dict(), str(ckpt))
+    result = export(ExportOptions(arch=arch, out=tmp_path / "out", checkpoint=ckpt, softmax=softmax))
+    size = result.meta.crop_size
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(x))
+        want = (paddle.nn.functional.softmax(want, axis=-1) if softmax else want).numpy()
+    assert_close(run_predictor(result.server_dir, x), want)
+
+
+def test_legacy_pdmodel_dir_exports_and_loads(tmp_path):
+    """A legacy .pdmodel + .pdiparams dir (as in PaddleClas's *_infer.tar) becomes a serving dir."""
+    legacy = tmp_path / "legacy"
+    code = ("import sys, paddle; from export.resnest import build_model; paddle.seed(5); "
+            "m = build_model('ResNeSt_tiny'); paddle.save(m.state_dict(), sys.argv[2]); "
+            "paddle.jit.save(m, sys.argv[1] + '/inference', "
+            "input_spec=[paddle.static.InputSpec([None, 3, 64, 64], 'float32', name='x')])")
+    env = {"FLAGS_enable_pir_api": "0", "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code, str(legacy), str(tmp_path / "w.pdparams")], check=True,
+                   env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True)
+    assert (legacy / "inference.pdmodel").is_file()
+    result = export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "out", checkpoint=legacy))
+    assert (result.server_dir / "inference.pdmodel").is_file()
+    model = build_model("ResNeSt_tiny")
+    model.set_state_dict(paddle.load(str(tmp_path / "w.pdparams")))
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    assert_close(run_predictor(result.server_dir, x), model(paddle.to_tensor(x)).numpy())
+    assert read_config(result.server_dir).fetch_var[0].alias_name == "prediction"
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad.pdparams"
+    bad.write_bytes(b"this is not a checkpoint")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):
+        export(ExportOptions(arch="ResNeSt_tiny", out=out, checkpoint=bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pdparams"]
+
+
+def test_existing_output_needs_force(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ExportError, match="exists; pass --force"):
+        export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "out", random_init=True))
+    export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "out", random_init=True, force=True))
+    assert (tmp_path / "out" / "serving_server" / "inference.json").is_file()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"random_init": True, "checkpoint": Path("x.pdparams")}, "exactly one of"),
+    ({}, "exactly one of"),
+    ({"checkpoint": Path("/nonexistent.pdparams")}, "does not exist"),
+    ({"random_init": True, "label_file": Path("/nonexistent.txt")}, "label file"),
+    ({"random_init": True, "arch": "ResNeSt42"}, "unknown ResNeSt variant"),
+])
+def test_bad_options(tmp_path, kwargs, message):
+    opts = {"arch": "ResNeSt_tiny", "out": tmp_path / "out", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        export(ExportOptions(**opts))
+
+
+def test_wrong_file_type(tmp_path):
+    ckpt = tmp_path / "model.bin"
+    ckpt.write_bytes(b"\0" * 10)
+    with pytest.raises(ExportError, match="unsupported file type '.bin'"):
+        export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "out", checkpoint=ckpt))
+
+
+def test_cli_export_and_error_exit_code(tmp_path, capfd):
+    out = tmp_path / "cli"
+    assert resnest_main(["export", "--arch", "ResNeSt_tiny", "--random-init", "--out", str(out),
+                         "--fetch-alias", "probs", "--feed-alias", "image"]) == 0
+    config = read_config(out / "serving_server")
+    assert (config.feed_var[0].alias_name, config.fetch_var[0].alias_name) == ("image", "probs")
+    assert resnest_main(["export", "--arch", "ResNeSt_tiny", "--random-init", "--out", str(out)]) == 2
+    assert "exists; pass --force" in capfd.readouterr().err
