@@ -4,18 +4,20 @@ Sources
 - PaddleClas `.pdparams` (paddle.save of `model.state_dict()`, structured names), either layout:
   develop (split-attention `conv2.conv3.bias` present) or release/2.5 (no such bias; zero-filled here, which
   is exact: release/2.5 models were trained without that bias).
-- PyTorch `.pth`/`.pt`/`.bin`/`.ckpt`/`.pth.tar` (torch.load with weights_only=True; torch is imported only here).
+- PyTorch `.pth`/`.pt`/`.bin`/`.ckpt`/`.pth.tar` (torch.load, weights_only=True; torch is imported only for
+  these).
 - `.safetensors` (read with the safetensors package's numpy backend; torch not needed), in any of the layouts.
 
-PyTorch naming: the authors' `resnest` package (zhanghang1989/ResNeSt) and timm's `resnest*` models use the
-same state_dict keys for every parameter (checked against timm/models/resnest.py, timm/layers/split_attn.py and
-timm/models/resnet.py): deep stem `conv1.{0,1,3,4,6}` + `bn1`; blocks `layerN.i.{conv1,bn1,conv3,bn3}`;
-split attention `conv2.{conv,bn0,fc1,bn1,fc2}`; shortcut `downsample.{1,2}` (index 0 is a param-less
-AvgPool2d in the `resnest` package, nn.Identity or AvgPool2d in timm); classifier `fc`. What differs has no
-parameters: the avd pool is `avd_layer` in `resnest` and `avd_first`/`avd_last` in timm, timm adds Identity
-`bn2`/`act*`/`drop_block` modules, and timm sizes the attention width with make_divisible(.., 8), which gives
-the same widths for every published variant. timm training checkpoints wrap the weights under "state_dict"
-(and "state_dict_ema"); a timm model built with num_classes=0 has no `fc` and is refused as missing keys.
+PyTorch naming: the authors' `resnest` package (zhanghang1989/ResNeSt) and timm's `resnest*` models use
+the same state_dict keys for every parameter (checked against timm/models/resnest.py,
+timm/layers/split_attn.py and timm/models/resnet.py): deep stem `conv1.{0,1,3,4,6}` + `bn1`; blocks
+`layerN.i.{conv1,bn1,conv3,bn3}`; split attention `conv2.{conv,bn0,fc1,bn1,fc2}`; shortcut
+`downsample.{1,2}` (index 0 is a param-less AvgPool2d in `resnest`, nn.Identity or AvgPool2d in timm);
+classifier `fc`. What differs has no parameters: the avd pool is `avd_layer` in `resnest` and
+`avd_first`/`avd_last` in timm, timm adds Identity `bn2`/`act*`/`drop_block` modules, and timm sizes the
+attention width with make_divisible(.., 8), which gives the same widths for every published variant. timm
+training checkpoints wrap the weights under "state_dict" (and "state_dict_ema"); a timm model built with
+num_classes=0 has no `fc` and is refused as missing keys. timm has no radix-1 1s1x64d model.
 So one converter, `Layout.TORCH`, serves both.
 
 Numerics of a PyTorch source: its avd AvgPool2d counts padding (count_include_pad=True), so the model is built
@@ -127,8 +129,9 @@ def detect_format(path: str | Path) -> SourceFormat:
             raise CheckpointError(f"{path}: not a safetensors file (it holds a Python pickle); "
                                   "rename it to .pdparams or .pth according to what wrote it")
     else:
-        raise CheckpointError(f"{path}: not a checkpoint: the content is neither a pickle (.pdparams, legacy "
-                              f".pth), a zip archive (.pth) nor a safetensors header (first bytes {head[:8]!r})")
+        raise CheckpointError(f"{path}: not a checkpoint: the content is neither a pickle (.pdparams, "
+                              f"legacy .pth), a zip archive (.pth) nor a safetensors header "
+                              f"(first bytes {head[:8]!r})")
     if content is not by_name:
         log.warning("%s: the extension says %s but the content is %s; reading it as %s",
                     path, by_name.value, content.value, content.value)
@@ -178,9 +181,10 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         if module.startswith("numpy.core"):  # pickles from numpy 1.x
             module = "numpy._core" + module[len("numpy.core"):]
         if (module, name) not in self._ALLOWED:
-            hint = " (it looks like a PyTorch checkpoint: rename it to .pth)" if module.startswith("torch") else ""
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a .pdparams file should hold only "
-                                         f"arrays{hint}")
+            torch_hint = " (it looks like a PyTorch checkpoint: rename it to .pth)"
+            hint = torch_hint if module.startswith("torch") else ""
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a .pdparams file should hold "
+                                         f"only arrays{hint}")
         return super().find_class(module, name)
 
 
@@ -205,8 +209,8 @@ def _read_pdparams(path: Path) -> object:
 
 
 def _untuple(obj: object) -> object:
-    """paddle.save pickles a Tensor outside a plain state dict as the tuple (name, ndarray): keep the array."""
-    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
+    """paddle.save pickles a Tensor outside a plain state dict as (name, ndarray): keep the array."""
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], np.ndarray):
         return obj[1]
     if isinstance(obj, Mapping):
         return {k: _untuple(v) for k, v in obj.items()}
@@ -342,12 +346,13 @@ def detect_layout(state: Mapping[str, np.ndarray]) -> Layout:
     if torch:
         return Layout.TORCH
     if keys and sum(bool(_PADDLE_UNSTRUCTURED.match(k)) for k in keys) > len(keys) // 2:
-        raise CheckpointError("the checkpoint uses Paddle parameter names (e.g. conv1_weight, fc_weights): it "
-                              "was saved with use_structured_name=False, which is not supported; load it in "
-                              "PaddleClas and save model.state_dict() with paddle.save")
+        raise CheckpointError("the checkpoint uses Paddle parameter names (e.g. conv1_weight, fc_weights): "
+                              "it was saved with use_structured_name=False, which is not supported; load it "
+                              "in PaddleClas and save model.state_dict() with paddle.save")
     shown = ", ".join(keys[:_SHOW]) or "none"
-    raise CheckpointError(f"unrecognised key layout: neither PaddleClas ResNeSt (stem.conv1._conv.weight, ...) "
-                          f"nor PyTorch ResNeSt/timm (conv1.0.weight, layer1.0.conv2.fc1.weight, ...); "
+    raise CheckpointError(f"unrecognised key layout: neither PaddleClas ResNeSt "
+                          f"(stem.conv1._conv.weight, ...) nor PyTorch ResNeSt/timm "
+                          f"(conv1.0.weight, layer1.0.conv2.fc1.weight, ...); "
                           f"{len(keys)} keys, first: {shown}")
 
 
@@ -431,7 +436,8 @@ def convert_to_paddle(state: Mapping[str, np.ndarray], layout: Layout | str) -> 
         if name is None:
             converted[key] = value  # reported as unexpected by validation
         elif name == "out.weight":
-            converted[name] = np.ascontiguousarray(value.T) if value.ndim == 2 else value  # [out,in] → [in,out]
+            # Linear: torch [out, in] → paddle [in, out]
+            converted[name] = np.ascontiguousarray(value.T) if value.ndim == 2 else value
         else:
             converted[name] = value
     # PaddleClas's split-attention conv2 is a bias-free conv + BN; the original fc1 has a bias b before its
@@ -466,25 +472,27 @@ def guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
     Weights cannot tell avd_first from avd_last; the only radix-1 variant is the avd_first one.
     """
     try:
-        layers = [len({int(m.group(1)) for k in state
-                       if (m := re.match(rf"^layer{n}\.layer{n}_bottleneck_(\d+)\.", k))}) for n in range(1, 5)]
+        blocks = [re.match(r"^layer([1-4])\.layer\1_bottleneck_(\d+)\.", k) for k in state]
+        seen = {m.groups() for m in blocks if m}
+        layers = tuple(sum(1 for n, _ in seen if n == str(i)) for i in range(1, 5))
         stem_width = state["stem.conv1._conv.weight"].shape[0]
         block = "layer1.layer1_bottleneck_0."
         base_planes = state[block + "conv3._conv.weight"].shape[0] // 4
-        radix = state[block + "conv2.conv1._conv.weight"].shape[0] // state[block + "conv1._conv.weight"].shape[0]
+        group_width = state[block + "conv1._conv.weight"].shape[0]
+        radix = state[block + "conv2.conv1._conv.weight"].shape[0] // group_width
     except (KeyError, IndexError, ZeroDivisionError):
         return None
-    found = (tuple(layers), radix, stem_width, base_planes)
+    found = (layers, radix, stem_width, base_planes)
     for name, spec in ARCHS.items():
-        if (spec.layers, spec.radix, spec.stem_width, spec.base_planes) == found and spec.groups == 1 \
-                and spec.bottleneck_width == 64:
+        if spec.groups == 1 and spec.bottleneck_width == 64 and \
+                (spec.layers, spec.radix, spec.stem_width, spec.base_planes) == found:
             return name
     return None
 
 
 def validate_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], *,
                         arch: str, layout: Layout | str, source: str = "checkpoint") -> None:
-    """Raise CheckpointError listing missing, unexpected and mis-shaped keys (first few of each, and counts)."""
+    """Raise CheckpointError listing missing, unexpected and mis-shaped keys (the first few, and counts)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [(k, expected[k], tuple(state[k].shape)) for k in expected
@@ -492,9 +500,9 @@ def validate_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[str, 
     if not (missing or unexpected or mismatched):
         return
     layout = Layout(layout)
-    lines = [f"{source} does not fit {arch} (layout detected: {layout.value}, converted to our Paddle layout): "
-             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped keys "
-             f"(expected {len(expected)} keys, got {len(state)})"]
+    lines = [f"{source} does not fit {arch} (layout detected: {layout.value}, converted to our Paddle "
+             f"layout): {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} "
+             f"mis-shaped keys (expected {len(expected)} keys, got {len(state)})"]
 
     def more(items: list) -> str:
         return f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
@@ -506,7 +514,8 @@ def validate_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[str, 
         shown = ", ".join(f"{k} {_fmt_shape(tuple(state[k].shape))}" for k in unexpected[:_SHOW])
         lines.append(f"  unexpected ({len(unexpected)}): {shown}{more(unexpected)}")
     if mismatched:
-        shown = ", ".join(f"{k} expected {_fmt_shape(e)}, got {_fmt_shape(g)}" for k, e, g in mismatched[:_SHOW])
+        shown = ", ".join(f"{k} expected {_fmt_shape(want)}, got {_fmt_shape(got)}"
+                          for k, want, got in mismatched[:_SHOW])
         lines.append(f"  mis-shaped ({len(mismatched)}): {shown}{more(mismatched)}")
     guess = guess_arch(state)
     if guess and guess.lower() != arch.lower():
@@ -543,7 +552,8 @@ class CheckpointInfo:
         return d
 
 
-def load_checkpoint_model(arch: str, path: str | Path, class_num: int | None = None) -> tuple[ResNeSt, CheckpointInfo]:
+def load_checkpoint_model(arch: str, path: str | Path,
+                          class_num: int | None = None) -> tuple[ResNeSt, CheckpointInfo]:
     """Read, convert and validate a checkpoint, and return the model (eval mode) carrying its weights.
 
     `arch` is an ARCHS name (case-insensitive) or "auto" to pick the variant from the checkpoint's structure.

@@ -153,12 +153,13 @@ class BrpcServer:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port``; port 0 picks a free port, readable afterwards as ``.port``."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> None:
+        """Listen on ``host:port``; port 0 picks a free port, readable afterwards as ``.port``.
+        ``reuse_port`` lets several worker processes share the port (SO_REUSEPORT)."""
         if self._server is not None:
             raise RuntimeError("BrpcServer already started")
         self._stopping = False
-        self._server = await asyncio.start_server(self._on_connect, host, port)
+        self._server = await asyncio.start_server(self._on_connect, host, port, reuse_port=reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("brpc server listening on %s:%d", host, self.port)
 

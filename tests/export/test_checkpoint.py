@@ -54,8 +54,8 @@ def tiny() -> tuple[ResNeSt, dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def x() -> np.ndarray:
-    # 64, not the tiny net's crop size 56: at 56 layer3's input is 7x7 and the current architecture's shortcut
-    # pool (floor mode) and avd pool (ceil-sized output) disagree, so the forward pass fails.
+    # 64 keeps every feature map even: an odd one (e.g. at 56) breaks the current shortcut pool, see
+    # test_torch_parity.py::test_odd_input_size_parity.
     return np.random.default_rng(1).random((2, 3, 64, 64), dtype=np.float32)
 
 
@@ -141,7 +141,8 @@ def write_bf16_safetensors(state: dict[str, np.ndarray], path: Path) -> dict[str
         bits = (value.astype(np.float32).view(np.uint32) >> 16).astype("<u2")
         truncated[key] = (bits.astype(np.uint32) << 16).view(np.float32)
         blob = bits.tobytes()
-        header[key] = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [offset, offset + len(blob)]}
+        header[key] = {"dtype": "BF16", "shape": list(value.shape),
+                       "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
         offset += len(blob)
     raw = json.dumps(header).encode()
@@ -187,7 +188,8 @@ def test_arch_auto_and_case_insensitive(tiny, tmp_path):
 def test_nested_and_prefixed_pdparams(tiny, x, tmp_path):
     model, state = tiny
     path = tmp_path / "wrapped.pdparams"
-    paddle.save({"model": {f"module.{k}": paddle.to_tensor(v) for k, v in state.items()}, "epoch": 5}, str(path))
+    wrapped = {f"module.{k}": paddle.to_tensor(v) for k, v in state.items()}
+    paddle.save({"model": wrapped, "epoch": 5}, str(path))
     raw = read_checkpoint(path)
     assert (raw.wrapper_key, raw.stripped_prefix) == ("model", "module.")
     loaded, info = load_checkpoint_model(TINY, path)
@@ -198,7 +200,7 @@ def test_nested_and_prefixed_pdparams(tiny, x, tmp_path):
 # ---------------------------------------------------------------------------------------------- torch naming
 
 # An independent inverse of the documented mapping (PaddleClas → PyTorch ResNeSt/timm names), so that the
-# torch converter is exercised without torch; tests/export/test_torch_parity.py checks it against the real thing.
+# torch converter is exercised without torch; test_torch_parity.py checks it against the real thing.
 _STEM = {"stem.conv1._conv": "conv1.0", "stem.conv1._batch_norm": "conv1.1", "stem.conv2._conv": "conv1.3",
          "stem.conv2._batch_norm": "conv1.4", "stem.conv3._conv": "conv1.6", "stem.conv3._batch_norm": "bn1"}
 _BLOCK = {"conv1._conv": "conv1", "conv1._batch_norm": "bn1", "conv2.conv1._conv": "conv2.conv",
@@ -249,7 +251,8 @@ def test_torch_layout_converted_without_torch(x, tmp_path):
     save_file(torch_state, str(path))
     loaded, info = load_checkpoint_model(TINY, path)
     assert info.layout is Layout.TORCH and info.spec.avg_pool_exclusive is False
-    assert (info.folded_biases, info.dropped_keys) == (4, sum(k.endswith("_batch_norm.weight") for k in state))
+    n_bn = sum(k.endswith("_batch_norm.weight") for k in state)
+    assert (info.folded_biases, info.dropped_keys) == (4, n_bn)
     np.testing.assert_allclose(run(loaded, x), run(source, x), rtol=1e-5, atol=1e-5)
 
 
@@ -264,7 +267,8 @@ def test_convert_to_paddle_torch_details():
     conv = convert_to_paddle(state, "torch")
     s = conv.state
     np.testing.assert_array_equal(s["out.weight"], state["fc.weight"].T)
-    np.testing.assert_array_equal(s["layer2.layer2_bottleneck_0.conv2.conv2._batch_norm._mean"], np.full(4, 1.5))
+    block = "layer2.layer2_bottleneck_0."
+    np.testing.assert_array_equal(s[block + "conv2.conv2._batch_norm._mean"], np.full(4, 1.5))
     assert "layer2.layer2_bottleneck_0.conv2.conv2._conv.weight" in s
     assert "layer2.layer2_bottleneck_0.conv2.conv2._batch_norm._variance" in s
     assert "layer2.0.weird.weight" in s  # unknown keys keep their name and fail validation later
@@ -334,7 +338,8 @@ def test_wrong_arch_named_in_error(tiny, tmp_path):
     ("truncated.pdparams", b"\x80\x04\x95\x10\x00\x00\x00", "not a readable .pdparams file"),
     ("garbage.pth", b"this is not a torch file at all", "not a checkpoint"),
     ("garbage.safetensors", b"hello world, no header here", "not a checkpoint"),
-    ("badheader.safetensors", (20).to_bytes(8, "little") + b"{not json at all!!!}", "not a readable safetensors"),
+    ("badheader.safetensors", (20).to_bytes(8, "little") + b"{not json at all!!!}",
+     "not a readable safetensors"),
     ("pickled.safetensors", pickle.dumps({"a": 1}, protocol=4), "not a safetensors file"),
     ("empty.pdparams", b"", "empty file"),
     ("weights.txt", b"stem.conv1._conv.weight 1 2 3", "unsupported checkpoint file extension '.txt'"),

@@ -1,0 +1,86 @@
+"""Turning what a caller has (file paths, encoded bytes, numpy arrays) into base64 strings for requests."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+__all__ = ["IMAGE_SUFFIXES", "ImageInput", "encode_image", "image_bytes", "list_images", "named_images"]
+
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
+"""A file path, the bytes of an encoded image file (JPEG, PNG, ...), or a uint8 pixel array
+(H×W gray, H×W×3 BGR/RGB, H×W×4 BGRA/RGBA)."""
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def image_bytes(image: ImageInput, *, channel_order: str = "bgr") -> bytes:
+    """Encoded image-file bytes for one input; arrays are encoded as PNG (lossless)."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).read_bytes()
+    if isinstance(image, np.ndarray):
+        return _encode_png(image, channel_order)
+    raise TypeError(f"unsupported image type {type(image).__name__}: give a path, bytes or a uint8 array")
+
+
+def encode_image(image: ImageInput, *, channel_order: str = "bgr") -> str:
+    """Base64 text of one image, as Paddle Serving's PaddleClas example sends it."""
+    return base64.b64encode(image_bytes(image, channel_order=channel_order)).decode("ascii")
+
+
+def named_images(images: Any) -> list[tuple[str, ImageInput]]:
+    """``(key, image)`` pairs in request order.
+
+    ``images`` may be one image, a sequence of images (keys ``image_0``, ``image_1``, ...), a 4-D array
+    (a batch of H×W×C arrays), or a mapping ``{key: image}`` whose keys are sent as they are.
+    """
+    if isinstance(images, Mapping):
+        pairs = [(str(k), v) for k, v in images.items()]
+    else:
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)):
+            items: list[Any] = [images]
+        elif isinstance(images, np.ndarray):
+            items = list(images) if images.ndim == 4 else [images]
+        elif isinstance(images, Iterable):
+            items = list(images)
+        else:
+            raise TypeError(f"unsupported images argument of type {type(images).__name__}")
+        pairs = [(f"image_{i}", v) for i, v in enumerate(items)]
+    if not pairs:
+        raise ValueError("no images given")
+    return pairs
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files (by suffix) directly in ``folder``, sorted by name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _encode_png(array: np.ndarray, channel_order: str) -> bytes:
+    import cv2  # heavy import, only needed for arrays
+
+    if array.dtype != np.uint8:
+        raise TypeError(f"image arrays must be uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    order = channel_order.lower()
+    if order not in ("bgr", "rgb"):
+        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    if order == "rgb" and array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(array))
+    if not ok:
+        raise ValueError(f"cannot encode array of shape {array.shape} as PNG")
+    return buf.tobytes()

@@ -1,0 +1,75 @@
+"""The one object every front door calls: protocol messages → pipeline.Request → Pipeline →
+pipeline.Response → protocol messages, with per-protocol metrics. gRPC and bRPC carry the same
+protobuf Request/Response; REST carries their JSON mapping."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.errors import ErrorCode, PipelineError
+from pipeline.pipeline import Pipeline
+from pipeline.types import Request, Response
+from protocol import pipeline_service_pb2 as pb
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+STRING_TENSOR = 12  # pipeline elem_type STRING: str_data joined is the value
+BYTES_TENSOR = 13  # np.save bytes: a pickle, never loaded here
+
+
+def request_from_proto(message: pb.Request, protocol: str) -> Request:
+    """Keys/values as sent; string tensors become key/value pairs (as Paddle Serving unpacks them)."""
+    keys, values = list(message.key), list(message.value)
+    for tensor in message.tensors:
+        if tensor.elem_type == STRING_TENSOR:
+            keys.append(tensor.name)
+            values.append("".join(tensor.str_data))
+        elif tensor.elem_type == BYTES_TENSOR:
+            raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, f"tensor {tensor.name!r}: byte_data tensors "
+                                "(elem_type 13) are numpy pickles, which this server never loads; send each "
+                                "image as a base64 string value")
+        else:
+            raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, f"tensor {tensor.name!r}: elem_type "
+                                f"{tensor.elem_type} tensors are not accepted; this image classifier takes "
+                                "base64-encoded images as key/value strings")
+    return Request(keys, values, logid=message.logid, name=message.name, method=message.method,
+                   clientip=message.clientip, protocol=protocol)
+
+
+def response_to_proto(response: Response) -> pb.Response:
+    return pb.Response(err_no=response.err_no, err_msg=response.err_msg, key=response.keys,
+                       value=response.values)
+
+
+class ServingCore:
+    """Pipeline plus metrics; the front doors stay thin."""
+
+    def __init__(self, pipeline: Pipeline, metrics: Metrics):
+        self.pipeline = pipeline
+        self.metrics = metrics
+
+    @property
+    def service_name(self) -> str:
+        return self.pipeline.settings.service_name
+
+    async def infer(self, request: Request) -> Response:
+        started = time.perf_counter()
+        response = await self.pipeline.infer(request)
+        self.metrics.request_done(request.protocol, response.err_no, time.perf_counter() - started)
+        return response
+
+    async def infer_proto(self, message: pb.Request, protocol: str) -> pb.Response:
+        try:
+            request = request_from_proto(message, protocol)
+        except PipelineError as exc:
+            log.info("logid=%d protocol=%s err_no=%d %s", message.logid, protocol, exc.code, exc.message)
+            self.metrics.request_done(protocol, int(exc.code), 0.0)
+            return response_to_proto(Response.from_error(exc))
+        return response_to_proto(await self.infer(request))
+
+    def error_proto(self, code: ErrorCode, message: str, protocol: str) -> pb.Response:
+        """A response for a request that could not even be unpacked (err_no 8000 and friends)."""
+        self.metrics.request_done(protocol, int(code), 0.0)
+        return pb.Response(err_no=int(code), err_msg=message)

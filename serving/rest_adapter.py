@@ -1,0 +1,112 @@
+"""REST front door: `POST /{name}/{method}` with grpc-gateway (v1, JSONPb OrigName + EmitDefaults) JSON
+semantics, plus `GET /health/live`, `/health/ready` (and KServe's `/v2/health/*`) and `/metrics`.
+
+As grpc-gateway does: any Content-Type is read as JSON; an empty body is an empty Request; the URL's
+name/method override the body's; unknown JSON fields are ignored; malformed JSON is HTTP 400 with
+`{"error","code","message","details"}`; application errors are HTTP 200 with err_no; other paths are
+plain-text 404, other methods on /{name}/{method} plain-text 405. Responses print every field, with
+proto field names, in field-number order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from pipeline.errors import ErrorCode
+from protocol import pipeline_service_pb2 as pb
+from serving.core import ServingCore
+
+log = logging.getLogger(__name__)
+
+GRPC_INVALID_ARGUMENT = 3
+GRPC_RESOURCE_EXHAUSTED = 8
+HEALTH_PATHS = {"/health/live": "live", "/health/ready": "ready", "/v2/health/live": "live",
+                "/v2/health/ready": "ready"}
+
+
+def gateway_error(status: int, grpc_code: int, message: str) -> web.Response:
+    body = {"error": message, "code": grpc_code, "message": message, "details": []}
+    return web.json_response(body, status=status)
+
+
+def plain(status: int) -> web.Response:
+    from http import HTTPStatus
+
+    return web.Response(status=status, text=HTTPStatus(status).phrase + "\n", content_type="text/plain")
+
+
+def response_json(message: pb.Response) -> bytes:
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+    ordered = {f.name: data[f.name] for f in message.DESCRIPTOR.fields}  # field-number order, as jsonpb
+    return json.dumps(ordered, ensure_ascii=False).encode()
+
+
+class RestAdapter:
+    def __init__(self, core: ServingCore, max_request_bytes: int):
+        self.core = core
+        self.max_request_bytes = max_request_bytes
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_request_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        return app
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path in HEALTH_PATHS or path == "/metrics":
+            if request.method not in ("GET", "HEAD"):
+                return plain(405)
+            return self.health(HEALTH_PATHS[path]) if path in HEALTH_PATHS else self.metrics()
+        segments = path.strip("/").split("/") if path.strip("/") else []
+        if len(segments) != 2 or path.count("/") != 2 or not all(segments):
+            return plain(404)
+        if request.method != "POST":
+            return plain(405)
+        return await self.inference(request, *segments)
+
+    async def inference(self, request: web.Request, name: str, method: str) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            message = f"request body over the limit of {self.max_request_bytes} bytes (max_request_bytes)"
+            self.core.metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+            return gateway_error(413, GRPC_RESOURCE_EXHAUSTED, message)
+        message = pb.Request()
+        if body.strip():
+            try:
+                json_format.Parse(body, message, ignore_unknown_fields=True)
+            except (json_format.ParseError, UnicodeDecodeError, RecursionError) as exc:
+                log.info("http malformed JSON from %s: %s", request.remote, exc)
+                self.core.metrics.request_done("http", int(ErrorCode.RPC_PACKAGE_ERROR), 0.0)
+                return gateway_error(400, GRPC_INVALID_ARGUMENT, f"malformed JSON request body: {exc}")
+        message.name, message.method = name, method
+        answer = await self.core.infer_proto(message, "http")
+        return web.Response(body=response_json(answer), content_type="application/json")
+
+    def health(self, kind: str) -> web.Response:
+        ready = self.core.pipeline.ready
+        if kind == "live":
+            return web.json_response({"status": "live"})
+        return web.json_response({"status": "ready" if ready else "not ready"}, status=200 if ready else 503)
+
+    def metrics(self) -> web.Response:
+        response = web.Response(body=self.core.metrics.exposition())
+        response.headers["Content-Type"] = self.core.metrics.content_type
+        return response
+
+
+async def start_rest(core: ServingCore, host: str, port: int, max_request_bytes: int,
+                     reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Start the HTTP server; returns the runner (for cleanup) and the bound port."""
+    runner = web.AppRunner(RestAdapter(core, max_request_bytes).app(), access_log=None,
+                           handle_signals=False, shutdown_timeout=10.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]
+    return runner, bound

@@ -1,0 +1,180 @@
+"""The server process: one asyncio loop hosting the gRPC, REST and bRPC front doors over one pipeline.
+
+`run(config)` serves until SIGTERM/SIGINT, then stops accepting, lets requests in flight finish (up to
+`shutdown_grace_s`) and returns 0. With `worker_num > 1` it starts that many worker processes that
+share the ports (SO_REUSEPORT), each a full copy of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from export.model_files import EngineOptions
+from pipeline.bundle import ModelBundle
+from pipeline.engines import create_engines
+from pipeline.pipeline import Pipeline, PipelineSettings
+from serving.config import ServerConfig, check_paths
+from serving.core import ServingCore
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+DEVICE_CODES = {"cpu": 0, "gpu": 1, "tensorrt": 2}
+
+
+def engine_options(config: ServerConfig) -> EngineOptions:
+    """Paddle Serving's local_service_conf → our Paddle Inference switches."""
+    op, lsc = config.op, config.op.local_service_conf
+    return EngineOptions(device_type=DEVICE_CODES[lsc.device], thread_num=lsc.thread_num,
+                         use_mkldnn=lsc.use_mkldnn, mkldnn_cache_capacity=lsc.mkldnn_cache_capacity,
+                         ir_optim=lsc.ir_optim, mem_optim=lsc.mem_optim, precision=lsc.precision,
+                         min_subgraph_size=lsc.min_subgraph_size, use_calib=lsc.use_calib,
+                         max_batch_size=max(op.batch_size, op.max_images_per_request))
+
+
+def pipeline_settings(config: ServerConfig) -> PipelineSettings:
+    op = config.op
+    return PipelineSettings(service_name=config.service_name, topk=op.topk, batch_size=op.batch_size,
+                            auto_batching_timeout_ms=op.auto_batching_timeout, timeout_ms=op.timeout,
+                            max_images_per_request=op.max_images_per_request,
+                            max_image_pixels=op.max_image_pixels, max_queue_images=op.max_queue_images,
+                            preprocess_threads=max(1, min(4, os.cpu_count() or 1)))
+
+
+def load_bundle(config: ServerConfig) -> ModelBundle:
+    op = config.op
+    bundle = ModelBundle.load(op.local_service_conf.model_config, op.label_file)
+    fetch_list = op.effective_fetch_list
+    if fetch_list is not None and bundle.fetch_alias not in fetch_list:
+        raise ValueError(f"[CONF] op.{op.name}.fetch_list: {list(fetch_list)} does not name the model's fetch "
+                         f"alias {bundle.fetch_alias!r} (serving_server_conf.prototxt)")
+    return bundle
+
+
+def build_pipeline(config: ServerConfig, metrics: Metrics) -> Pipeline:
+    """Load the model and create the engine instances (the slow part of start-up)."""
+    op = config.op
+    bundle = load_bundle(config)
+    if op.is_remote:
+        from pipeline.remote_engine import create_remote_engines
+
+        engines = create_remote_engines(bundle, op.server_endpoints, op.concurrency,
+                                        op.local_service_conf.rpc_timeout_ms / 1000.0)
+    else:
+        engines = create_engines(bundle, op.engine, engine_options(config), op.concurrency,
+                                 list(op.local_service_conf.devices) or None)
+    return Pipeline(bundle, engines, pipeline_settings(config), metrics)
+
+
+@dataclass
+class Server:
+    """All front doors of one process over one pipeline."""
+
+    config: ServerConfig
+    reuse_port: bool = False
+    ports: dict[str, int] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        from serving.brpc_adapter import register_pipeline
+        from serving.brpc_server import BrpcServer
+        from serving.grpc_adapter import start_grpc
+        from serving.rest_adapter import start_rest
+
+        config = self.config
+        started = time.perf_counter()
+        self.metrics = Metrics()
+        self.pipeline = build_pipeline(config, self.metrics)
+        await self.pipeline.start()
+        bundle, op = self.pipeline.bundle, config.op
+        where = (f"remote model at {', '.join(op.server_endpoints)} over bRPC" if op.is_remote else
+                 f"engine {op.engine} on {op.local_service_conf.device}, {op.concurrency} instance(s) x "
+                 f"{op.local_service_conf.thread_num} thread(s)")
+        log.info("model %s (%s, input %d, %d classes) %s; loaded in %.2f s", bundle.directory,
+                 bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
+                 time.perf_counter() - started)
+        self.core = ServingCore(self.pipeline, self.metrics)
+        self._grpc = self._rest = self._brpc = None
+        if config.rpc_port is not None:
+            self._grpc, self.ports["grpc"] = await start_grpc(self.core, config.host, config.rpc_port,
+                                                              config.max_request_bytes, self.reuse_port)
+        if config.http_port is not None:
+            self._rest, self.ports["http"] = await start_rest(self.core, config.host, config.http_port,
+                                                              config.max_request_bytes, self.reuse_port)
+        if config.brpc_port is not None:
+            self._brpc = BrpcServer(max_body_size=config.max_request_bytes)
+            register_pipeline(self._brpc, self.core)
+            await self._brpc.start(config.host, config.brpc_port, reuse_port=self.reuse_port)
+            self.ports["brpc"] = self._brpc.port
+        listening = " ".join(f"{k}={config.host}:{v}" for k, v in self.ports.items())
+        log.info("service %r listening %s (pid %d)", config.service_name, listening, os.getpid())
+
+    async def stop(self) -> None:
+        """Stop accepting on every front door, finish requests in flight, then stop the pipeline."""
+        grace = self.config.shutdown_grace_s
+        log.info("stopping: finishing requests in flight (grace %.0f s)", grace)
+        stops = []
+        if self._grpc is not None:
+            stops.append(self._grpc.stop(grace))
+        if self._rest is not None:
+            stops.append(self._rest.cleanup())
+        if self._brpc is not None:
+            stops.append(self._brpc.stop(grace))
+        await asyncio.gather(*stops, return_exceptions=True)
+        await self.pipeline.stop()
+        log.info("stopped")
+
+
+async def serve(config: ServerConfig, reuse_port: bool = False) -> int:
+    """Run one server until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = Server(config, reuse_port=reuse_port)
+    await server.start()
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def _worker_main(config: ServerConfig, index: int) -> None:
+    from serving.cli import setup_logging
+
+    setup_logging(config.log_level)
+    log.info("worker %d starting", index)
+    raise SystemExit(asyncio.run(serve(config, reuse_port=True)))
+
+
+def run(config: ServerConfig) -> int:
+    """Serve `config` in this process, or in `worker_num` processes sharing the ports."""
+    check_paths(config)
+    if config.worker_num == 1:
+        return asyncio.run(serve(config))
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_worker_main, args=(config, i), name=f"resnest-worker-{i}")
+               for i in range(config.worker_num)]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum, _frame):
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("started %d worker processes: %s", len(workers), [w.pid for w in workers])
+    codes = []
+    for worker in workers:
+        worker.join()
+        codes.append(worker.exitcode)
+        if worker.exitcode != 0:
+            forward(signal.SIGTERM, None)
+    log.info("workers exited with %s", codes)
+    return 0 if all(code == 0 for code in codes) else 1
