@@ -49,6 +49,7 @@ __all__ = [
     "Converted",
     "Layout",
     "RawCheckpoint",
+    "SUPPORTED_SUFFIXES",
     "SourceFormat",
     "convert_to_paddle",
     "detect_format",
@@ -81,6 +82,7 @@ class Layout(StrEnum):
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
 _SUFFIXES = {".pdparams": SourceFormat.PDPARAMS, ".safetensors": SourceFormat.SAFETENSORS}
 _SUFFIXES.update({s: SourceFormat.TORCH for s in _TORCH_SUFFIXES})
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_SUFFIXES)  # checkpoint file name endings read_checkpoint accepts
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 _PADDLE_NAME_TABLE = "StructuredToParameterName@@"
@@ -178,14 +180,16 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str):
-        if module.startswith("numpy.core"):  # pickles from numpy 1.x
-            module = "numpy._core" + module[len("numpy.core"):]
-        if (module, name) not in self._ALLOWED:
+        # numpy 1.x pickles name numpy.core.*, numpy 2.x pickles numpy._core.*; either loads under either.
+        canonical = "numpy._core" + module[len("numpy.core"):] if module.startswith("numpy.core") else module
+        if (canonical, name) not in self._ALLOWED:
             torch_hint = " (it looks like a PyTorch checkpoint: rename it to .pth)"
             hint = torch_hint if module.startswith("torch") else ""
             raise pickle.UnpicklingError(f"refused to load {module}.{name}: a .pdparams file should hold "
                                          f"only arrays{hint}")
-        return super().find_class(module, name)
+        if canonical.startswith("numpy._core") and int(np.__version__.split(".")[0]) < 2:
+            canonical = "numpy.core" + canonical[len("numpy._core"):]
+        return super().find_class(canonical, name)
 
 
 def _read_pdparams(path: Path) -> object:

@@ -48,44 +48,57 @@ def find_model_files(directory: Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{directory}: no Paddle inference model ({hint}); found {found[:10]}")
 
 
-def paddle_config(model_file: Path, params_file: Path, options: EngineOptions):
-    """A paddle.inference.Config with the switches Paddle Serving's options ask for.
+def config_calls(options: EngineOptions) -> list[tuple[str, tuple]]:
+    """The `paddle.inference.Config` method calls that Paddle Serving's options ask for, in order.
 
-    GPU (device_type 1) and TensorRT (2) paths set the right switches but cannot run on a machine
-    without a GPU; they are checked by configuration tests only."""
+    Kept as data so that the GPU (device_type 1) and TensorRT (2) paths, which cannot run on a machine
+    without a GPU, are checked by configuration tests; they are unverified on hardware."""
     from paddle import inference
 
-    config = inference.Config(str(model_file), str(params_file))
-    config.disable_glog_info()
     precision = options.precision.lower()
+    calls: list[tuple[str, tuple]] = [("disable_glog_info", ())]
     if options.device_type in (1, 2):
-        gpu_precision = {"fp32": inference.PrecisionType.Float32, "fp16": inference.PrecisionType.Half,
-                         "int8": inference.PrecisionType.Int8, "bf16": inference.PrecisionType.Bfloat16}
-        mode = gpu_precision[precision]
-        if options.device_type == 1:
-            config.enable_use_gpu(options.gpu_mem_mb, options.gpu_id, mode if precision != "int8" else
-                                  inference.PrecisionType.Float32)
+        modes = {"fp32": inference.PrecisionType.Float32, "fp16": inference.PrecisionType.Half,
+                 "int8": inference.PrecisionType.Int8, "bf16": inference.PrecisionType.Bfloat16}
+        if precision not in modes:
+            raise ValueError(f"precision {options.precision!r} is not one of {', '.join(modes)}")
+        if options.device_type == 1:  # int8 needs TensorRT; plain GPU runs it as fp32
+            gpu_mode = modes["fp32"] if precision == "int8" else modes[precision]
+            calls.append(("enable_use_gpu", (options.gpu_mem_mb, options.gpu_id, gpu_mode)))
         else:
-            config.enable_use_gpu(options.gpu_mem_mb, options.gpu_id)
-            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=options.max_batch_size,
-                                          min_subgraph_size=options.min_subgraph_size, precision_mode=mode,
-                                          use_static=False, use_calib_mode=options.use_calib)
+            calls.append(("enable_use_gpu", (options.gpu_mem_mb, options.gpu_id)))
+            calls.append(("enable_tensorrt_engine", (1 << 30, options.max_batch_size, options.min_subgraph_size,
+                                                     modes[precision], False, options.use_calib)))
+        if options.mem_optim:
+            calls.append(("enable_memory_optim", ()))
     else:
-        config.disable_gpu()
-        config.set_cpu_math_library_num_threads(options.thread_num)
+        calls.append(("disable_gpu", ()))
+        calls.append(("set_cpu_math_library_num_threads", (options.thread_num,)))
         if options.use_mkldnn:
-            config.enable_mkldnn()
+            calls.append(("enable_mkldnn", ()))
             if options.mkldnn_cache_capacity > 0:
-                config.set_mkldnn_cache_capacity(options.mkldnn_cache_capacity)
+                calls.append(("set_mkldnn_cache_capacity", (options.mkldnn_cache_capacity,)))
             if precision == "bf16":
-                config.enable_mkldnn_bfloat16()
+                calls.append(("enable_mkldnn_bfloat16", ()))
         else:
-            config.disable_mkldnn()
-    config.switch_ir_optim(options.ir_optim)
-    if options.mem_optim and options.device_type in (1, 2):
-        # CPU: Paddle 3.3.1's PIR predictor fails at creation with memory_optimize_pass enabled
-        # ("Not find predictor_id N and pass_name memory_optimize_pass"), so mem_optim is GPU-only here.
-        config.enable_memory_optim()
+            calls.append(("disable_mkldnn", ()))
+        # mem_optim is not applied on CPU: Paddle 3.3.1's PIR predictor fails at creation with
+        # memory_optimize_pass ("Not find predictor_id N and pass_name memory_optimize_pass").
+    calls.append(("switch_ir_optim", (options.ir_optim,)))
+    return calls
+
+
+def paddle_config(model_file: Path, params_file: Path, options: EngineOptions):
+    """A paddle.inference.Config with the switches of `config_calls(options)` applied."""
+    import paddle
+    from paddle import inference
+
+    if options.device_type in (1, 2) and not paddle.is_compiled_with_cuda():
+        raise ValueError(f"device_type {options.device_type} needs a GPU build of Paddle (paddlepaddle-gpu); "
+                         "the installed paddlepaddle is CPU-only")
+    config = inference.Config(str(model_file), str(params_file))
+    for method, args in config_calls(options):
+        getattr(config, method)(*args)
     return config
 
 

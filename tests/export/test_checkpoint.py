@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,15 @@ def test_pdparams_pickle_protocol_2(tiny, x, tmp_path):
     loaded, info = load_checkpoint_model(TINY, path)
     assert info.layout is Layout.PADDLE_DEVELOP
     np.testing.assert_array_equal(run(loaded, x), run(model, x))
+
+
+def test_pdparams_numpy1_pickle_names(tmp_path, recwarn):
+    """numpy 1.x pickles name numpy.core.multiarray; they load without numpy 2's deprecation warning."""
+    data = pickle.dumps({"a": np.arange(3, dtype=np.float32)}, protocol=2)
+    path = tmp_path / "np1.pdparams"
+    path.write_bytes(data.replace(b"numpy._core", b"numpy.core"))
+    np.testing.assert_array_equal(read_state_dict(path)["a"], [0, 1, 2])
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
 
 
 def write_bf16_safetensors(state: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
@@ -352,6 +362,18 @@ def test_not_a_checkpoint(tmp_path, name, content, expected):
     with pytest.raises(CheckpointError) as err:
         read_state_dict(path)
     assert expected in str(err.value) and str(path) in str(err.value)
+
+
+def test_torch_is_needed_only_for_torch_files(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 60)
+    with pytest.raises(CheckpointError, match="needs torch, which is not installed"):
+        read_state_dict(path)
+    _, state = tiny
+    save_file(to_torch_names(state), str(tmp_path / "torch_named.safetensors"))
+    _, info = load_checkpoint_model(TINY, tmp_path / "torch_named.safetensors")
+    assert info.layout is Layout.TORCH
 
 
 def test_missing_file_and_directory(tmp_path):

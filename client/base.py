@@ -1,0 +1,117 @@
+"""The protocol-independent client: ``classify`` builds the request and parses the answer; each protocol
+adapter only implements ``infer`` (send one pipeline ``Request``, return its ``Response``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from abc import ABC, abstractmethod
+from typing import Any
+
+from client.codec import DEFAULT_METHOD, Classification, build_request, parse_classifications
+from client.images import encode_image, named_images
+from protocol.pipeline_service_pb2 import Request, Response
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncClassifier", "Classifier", "is_loopback", "parse_endpoint"]
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds allowed for one whole call unless the client or the call says otherwise."""
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` → ``(host, port)``."""
+    host, sep, port = endpoint.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint must be HOST:PORT, got {endpoint!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addrs = {info[4][0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+class _Common:
+    protocol = ""
+
+    def __init__(self, endpoint: str, *, service_name: str = "imagenet", method: str = DEFAULT_METHOD,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = endpoint
+        self.host, self.port = parse_endpoint(endpoint)
+        self.service_name = service_name
+        self.method = method
+        self.timeout = float(timeout)
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else float(timeout)
+
+    def build(self, images: Any, *, log_id: int = 0, channel_order: str = "bgr") -> Request:
+        """The Request ``classify`` would send for ``images`` (one key per image)."""
+        items = [(key, encode_image(image, channel_order=channel_order)) for key, image in named_images(images)]
+        return build_request(items, service_name=self.service_name, method=self.method, log_id=log_id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.endpoint!r}, service_name={self.service_name!r})"
+
+
+class Classifier(_Common, ABC):
+    """Blocking client. ``classify(images)`` → one ``Classification`` per image, in order.
+
+    Raises ``ServingError`` (err_no != 0), ``TransportError`` (connection, timeout, HTTP/gRPC/bRPC
+    status) or ``BadResponseError``. Thread-safe; use as a context manager or call ``close()``.
+    """
+
+    def classify(self, images: Any, *, timeout: float | None = None, log_id: int = 0,
+                 channel_order: str = "bgr") -> list[Classification]:
+        """Classify one image or several in one request (paths, encoded bytes, uint8 arrays, or a
+        ``{key: image}`` mapping); ``channel_order`` says how to read 3/4-channel arrays."""
+        request = self.build(images, log_id=log_id, channel_order=channel_order)
+        return parse_classifications(self.infer(request, timeout=timeout), len(request.key))
+
+    @abstractmethod
+    def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        """Send a raw pipeline Request; return the Response as is (err_no not checked)."""
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncClassifier(_Common, ABC):
+    """asyncio client with the same API as ``Classifier`` (``await classify(...)``); bound to the
+    event loop it is first used on. Use ``async with`` or ``await close()``."""
+
+    async def classify(self, images: Any, *, timeout: float | None = None, log_id: int = 0,
+                       channel_order: str = "bgr") -> list[Classification]:
+        """See ``Classifier.classify``."""
+        request = self.build(images, log_id=log_id, channel_order=channel_order)
+        return parse_classifications(await self.infer(request, timeout=timeout), len(request.key))
+
+    @abstractmethod
+    async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        """Send a raw pipeline Request; return the Response as is (err_no not checked)."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    async def __aenter__(self) -> AsyncClassifier:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,45 @@
+"""``connect(protocol, endpoint)``: the one way to get a client for any front door."""
+
+from __future__ import annotations
+
+from client.base import DEFAULT_TIMEOUT, AsyncClassifier, Classifier
+from client.codec import DEFAULT_METHOD
+
+__all__ = ["PROTOCOLS", "connect", "connect_async"]
+
+PROTOCOLS = ("grpc", "http", "brpc")
+
+
+def connect(protocol: str, endpoint: str, *, service_name: str = "imagenet", method: str = DEFAULT_METHOD,
+            timeout: float = DEFAULT_TIMEOUT) -> Classifier:
+    """A blocking client for ``protocol`` ("grpc", "http" or "brpc") at ``endpoint`` ("host:port").
+
+    ``service_name`` is the pipeline's name (``imagenet`` for PaddleClas's config; a wrong one gets
+    err_no 3002); ``timeout`` is the default per-call limit in seconds.
+    """
+    cls = _classes(protocol)[0]
+    return cls(endpoint, service_name=service_name, method=method, timeout=timeout)
+
+
+def connect_async(protocol: str, endpoint: str, *, service_name: str = "imagenet",
+                  method: str = DEFAULT_METHOD, timeout: float = DEFAULT_TIMEOUT) -> AsyncClassifier:
+    """The asyncio twin of ``connect`` (nothing is opened until the first call)."""
+    cls = _classes(protocol)[1]
+    return cls(endpoint, service_name=service_name, method=method, timeout=timeout)
+
+
+def _classes(protocol: str) -> tuple[type[Classifier], type[AsyncClassifier]]:
+    name = protocol.lower()
+    if name == "grpc":
+        from client.grpc_client import AsyncGrpcClassifier, GrpcClassifier
+
+        return GrpcClassifier, AsyncGrpcClassifier
+    if name in ("http", "rest"):
+        from client.http_client import AsyncHttpClassifier, HttpClassifier
+
+        return HttpClassifier, AsyncHttpClassifier
+    if name == "brpc":
+        from client.brpc_client import AsyncBrpcClassifier, BrpcClassifier
+
+        return BrpcClassifier, AsyncBrpcClassifier
+    raise ValueError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")

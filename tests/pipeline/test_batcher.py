@@ -1,0 +1,86 @@
+"""Dynamic batcher: batches close at batch_size or after the timeout, and every request gets its own rows.
+Uses a real Paddle engine on the tiny model; batch composition is read from the observer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from export.model_files import EngineOptions
+from pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
+from pipeline.bundle import ModelBundle
+from pipeline.engines import PaddleEngine
+
+
+class Recorder(BatchObserver):
+    def __init__(self):
+        self.batches: list[tuple[int, int]] = []
+
+    def batch_done(self, images, requests, queue_wait_s, infer_s):
+        self.batches.append((images, requests))
+
+
+def inputs(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 64, 64)).astype(np.float32)
+
+
+def test_each_request_gets_its_own_rows(tiny_model_dir):
+    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
+    requests = [inputs(n, seed) for seed, n in enumerate([1, 2, 1, 3, 1])]
+    want = [engine.run(x) for x in requests]
+    recorder = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher([engine], batch_size=8, timeout_ms=50, observer=recorder)
+        await batcher.start()
+        got = await asyncio.gather(*(batcher.submit(x) for x in requests))
+        await batcher.stop()
+        return got
+
+    got = asyncio.run(main())
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert np.abs(g - w).max() <= 1e-4 * np.abs(w).max()
+    assert sum(r for _, r in recorder.batches) == 5 and max(i for i, _ in recorder.batches) > 1
+
+
+def test_batch_closes_at_size_and_timeout(tiny_model_dir):
+    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
+    recorder = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher([engine], batch_size=2, timeout_ms=200, observer=recorder)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await batcher.submit(inputs(1, 0))  # alone: waits for the timeout
+        waited = loop.time() - t0
+        await asyncio.gather(*(batcher.submit(inputs(1, i)) for i in range(4)))  # full batches of 2
+        await batcher.stop()
+        return waited
+
+    waited = asyncio.run(main())
+    assert waited >= 0.19
+    assert recorder.batches[0] == (1, 1)
+    assert all(images <= 2 for images, _ in recorder.batches[1:])
+
+
+def test_queue_limit(tiny_model_dir):
+    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
+
+    async def main():
+        batcher = DynamicBatcher([engine], batch_size=1, max_queue_images=2)
+        await batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(inputs(2, 0)))
+            await asyncio.sleep(0)
+            try:
+                await batcher.submit(inputs(1, 1))
+            except QueueFull as exc:
+                return str(exc), await first
+        finally:
+            await batcher.stop()
+
+    message, rows = asyncio.run(main())
+    assert "max_queue_images 2" in message and rows.shape[0] == 2
