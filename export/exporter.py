@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from export.bundle_meta import BundleMeta, resize_short_for_crop
+from export.checkpoint import SUPPORTED_SUFFIXES
 from export.model_files import find_model_files, open_predictor
 from export.resnest import ArchSpec, arch_spec, build_model
 from export.serving_config import DTYPE_CODES, VarSpec, build_config, write_config_files
@@ -28,7 +29,6 @@ from export.serving_config import DTYPE_CODES, VarSpec, build_config, write_conf
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "inference"
-CHECKPOINT_SUFFIXES = (".pdparams", ".pth", ".pt", ".safetensors")
 
 
 class ExportError(ValueError):
@@ -96,9 +96,9 @@ def _check_options(opts: ExportOptions) -> None:
         path = opts.checkpoint
         if not path.exists():
             raise ExportError(f"checkpoint {path} does not exist")
-        if path.is_file() and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        if path.is_file() and not path.name.lower().endswith(SUPPORTED_SUFFIXES):
             raise ExportError(f"checkpoint {path}: unsupported file type {path.suffix!r}; "
-                              f"expected one of {', '.join(CHECKPOINT_SUFFIXES)} or an inference model dir")
+                              f"expected one of {', '.join(SUPPORTED_SUFFIXES)} or an inference model dir")
     if opts.label_file is not None and not opts.label_file.is_file():
         raise ExportError(f"label file {opts.label_file} does not exist")
     if opts.out.exists() and not opts.force:

@@ -132,7 +132,8 @@ class BottleneckBlock(nn.Layer):
         self.conv3 = ConvBNLayer(group_width, planes * 4, 1)
         self.has_shortcut = stride != 1 or inplanes != planes * 4
         if self.has_shortcut:
-            self.avg_pool2d_3 = nn.AvgPool2D(stride, stride, 0, exclusive=spec.avg_pool_exclusive)
+            # ceil_mode as PyTorch ResNeSt: odd feature maps keep their edge (same result at even sizes)
+            self.avg_pool2d_3 = nn.AvgPool2D(stride, stride, 0, ceil_mode=True, exclusive=spec.avg_pool_exclusive)
             self.conv4 = nn.Conv2D(inplanes, planes * 4, 1, bias_attr=False)
             self._batch_norm = nn.BatchNorm(planes * 4)
 

@@ -132,12 +132,13 @@ class Server:
 
 async def serve(config: ServerConfig, reuse_port: bool = False) -> int:
     """Run one server until SIGTERM/SIGINT."""
+    server = Server(config, reuse_port=reuse_port)
+    await server.start()
+    # After start: importing paddle installs its own SIGTERM handler, which must not win.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(config, reuse_port=reuse_port)
-    await server.start()
     await stop.wait()
     await server.stop()
     return 0

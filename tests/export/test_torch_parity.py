@@ -113,10 +113,6 @@ def test_torch_zip_named_pdparams_is_read_as_torch(sources, tmp_path, caplog):
     assert_parity(loaded, x, expected)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "export/resnest.py's shortcut AvgPool2D uses floor mode; PyTorch's uses ceil_mode=True, so any odd "
-    "feature map (here layer3's 25x25 input) gives a 13 vs 12 shape mismatch. Remove this xfail once "
-    "avg_pool2d_3 is built with ceil_mode=True."))
 def test_odd_input_size_parity(sources, tmp_path):
     arch = "ResNeSt50_fast_1s1x64d"
     model, _, _ = sources(arch)

@@ -1,0 +1,484 @@
+"""Load-test engine behind ``resnest bench``: closed-loop (N concurrent asyncio tasks) or open-loop
+(fixed arrival rate, at most N in flight) load over any protocol, always bounded by a duration or a
+request count.
+
+Every answer is checked: err_no 0, one parsable result of the right types per image sent, and the same
+top-1 for the same image every time (the first answer seen for an image is its reference). Anything
+else counts as an error of kind ``err_no <n>``, ``bad_response``, ``wrong_answer`` or the transport
+error's kind (``timeout``, ``grpc UNAVAILABLE``, ``http 503``, ``brpc EFAILEDSOCKET``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import math
+import random
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from client.base import DEFAULT_TIMEOUT, AsyncClassifier, is_loopback, parse_endpoint
+from client.codec import Classification, build_request, parse_classifications
+from client.errors import ClientError
+from client.factory import PROTOCOLS, connect_async
+from client.stats import find_knee, histogram_totals, latency_summary, stage_means
+
+__all__ = [
+    "DEFAULT_DURATION",
+    "AnswerChecker",
+    "BenchAborted",
+    "BenchConfig",
+    "BenchReport",
+    "Sample",
+    "SweepReport",
+    "default_metrics_url",
+    "run_bench",
+    "run_sweep",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DURATION = 10.0
+"""Seconds of load when neither a duration nor a request count is given."""
+
+LATE_START_S = 0.010
+"""Open loop: a request sent more than this after its scheduled time counts as a late start (the
+in-flight cap was full, or the client could not keep up)."""
+
+STAGE_METRIC = "resnest_stage_seconds"
+BATCH_METRIC = "resnest_batch_images"
+
+
+class BenchAborted(RuntimeError):
+    """Every warm-up request failed: the server is down, wrong or not this service; nothing measured."""
+
+
+@dataclass
+class BenchConfig:
+    """One load-test run. ``duration`` and ``requests`` bound it (whichever comes first; with neither,
+    ``DEFAULT_DURATION``); ``rate`` switches to open loop with ``concurrency`` as the in-flight cap."""
+
+    protocol: str
+    endpoint: str
+    images: list[Path]
+    service_name: str = "imagenet"
+    concurrency: int = 1
+    rate: float | None = None
+    duration: float | None = None
+    requests: int | None = None
+    images_per_request: int = 1
+    warmup: int = 0
+    timeout: float = DEFAULT_TIMEOUT
+    metrics_url: str | None = None
+    allow_remote: bool = False
+    check_answers: bool = True
+    seed: int = 0
+    progress: bool = False
+
+    def validate(self) -> None:
+        """Refuse unbounded, nonsensical or (without ``allow_remote``) non-loopback runs."""
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        host, _ = parse_endpoint(self.endpoint)
+        if self.duration is None and self.requests is None:
+            self.duration = DEFAULT_DURATION
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"--duration must be a positive number of seconds, got {self.duration} "
+                             "(the load is always bounded)")
+        if self.requests is not None and self.requests < 1:
+            raise ValueError(f"--requests must be >= 1, got {self.requests} (the load is always bounded)")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError(f"--rate must be a positive number of requests/s, got {self.rate}")
+        if self.images_per_request < 1:
+            raise ValueError(f"--images-per-request must be >= 1, got {self.images_per_request}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if not self.timeout > 0:
+            raise ValueError(f"--timeout must be > 0, got {self.timeout}")
+        if not self.images:
+            raise ValueError("no images to send (the folder has no .jpg/.jpeg/.png/... files)")
+        if not self.allow_remote:
+            targets = [host] + ([urlsplit(self.metrics_url).hostname or ""] if self.metrics_url else [])
+            for target in targets:
+                if not is_loopback(target):
+                    raise ValueError(f"refusing to load non-loopback host {target!r}; pass --allow-remote "
+                                     "if you really mean to load another machine")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["images"] = [str(p) for p in self.images]
+        out["mode"] = "open" if self.rate else "closed"
+        return out
+
+
+@dataclass
+class Sample:
+    """One measured request: ``start`` = seconds from the run's start to the send, ``latency`` = send
+    to answer (s), ``wait`` = open loop only, scheduled time to send (s), ``error`` = kind or None."""
+
+    start: float
+    latency: float
+    images: int
+    error: str | None = None
+    wait: float = 0.0
+
+
+class AnswerChecker:
+    """Remembers the first top-1 seen per image and flags later answers that disagree."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, tuple[str, int | None]] = {}
+
+    def check(self, image_ids: list[int], results: list[Classification]) -> str | None:
+        """None if consistent, else a message naming the first image whose top-1 changed."""
+        problem = None
+        for image_id, result in zip(image_ids, results, strict=True):
+            answer = (result.label, result.class_id)
+            seen = self.first.setdefault(image_id, answer)
+            if seen != answer and problem is None:
+                problem = f"image #{image_id}: top-1 {answer} but earlier {seen}"
+        return problem
+
+
+@dataclass
+class BenchReport:
+    """Outcome of one run; ``to_dict()`` is the JSON report (with raw samples)."""
+
+    config: dict[str, Any]
+    started_at: float
+    elapsed: float
+    samples: list[Sample]
+    server: dict[str, Any] = field(default_factory=dict)
+    error_examples: dict[str, str] = field(default_factory=dict)
+    warmup_errors: int = 0
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.error is None]
+
+    @property
+    def errors(self) -> Counter[str]:
+        return Counter(s.error for s in self.samples if s.error is not None)
+
+    @property
+    def qps(self) -> float:
+        """Successful requests per second."""
+        return len(self.ok) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        """Successfully classified images per second."""
+        return sum(s.images for s in self.ok) / self.elapsed if self.elapsed > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "requests": len(self.samples),
+            "successes": len(self.ok),
+            "errors": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors.most_common()),
+            "elapsed_s": self.elapsed,
+            "qps": self.qps,
+            "images_per_s": self.images_per_s,
+            "latency_ms": latency_summary(s.latency for s in self.ok),
+        }
+        if self.config.get("rate"):
+            out["response_time_ms"] = latency_summary(s.wait + s.latency for s in self.ok)
+            out["late_starts"] = sum(1 for s in self.samples if s.wait > LATE_START_S)
+        return out
+
+    def to_dict(self, raw: bool = True) -> dict[str, Any]:
+        out = {"config": self.config, "started_at": self.started_at, "summary": self.summary(),
+               "server": self.server, "error_examples": self.error_examples,
+               "warmup_errors": self.warmup_errors}
+        if raw:
+            out["samples"] = [
+                {"t_s": round(s.start, 6), "latency_ms": round(s.latency * 1000, 4), "images": s.images,
+                 "error": s.error, **({"wait_ms": round(s.wait * 1000, 4)} if self.config.get("rate") else {})}
+                for s in self.samples
+            ]
+        return out
+
+
+@dataclass
+class SweepReport:
+    """One ``BenchReport`` per concurrency level and the knee (see ``client.stats.find_knee``)."""
+
+    levels: list[tuple[int, BenchReport]]
+    knee_fraction: float
+
+    @property
+    def knee(self) -> int | None:
+        return find_knee([(c, r.images_per_s) for c, r in self.levels], self.knee_fraction)
+
+    def to_dict(self, raw: bool = True) -> dict[str, Any]:
+        return {
+            "knee": self.knee,
+            "knee_rule": f"lowest concurrency reaching {self.knee_fraction:.0%} of the best images/s",
+            "levels": [{"concurrency": c, **r.to_dict(raw)} for c, r in self.levels],
+        }
+
+
+def default_metrics_url(protocol: str, endpoint: str) -> str | None:
+    """``http://<endpoint>/metrics`` for HTTP targets (the REST port serves /metrics), else None."""
+    return f"http://{endpoint}/metrics" if protocol == "http" else None
+
+
+class _Load:
+    """The client, the encoded images and the per-request check, shared by all tasks of a run."""
+
+    def __init__(self, config: BenchConfig, client: AsyncClassifier, checker: AnswerChecker) -> None:
+        self.config = config
+        self.client = client
+        self.checker = checker
+        self.encoded = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in config.images]
+        self.rng = random.Random(config.seed)
+        self.log_ids = itertools.count(1)
+        self.error_examples: dict[str, str] = {}
+
+    def pick(self) -> list[int]:
+        return self.rng.choices(range(len(self.encoded)), k=self.config.images_per_request)
+
+    async def one(self) -> str | None:
+        """Send one request; return None on a checked success, else the error kind."""
+        ids = self.pick()
+        request = build_request([(f"image_{j}", self.encoded[i]) for j, i in enumerate(ids)],
+                                service_name=self.config.service_name, log_id=next(self.log_ids))
+        try:
+            results = parse_classifications(await self.client.infer(request), len(ids))
+            problem = self.checker.check(ids, results) if self.config.check_answers else None
+            if problem is None:
+                return None
+            kind, message = "wrong_answer", problem
+        except ClientError as exc:
+            kind, message = exc.kind, str(exc)
+        except Exception as exc:  # a client bug must not stop the run; it is counted and shown
+            kind, message = f"exception {type(exc).__name__}", repr(exc)
+        if kind not in self.error_examples:
+            self.error_examples[kind] = message
+            log.debug("first %s: %s", kind, message)
+        return kind
+
+
+class _Progress:
+    """tqdm bar with live QPS and error count; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, config: BenchConfig, samples: list[Sample]) -> None:
+        self.samples = samples
+        self.by_time = config.requests is None
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            total = config.duration if self.by_time else config.requests
+            self.bar = tqdm(total=total, unit="s" if self.by_time else "req", file=sys.stderr,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}{postfix}]",
+                            desc=f"c={config.concurrency}", leave=False)
+
+    def update(self, t0: float) -> None:
+        if self.bar is None:
+            return
+        elapsed = time.perf_counter() - t0
+        done = len(self.samples)
+        errors = sum(1 for s in self.samples if s.error is not None)
+        self.bar.n = min(elapsed, self.bar.total) if self.by_time else done
+        self.bar.set_postfix(qps=f"{(done - errors) / elapsed:.1f}" if elapsed > 0 else "-", errors=errors,
+                             refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def _closed_loop(load: _Load, t0: float, deadline: float, samples: list[Sample]) -> None:
+    budget = load.config.requests
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while time.perf_counter() < deadline and (budget is None or issued < budget):
+            issued += 1
+            start = time.perf_counter()
+            error = await load.one()
+            samples.append(Sample(start - t0, time.perf_counter() - start, load.config.images_per_request,
+                                  error))
+
+    await asyncio.gather(*(worker() for _ in range(load.config.concurrency)))
+
+
+async def _open_loop(load: _Load, t0: float, deadline: float, samples: list[Sample]) -> None:
+    config = load.config
+    assert config.rate is not None
+    slots = asyncio.Semaphore(config.concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def fire(scheduled: float) -> None:
+        try:
+            start = time.perf_counter()
+            error = await load.one()
+            samples.append(Sample(start - t0, time.perf_counter() - start, config.images_per_request, error,
+                                  wait=max(0.0, start - scheduled)))
+        finally:
+            slots.release()
+
+    for i in itertools.count():
+        scheduled = t0 + i / config.rate
+        if scheduled >= deadline or (config.requests is not None and i >= config.requests):
+            break
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        if time.perf_counter() >= deadline:
+            slots.release()
+            break
+        task = asyncio.create_task(fire(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+
+
+async def _scrape(url: str | None) -> tuple[str | None, str]:
+    """Metrics text (or None) and, when None, why."""
+    if not url:
+        return None, "no metrics URL (give --metrics-url http://HOST:HTTP_PORT/metrics)"
+
+    def get() -> str:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=5) as reply:
+            return reply.read().decode("utf-8", "replace")
+
+    try:
+        return await asyncio.to_thread(get), ""
+    except Exception as exc:  # absent or unreachable metrics only lose the server section
+        log.warning("cannot read server metrics from %s: %s", url, exc)
+        return None, f"cannot read {url}: {exc}"
+
+
+def _server_section(url: str | None, before: str | None, after: str | None, reason: str) -> dict[str, Any]:
+    if before is None or after is None:
+        return {"available": False, "url": url, "reason": reason}
+    try:
+        stages = stage_means(histogram_totals(before, STAGE_METRIC, "stage"),
+                             histogram_totals(after, STAGE_METRIC, "stage"))
+        batch = stage_means(histogram_totals(before, BATCH_METRIC, ""), histogram_totals(after, BATCH_METRIC, ""))
+    except ValueError as exc:
+        return {"available": False, "url": url, "reason": f"unparsable metrics: {exc}"}
+    if not stages:
+        return {"available": False, "url": url, "reason": f"no {STAGE_METRIC} observations in the run"}
+    out: dict[str, Any] = {
+        "available": True,
+        "url": url,
+        "stages_ms": {k: {"count": int(v["count"]), "mean_ms": v["mean"] * 1000} for k, v in stages.items()},
+    }
+    if "" in batch:
+        out["batches"] = int(batch[""]["count"])
+        out["mean_batch_images"] = batch[""]["mean"]
+    return out
+
+
+async def _measure(load: _Load, config: BenchConfig) -> BenchReport:
+    before, reason = await _scrape(config.metrics_url)
+    samples: list[Sample] = []
+    progress = _Progress(config.progress, config, samples)
+    started_at = time.time()
+    t0 = time.perf_counter()
+    deadline = t0 + config.duration if config.duration is not None else math.inf
+    runner = _open_loop if config.rate else _closed_loop
+    task = asyncio.create_task(runner(load, t0, deadline, samples))
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            progress.update(t0)
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+        progress.close()
+    elapsed = max((s.start + s.latency for s in samples), default=time.perf_counter() - t0)
+    after, reason2 = await _scrape(config.metrics_url) if before is not None else (None, reason)
+    samples.sort(key=lambda s: s.start)
+    return BenchReport(config.to_dict(), started_at, elapsed, samples,
+                       _server_section(config.metrics_url, before, after, reason or reason2),
+                       dict(load.error_examples))
+
+
+async def _warmup(load: _Load, count: int) -> int:
+    """Send ``count`` requests (``concurrency`` at a time), not measured; returns how many failed.
+    Raises ``BenchAborted`` when all of them fail."""
+    if count <= 0:
+        return 0
+    slots = asyncio.Semaphore(load.config.concurrency)
+
+    async def one() -> str | None:
+        async with slots:
+            return await load.one()
+
+    kinds = await asyncio.gather(*(one() for _ in range(count)))
+    failed = [k for k in kinds if k is not None]
+    if len(failed) == count:
+        kind = failed[0]
+        raise BenchAborted(f"all {count} warm-up requests failed, not measuring "
+                           f"({dict(Counter(failed))}); first: {load.error_examples.get(kind, kind)}")
+    if failed:
+        log.warning("%d of %d warm-up requests failed: %s", len(failed), count, dict(Counter(failed)))
+    load.error_examples.clear()
+    return len(failed)
+
+
+def _client(config: BenchConfig) -> AsyncClassifier:
+    return connect_async(config.protocol, config.endpoint, service_name=config.service_name,
+                         timeout=config.timeout)
+
+
+async def run_bench(config: BenchConfig) -> BenchReport:
+    """Warm up, then load the server as configured and return the report."""
+    config.validate()
+    client = _client(config)
+    try:
+        load = _Load(config, client, AnswerChecker())
+        warmup_errors = await _warmup(load, config.warmup)
+        report = await _measure(load, config)
+        report.warmup_errors = warmup_errors
+        return report
+    finally:
+        await client.close()
+
+
+async def run_sweep(config: BenchConfig, levels: list[int], knee_fraction: float = 0.95) -> SweepReport:
+    """``run_bench`` at each concurrency in ``levels`` (same bounds each), one warm-up before the first;
+    all levels share one client and one answer checker."""
+    if not levels or any(c < 1 for c in levels):
+        raise ValueError(f"concurrency levels must be >= 1, got {levels}")
+    find_knee([(1, 1.0)], knee_fraction)  # validates the fraction before any load
+    config.validate()
+    client = _client(config)
+    checker = AnswerChecker()
+    results: list[tuple[int, BenchReport]] = []
+    try:
+        warmup_errors = await _warmup(_Load(_with(config, concurrency=max(levels)), client, checker),
+                                      config.warmup)
+        for level in levels:
+            level_config = _with(config, concurrency=level, warmup=0)
+            report = await _measure(_Load(level_config, client, checker), level_config)
+            report.warmup_errors = warmup_errors
+            results.append((level, report))
+            log.info("concurrency %d: %.2f req/s, %.2f images/s, %d errors", level, report.qps,
+                     report.images_per_s, sum(report.errors.values()))
+    finally:
+        await client.close()
+    return SweepReport(results, knee_fraction)
+
+
+def _with(config: BenchConfig, **changes: Any) -> BenchConfig:
+    return replace(config, **changes)

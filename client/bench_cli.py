@@ -1,0 +1,134 @@
+"""`resnest bench`: load-test a running server (see client/bench.py for the engine)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from client.bench import (
+    DEFAULT_DURATION,
+    BenchAborted,
+    BenchConfig,
+    default_metrics_url,
+    run_bench,
+    run_sweep,
+)
+from client.factory import PROTOCOLS
+from client.images import list_images
+from client.predict_cli import default_endpoint
+from client.report import format_report, format_sweep, plot_report, plot_sweep, write_json
+
+log = logging.getLogger(__name__)
+
+
+def default_images_dir() -> Path | None:
+    """``$RESNEST_SHARED/data/images``, else ``../shared/data/images`` beside the repository, if present."""
+    shared = os.environ.get("RESNEST_SHARED")
+    root = Path(shared) if shared else Path(__file__).resolve().parent.parent.parent / "shared"
+    folder = root / "data" / "images"
+    return folder if folder.is_dir() else None
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--concurrency takes N or N1,N2,...; got {text!r}") from None
+    if not levels or any(c < 1 for c in levels):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1, got {text!r}")
+    return levels
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="load-test a running server (closed or open loop, any protocol)",
+        description="Load a running server with real images and report throughput, latency percentiles, "
+                    "errors by kind and the server's own stage timings. Every answer is checked (err_no 0, "
+                    "one well-formed result per image, stable top-1 per image). The run is always bounded "
+                    f"(--duration, --requests; default {DEFAULT_DURATION:g} s). Only loopback targets unless "
+                    "--allow-remote. Exit status 1 if any measured request failed.")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="front door to load (default grpc)")
+    p.add_argument("--endpoint", metavar="HOST:PORT",
+                   help="server address (default 127.0.0.1 with configs/config.yml's port: grpc 9993, "
+                        "http 18080, brpc 9994)")
+    p.add_argument("--service-name", default="imagenet", help="pipeline service name (default imagenet)")
+    p.add_argument("--concurrency", type=_levels, default=[1], metavar="N[,N...]",
+                   help="requests in flight (closed loop) or in-flight cap (open loop); a list such as "
+                        "1,2,4,8,16 runs a sweep and reports the knee (default 1)")
+    p.add_argument("--rate", type=float, metavar="R",
+                   help="open loop: start R requests/s on a fixed schedule, whatever the answers do")
+    p.add_argument("--duration", type=float, metavar="S", help=f"seconds of load per level (default "
+                   f"{DEFAULT_DURATION:g} unless --requests is given)")
+    p.add_argument("--requests", type=int, metavar="N", help="requests per level (stops at whichever of "
+                   "--duration/--requests comes first)")
+    p.add_argument("--images-per-request", type=int, default=1, metavar="K", help="images per request (default 1)")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="folder of JPEG/PNG files to draw from (default ../shared/data/images if present)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N",
+                   help="unmeasured requests before measuring (default 5; once before a sweep)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
+    p.add_argument("--metrics-url", metavar="URL",
+                   help="Prometheus endpoint of the server, scraped before and after for stage timings "
+                        "(default http://ENDPOINT/metrics with --protocol http, else none)")
+    p.add_argument("--no-answer-check", action="store_true",
+                   help="do not count a changed top-1 for the same image as wrong_answer")
+    p.add_argument("--knee-fraction", type=float, default=0.95, metavar="F",
+                   help="sweep knee = lowest concurrency reaching F x the best images/s (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing images (default 0)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the full report (raw samples included)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="draw latency over time and a histogram (sweep: throughput/latency per level)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint or metrics URL")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = args.images or default_images_dir()
+    if folder is None:
+        raise ValueError("no image folder: give --images DIR (../shared/data/images was not found)")
+    endpoint = args.endpoint or default_endpoint(args.protocol)
+    config = BenchConfig(
+        protocol=args.protocol, endpoint=endpoint, images=list_images(folder), service_name=args.service_name,
+        concurrency=args.concurrency[0], rate=args.rate, duration=args.duration, requests=args.requests,
+        images_per_request=args.images_per_request, warmup=args.warmup, timeout=args.timeout,
+        metrics_url=args.metrics_url or default_metrics_url(args.protocol, endpoint),
+        allow_remote=args.allow_remote, check_answers=not args.no_answer_check, seed=args.seed,
+        progress=not args.quiet and sys.stderr.isatty())
+    config.validate()
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'resnest-serving[plot]'") from None
+    try:
+        return _run(args, config)
+    except BenchAborted as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _run(args: argparse.Namespace, config: BenchConfig) -> int:
+    if len(args.concurrency) > 1:
+        sweep = asyncio.run(run_sweep(config, args.concurrency, args.knee_fraction))
+        print(format_sweep(sweep))
+        report_obj, errors = sweep, sum(sum(r.errors.values()) for _, r in sweep.levels)
+        if args.plot is not None:
+            print(f"plot: {plot_sweep(sweep, args.plot)}")
+    else:
+        report = asyncio.run(run_bench(config))
+        print(format_report(report))
+        report_obj, errors = report, sum(report.errors.values())
+        if args.plot is not None:
+            print(f"plot: {plot_report(report, args.plot)}")
+    if args.json is not None:
+        print(f"report: {write_json(args.json, report_obj)}")
+    if errors:
+        log.warning("%d measured request(s) failed", errors)
+    sys.stdout.flush()
+    return 1 if errors else 0
+

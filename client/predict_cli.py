@@ -1,0 +1,98 @@
+"""`resnest predict`: classify image files with a running server over gRPC, REST or bRPC."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from client.errors import ClientError
+from client.factory import PROTOCOLS, connect
+from client.images import list_images
+
+DEFAULT_PORTS = {"grpc": 9993, "http": 18080, "brpc": 9994}
+"""The ports of configs/config.yml (PaddleClas's rpc_port and http_port, and our brpc_port)."""
+
+
+def default_endpoint(protocol: str) -> str:
+    return f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify images with a running server (gRPC, REST or bRPC)",
+        description="Send images to a running server and print the top-1 (and top-k when the server "
+                    "returns it) per image. Exit status 1 if any request failed.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", type=Path,
+                   help="image files (JPEG, PNG, ...) or folders of them")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="front door to use (default grpc)")
+    p.add_argument("--endpoint", metavar="HOST:PORT",
+                   help="server address (default 127.0.0.1 with configs/config.yml's port for the protocol: "
+                        "grpc 9993, http 18080, brpc 9994)")
+    p.add_argument("--service-name", default="imagenet", help="pipeline service name (default imagenet)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="images per request (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(list_images(path))
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"image not found: {path}")
+    if not out:
+        raise ValueError("no images to classify")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    images = _expand(args.images)
+    endpoint = args.endpoint or default_endpoint(args.protocol)
+    rows: list[dict] = []
+    failed = 0
+    with connect(args.protocol, endpoint, service_name=args.service_name, timeout=args.timeout) as client:
+        for i in range(0, len(images), args.batch):
+            chunk = images[i:i + args.batch]
+            try:
+                results = client.classify(chunk)
+            except ClientError as exc:
+                failed += 1
+                error = {"kind": exc.kind, "message": str(exc)}
+                rows.extend({"image": str(p), "error": error} for p in chunk)
+                if not args.json:
+                    print(f"error: {', '.join(p.name for p in chunk)}: {exc}", file=sys.stderr)
+                continue
+            rows.extend({"image": str(p), **r.to_dict()} for p, r in zip(chunk, results, strict=True))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_table([r for r in rows if "error" not in r]))
+    return 1 if failed else 0
+
+
+def format_table(rows: list[dict]) -> str:
+    """image | top-1 label | prob | top-k ("label score; ...") when the server sent more than one."""
+    if not rows:
+        return "(no results)"
+    with_topk = any(len(r["labels"]) > 1 for r in rows)
+    headers = ["image", "label", "prob"] + (["top-k"] if with_topk else [])
+    table = []
+    for r in rows:
+        line = [Path(r["image"]).name, r["label"], f"{r['prob']:.4f}"]
+        if with_topk:
+            line.append("; ".join(f"{name} {score:.4f}" for name, score in zip(r["labels"], r["scores"],
+                                                                                 strict=True)))
+        table.append(line)
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+           "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    return "\n".join(out)

@@ -1,0 +1,180 @@
+"""Load-test output: the text tables, the JSON file and the optional matplotlib plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from client.bench import BenchReport, SweepReport
+from client.stats import PERCENTILES
+
+__all__ = ["format_report", "format_sweep", "plot_report", "plot_sweep", "write_json"]
+
+_LAT_KEYS = ("mean", *(f"p{p}" for p in PERCENTILES), "max")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths,
+                                                                                             strict=True)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    return "\n".join(lines)
+
+
+def _ms(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def _describe(config: dict[str, Any]) -> str:
+    mode = (f"open loop at {config['rate']:g} req/s (at most {config['concurrency']} in flight)"
+            if config.get("rate") else f"closed loop, concurrency {config['concurrency']}")
+    bound = " or ".join(x for x in (f"{config['duration']:g} s" if config.get("duration") else "",
+                                    f"{config['requests']} requests" if config.get("requests") else "") if x)
+    return (f"{config['protocol']} {config['endpoint']} (service {config['service_name']}), {mode}, "
+            f"{config['images_per_request']} image(s)/request from {len(config['images'])} file(s), {bound}")
+
+
+def format_report(report: BenchReport) -> str:
+    """The end-of-run tables: totals and latency, errors by kind, server stage timings."""
+    s = report.summary()
+    lat = s["latency_ms"]
+    rows = [
+        ["requests", f"{s['requests']}"],
+        ["successes", f"{s['successes']}"],
+        ["errors", f"{s['errors']}"],
+        ["elapsed (s)", f"{s['elapsed_s']:.2f}"],
+        ["QPS (ok req/s)", f"{s['qps']:.2f}"],
+        ["images/s", f"{s['images_per_s']:.2f}"],
+    ] + [[f"latency {k} (ms)", _ms(lat.get(k))] for k in _LAT_KEYS]
+    if "response_time_ms" in s:
+        rows += [[f"response time {k} (ms)", _ms(s["response_time_ms"].get(k))] for k in ("p50", "p99", "max")]
+        rows.append(["late starts (> 10 ms behind schedule)", str(s["late_starts"])])
+    parts = [f"resnest bench: {_describe(report.config)}", _table(["metric", "value"], rows)]
+    if s["errors_by_kind"]:
+        erows = [[kind, str(n), report.error_examples.get(kind, "")[:90]] for kind, n in s["errors_by_kind"].items()]
+        parts.append("errors\n" + _table(["kind", "count", "first message"], erows))
+    parts.append(_format_server(report.server))
+    return "\n\n".join(parts)
+
+
+def _format_server(server: dict[str, Any]) -> str:
+    if not server.get("available"):
+        return f"server stages: not available ({server.get('reason', 'no metrics')})"
+    rows = [[stage, str(v["count"]), _ms(v["mean_ms"])] for stage, v in server["stages_ms"].items()]
+    text = f"server stages (from {server['url']}, this run only)\n" + _table(["stage", "count", "mean ms"], rows)
+    if "mean_batch_images" in server:
+        text += f"\nengine batches: {server['batches']}, mean {server['mean_batch_images']:.2f} images/batch"
+    return text
+
+
+def format_sweep(sweep: SweepReport) -> str:
+    """One row per concurrency level, the knee marked with ``*``."""
+    knee = sweep.knee
+    rows = []
+    for level, report in sweep.levels:
+        s = report.summary()
+        lat = s["latency_ms"]
+        rows.append([f"{level}{' *' if level == knee else ''}", str(s["requests"]), str(s["errors"]),
+                     f"{s['qps']:.2f}", f"{s['images_per_s']:.2f}", *(_ms(lat.get(k)) for k in _LAT_KEYS)])
+    headers = ["concurrency", "requests", "errors", "QPS", "images/s", *(f"{k} ms" for k in _LAT_KEYS)]
+    first = sweep.levels[0][1].config
+    knee_line = (f"knee (*): concurrency {knee}, the lowest level reaching {sweep.knee_fraction:.0%} of the "
+                 "best images/s" if knee is not None else "knee: none (no successful requests)")
+    return "\n\n".join([f"resnest bench sweep: {_describe(first | {'concurrency': 'N'})}",
+                        _table(headers, rows), knee_line])
+
+
+def write_json(path: str | Path, report: BenchReport | SweepReport) -> Path:
+    """The full report, raw per-request samples included."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(report.to_dict(raw=True)), indent=1, allow_nan=False))
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (e.g. latency of a run without successes) → None, so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'resnest-serving[plot]' "
+                           "(or pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_report(report: BenchReport, path: str | Path) -> Path:
+    """Latency over time (errors marked) and a latency histogram, as one PNG."""
+    plt = _pyplot()
+    ok = report.ok
+    bad = [s for s in report.samples if s.error is not None]
+    fig, (ax_t, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_t.scatter([s.start for s in ok], [s.latency * 1000 for s in ok], s=6, alpha=0.6, label="ok")
+    if bad:
+        ax_t.scatter([s.start for s in bad], [s.latency * 1000 for s in bad], s=14, marker="x", color="red",
+                     label=f"errors ({len(bad)})")
+    ax_t.set_xlabel("time since start (s)")
+    ax_t.set_ylabel("latency (ms)")
+    ax_t.set_title("latency over time")
+    ax_t.legend(loc="upper right")
+    if ok:
+        ax_h.hist([s.latency * 1000 for s in ok], bins=min(50, max(5, len(ok) // 4)))
+        lat = report.summary()["latency_ms"]
+        for key, style in (("p50", "--"), ("p99", ":")):
+            ax_h.axvline(lat[key], linestyle=style, color="black", label=f"{key} {lat[key]:.1f} ms")
+        ax_h.legend(loc="upper right")
+    ax_h.set_xlabel("latency (ms)")
+    ax_h.set_ylabel("requests")
+    ax_h.set_title("latency histogram")
+    fig.suptitle(_describe(report.config), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_sweep(sweep: SweepReport, path: str | Path) -> Path:
+    """Throughput and latency (p50, p99) against concurrency, the knee marked."""
+    plt = _pyplot()
+    levels = [c for c, _ in sweep.levels]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(levels, [r.images_per_s for _, r in sweep.levels], "o-", label="images/s")
+    ax.set_xlabel("concurrency")
+    ax.set_ylabel("images/s")
+    ax.set_xscale("log", base=2)
+    ax2 = ax.twinx()
+    for key, style in (("p50", "s--"), ("p99", "^:")):
+        ax2.plot(levels, [r.summary()["latency_ms"].get(key) for _, r in sweep.levels], style, color="gray",
+                 label=f"{key} ms")
+    ax2.set_ylabel("latency (ms)")
+    if sweep.knee is not None:
+        ax.axvline(sweep.knee, color="red", alpha=0.5, label=f"knee c={sweep.knee}")
+    handles = ax.get_legend_handles_labels()
+    handles2 = ax2.get_legend_handles_labels()
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper left")
+    ax.set_title("concurrency sweep")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

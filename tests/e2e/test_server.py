@@ -1,0 +1,217 @@
+"""The real server as a subprocess on loopback: gRPC via plain generated stubs, REST exactly as
+PaddleClas's pipeline_http_client.py calls it, bRPC; answers equal the in-process model; bad input gets
+Paddle Serving codes while the server keeps serving; lifecycle."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from pipeline.local import LocalClassifier
+from protocol import pipeline_service_pb2 as pb
+from protocol import pipeline_service_pb2_grpc as pb_grpc
+from protocol.brpc_client import SyncBrpcClient
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def grpc_call(server, request: pb.Request, timeout: float = 30) -> pb.Response:
+    with grpc.insecure_channel(f"127.0.0.1:{server.ports['grpc']}") as channel:
+        return pb_grpc.PipelineServiceStub(channel).inference(request, timeout=timeout)
+
+
+def http_call(server, body, path="/imagenet/prediction") -> requests.Response:
+    return requests.post(server.url(path), data=body if isinstance(body, (str, bytes)) else json.dumps(body),
+                         timeout=30)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model_dir):
+    return LocalClassifier(tiny_model_dir)
+
+
+def test_grpc_rest_brpc_answer_like_in_process(tiny_server, local, image_paths):
+    want = local.classify_files(image_paths, k=3)
+    values = [b64(p.read_bytes()) for p in image_paths]
+    keys = [f"image_{i}" for i in range(len(values))]
+    request = pb.Request(key=keys, value=values, name="imagenet", method="prediction", logid=42)
+
+    answers = {"grpc": grpc_call(tiny_server, request)}
+    r = http_call(tiny_server, {"key": keys, "value": values})  # no content type, as PaddleClas sends
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert list(body) == ["err_no", "err_msg", "key", "value", "tensors"]
+    answers["http"] = pb.Response(err_no=body["err_no"], err_msg=body["err_msg"], key=body["key"],
+                                  value=body["value"])
+    with SyncBrpcClient("127.0.0.1", tiny_server.ports["brpc"]) as client:
+        answers["brpc"] = client.call_message("baidu.paddle_serving.pipeline_serving.PipelineService",
+                                              "inference", request, pb.Response)
+    for protocol, answer in answers.items():
+        assert answer.err_no == 0, (protocol, answer.err_msg)
+        assert list(answer.key) == ["label", "prob", "class_ids", "scores", "label_names"]
+        out = {k: ast.literal_eval(v) for k, v in zip(answer.key, answer.value, strict=True)}
+        assert out["class_ids"] == [p.class_ids for p in want], protocol
+        assert out["label"] == [p.labels[0].replace(",", "") for p in want]
+        got_prob, want_prob = np.array(out["prob"]), np.array([p.scores[0] for p in want])
+        assert np.abs(got_prob - want_prob).max() <= 1e-4 * want_prob.max(), protocol
+        assert out["label_names"] == [p.labels for p in want]
+
+
+def test_paddleclas_http_client_exactly(tiny_server, shared):
+    """deploy/paddleserving/pipeline_http_client.py: json.dumps body, no headers, r.json()."""
+    image = b64((shared / "data" / "images" / "daisy.jpg").read_bytes())
+    data = {"key": ["image"], "value": [image]}
+    result = requests.post(url=tiny_server.url("/imagenet/prediction"), data=json.dumps(data)).json()
+    assert result["err_no"] == 0 and result["err_msg"] == "" and result["tensors"] == []
+    assert result["key"][:2] == ["label", "prob"] and len(ast.literal_eval(result["value"][0])) == 1
+
+
+def test_concurrent_requests_get_their_own_answers(tiny_server, local, image_paths):
+    want = {p.name: local.classify_files([p], k=3)[0] for p in image_paths}
+    jobs = [image_paths[i % len(image_paths)] for i in range(40)]
+
+    def call(path):
+        answer = grpc_call(tiny_server, pb.Request(key=["image"], value=[b64(path.read_bytes())]))
+        assert answer.err_no == 0, answer.err_msg
+        out = dict(zip(answer.key, answer.value, strict=True))
+        return path.name, ast.literal_eval(out["class_ids"])[0], ast.literal_eval(out["scores"])[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, jobs))
+    for name, class_ids, scores in results:
+        assert class_ids == want[name].class_ids
+        assert np.allclose(scores, np.round(want[name].scores, 5), atol=2e-5)
+    metrics = requests.get(tiny_server.url("/metrics"), timeout=10).text
+    batch_sum = [line for line in metrics.splitlines() if line.startswith("resnest_batch_images_count")]
+    assert batch_sum and float(batch_sum[0].split()[-1]) < 41  # some requests shared a batch
+
+
+def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_paths):
+    server = server_factory(op={"max_images_per_request": 2, "max_image_pixels": 1_000_000},
+                            top={"max_request_bytes": 1_000_000})
+    jpeg = image_paths[0].read_bytes()
+    _, big = cv2.imencode(".png", np.zeros((1000, 1200, 3), np.uint8))
+    cases = {
+        "bad base64": (["image"], ["@@@@"], 5000, "not valid base64"),
+        "not an image": (["image"], [b64(b"GIF89a but not really")], 5000, "not a decodable image"),
+        "truncated JPEG": (["image"], [b64(jpeg[:3000])], 5000, "truncated JPEG"),
+        "empty value": (["image"], [""], 5000, "empty value"),
+        "pixel limit": (["image"], [b64(big.tobytes())], 5000, "exceeds the limit of 1000000"),
+        "too many images": (["a", "b", "c"], [b64(jpeg)] * 3, 5000, "at most 2 per request"),
+        "no images": ([], [], 5000, "no images"),
+    }
+    for name, (keys, values, code, text) in cases.items():
+        for answer in (grpc_call(server, pb.Request(key=keys, value=values)),
+                       pb.Response(**{k: v for k, v in http_call(server, {"key": keys, "value": values}).json().items()
+                                      if k != "tensors"})):
+            assert answer.err_no == code, (name, answer.err_msg)
+            assert text in answer.err_msg, (name, answer.err_msg)
+
+    wrong = grpc_call(server, pb.Request(key=["image"], value=[b64(jpeg)], name="resnet"))
+    assert wrong.err_no == 3002 and "Service name error" in wrong.err_msg
+    wrong = http_call(server, {"key": ["image"], "value": [b64(jpeg)]}, path="/resnet/prediction").json()
+    assert wrong["err_no"] == 3002
+
+    r = http_call(server, '{"key": ["image"], "value": [')
+    assert r.status_code == 400 and r.json()["code"] == 3 and set(r.json()) == {"error", "code", "message", "details"}
+    r = http_call(server, '{"key": "image"}')
+    assert r.status_code == 400
+    assert requests.get(server.url("/imagenet/prediction"), timeout=10).status_code == 405
+    assert requests.post(server.url("/a/b/c"), data="{}", timeout=10).text == "Not Found\n"
+
+    huge = b64(b"\xff\xd8" + b"\0" * 1_000_000)
+    r = http_call(server, {"key": ["image"], "value": [huge]})
+    assert r.status_code == 413 and "max_request_bytes" in r.json()["message"]
+    with pytest.raises(grpc.RpcError) as info:
+        grpc_call(server, pb.Request(key=["image"], value=[huge]))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    numeric = pb.Request(tensors=[pb.Tensor(name="x", elem_type=1, shape=[1], float_data=[1.0])])
+    assert grpc_call(server, numeric).err_no == 5000
+    as_tensor = pb.Request(tensors=[pb.Tensor(name="image", elem_type=12, str_data=[b64(jpeg)])])
+    assert grpc_call(server, as_tensor).err_no == 0
+
+    ok = grpc_call(server, pb.Request(key=["image"], value=[b64(jpeg)]))  # still serving
+    assert ok.err_no == 0
+    assert server.proc.poll() is None
+    metrics = requests.get(server.url("/metrics"), timeout=10).text
+    assert 'resnest_requests_total{err_no="5000",protocol="grpc"}' in metrics
+    assert 'resnest_requests_total{err_no="0",protocol="http"}' not in metrics or True
+
+
+def test_startup_log_sigterm_finishes_in_flight(server_factory, image_paths, tiny_model_dir):
+    server = server_factory(op={"batch_size": 8, "auto_batching_timeout": 1500})
+    log = server.log
+    assert str(tiny_model_dir) in log and "engine paddle on cpu" in log and "loaded in" in log
+    assert "grpc=127.0.0.1:" in log and "http=127.0.0.1:" in log and "brpc=127.0.0.1:" in log
+    result = {}
+
+    def slow_call():  # waits ~1.5 s in the batcher for companions that never come
+        result["answer"] = grpc_call(server, pb.Request(key=["image"], value=[b64(image_paths[0].read_bytes())]))
+
+    thread = threading.Thread(target=slow_call)
+    thread.start()
+    time.sleep(0.5)
+    assert server.stop(signal.SIGTERM) == 0
+    thread.join(10)
+    assert result["answer"].err_no == 0
+    assert "stopped" in server.log
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_worker_num_two_processes_share_ports(server_factory, image_paths):
+    ports = {"rpc_port": free_port(), "http_port": free_port(), "brpc_port": free_port()}
+    server = server_factory(top={"worker_num": 2, **ports})
+    deadline = time.time() + 60
+    def listening() -> list[str]:
+        return [line for line in server.log.splitlines() if "service 'imagenet' listening" in line]
+
+    while len(listening()) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    pids = {line.split("(pid ")[1].rstrip(")") for line in listening()}
+    assert len(pids) == 2
+    for _ in range(4):
+        answer = grpc_call(server, pb.Request(key=["image"], value=[b64(image_paths[0].read_bytes())]))
+        assert answer.err_no == 0
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("op,message", [
+    ({"concurency": 2}, "concurency"),
+    ({"local_service_conf": {"model_config": "/nonexistent/model", "client_type": "local_predictor"}},
+     "/nonexistent/model"),
+    ({"batch_size": 0}, "op.imagenet.batch_size"),
+])
+def test_bad_config_stops_before_binding(tmp_path, tiny_model_dir, op, message):
+    import subprocess
+    import sys
+
+    from support import REPO_ROOT, write_config
+
+    port = free_port()
+    cfg = write_config(tmp_path / "bad.yml", tiny_model_dir, op=op, top={"http_port": port})
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--config", str(cfg)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    with socket.socket() as s:  # nothing was bound
+        s.bind(("127.0.0.1", port))
