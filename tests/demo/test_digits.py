@@ -43,7 +43,7 @@ def test_png_round_trip_is_lossless():
     assert img.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and img.dtype == np.uint8
     np.testing.assert_array_equal(img, digit_to_bgr(digit))
     # cell (r, c) of the digit is the 8x8 block starting at ((r + 1) * 8, (c + 1) * 8); the margin is white
-    assert img[8 * 3 + 5, 8 * 4 + 2, 0] == 255 - round(digit[2, 3] * 255 / 16)
+    assert img[8 * 3 + 5, 8 * 4 + 2, 0] == 255 - round(int(digit[2, 3]) * 255 / 16)
     assert (img[:8] == 255).all() and (img[:, -8:] == 255).all()
     x = preprocess_pngs([png])
     assert x.shape == (1, 3, 64, 64) and x.dtype == np.float32
@@ -82,7 +82,7 @@ def test_checkpoint_matches_tiny_arch(meta):
     model = build_model(ARCH)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
-    assert meta["arch"] == ARCH and meta["arch_spec"] == model.spec.to_dict()
+    assert meta["arch"] == ARCH and meta["arch_spec"] == json.loads(json.dumps(model.spec.to_dict()))
 
 
 def test_heldout_accuracy_matches_recorded(meta):
