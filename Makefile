@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
 
 demo: venv
-	$(PY) -m serving.demo --shared $(SHARED)
+	$(PY) -m serving.cli demo --shared $(SHARED) $(DEMO_ARGS)
 
 lint: venv-test
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from export.model_files import EngineOptions
@@ -35,26 +34,28 @@ class LocalClassifier:
         self.preprocessor = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std))
         self.engine = create_engines(self.bundle, engine, options or EngineOptions(), 1)[0]
 
-    def preprocess_file(self, path: str | Path) -> np.ndarray:
-        data = Path(path).read_bytes()
-        return self.preprocessor.from_bgr(str(path), decode_image(str(path), data, self.preprocessor.spec.max_pixels))
+    def preprocess_bytes(self, key: str, data: bytes) -> np.ndarray:
+        """Encoded image bytes → the model's CHW float32 input (the server's decode + preprocessing)."""
+        return self.preprocessor.from_bgr(key, decode_image(key, data, self.preprocessor.spec.max_pixels))
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return self.engine.run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def classify_files(self, paths: list[str | Path], k: int = 5) -> list[Prediction]:
-        probs = self.probabilities(np.stack([self.preprocess_file(p) for p in paths]))
-        return self.predictions(probs, k)
+        return self.classify_bytes([Path(p).read_bytes() for p in paths], k, [str(p) for p in paths])
+
+    def classify_bytes(self, images: list[bytes], k: int = 5, names: list[str] | None = None,
+                       batch: int = 32) -> list[Prediction]:
+        names = names or [f"image_{i}" for i in range(len(images))]
+        out: list[Prediction] = []
+        for i in range(0, len(images), batch):
+            inputs = np.stack([self.preprocess_bytes(n, d) for n, d in zip(names[i:i + batch], images[i:i + batch],
+                                                                          strict=True)])
+            out += self.predictions(self.probabilities(inputs), k)
+        return out
 
     def predictions(self, probs: np.ndarray, k: int) -> list[Prediction]:
         result = top_k(probs, k)
         labels = self.bundle.labels
         return [Prediction(ids, scores, [labels[i] if labels and i < len(labels) else str(i) for i in ids])
                 for ids, scores in zip(result.class_ids, result.scores, strict=True)]
-
-
-def read_bgr(path: str | Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{path}: not a readable image")
-    return img

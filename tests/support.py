@@ -2,60 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from serving.launcher import ServerProcess  # noqa: F401  (re-exported for tests)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ServerProcess:
-    """`resnest serve` as a real subprocess on loopback with ephemeral ports, parsed from its start-up log."""
-
-    def __init__(self, config_path: Path, overrides: dict | None = None, timeout: float = 60.0):
-        import subprocess
-        import sys
-        import threading
-
-        args = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path)]
-        for key, value in (overrides or {}).items():
-            args += ["--set", f"{key}={value}"]
-        self.lines: list[str] = []
-        self.ports: dict[str, int] = {}
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen(args, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(timeout) or not self.ports:
-            self.stop()
-            raise RuntimeError("server did not start:\n" + self.log)
-
-    def _read(self) -> None:
-        import re
-
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if " listening " in line and "service " in line:
-                self.ports = {k: int(v) for k, v in re.findall(r"(\w+)=[\w.:\[\]]+:(\d+)", line)}
-                self._ready.set()
-        self._ready.set()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.ports['http']}{path}"
-
-    def stop(self, sig: int | None = None, timeout: float = 30.0) -> int:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig or signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except Exception:
-            self.proc.kill()
-            return self.proc.wait()
 
 
 def write_config(path: Path, model_dir: Path, op: dict | None = None, top: dict | None = None) -> Path:

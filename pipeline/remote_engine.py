@@ -1,0 +1,249 @@
+"""Remote engine: run the model on model server(s) over bRPC (C++ Serving's GeneralModelService).
+
+What a Paddle Serving op with ``client_type: brpc`` and ``server_endpoints`` does: each batch goes to
+``GeneralModelService.inference`` as one FP32 tensor ``[N, 3, H, W]`` named with the bundle's real feed
+name and alias, asking for the fetch alias. The batch travels in ``float_data`` (what a real C++ Serving
+0.9 reads for FP32; it reads ``tensor_content`` only for FP16/INT8/UINT8), encoded by hand as one packed
+field, so it costs what ``tensor_content`` does; ``use_tensor_content=True`` sends that field instead.
+
+Endpoints are used in turn (round-robin). An endpoint that cannot be reached (connect refused, connection
+dropped, server stopping) is marked down for ``backoff_s`` and the call moves on to the next one; when
+none is left the call fails with ``RemoteModelError`` naming every endpoint and why. Errors the model
+server answers (a non-zero RPC ``error_code``, e.g. -5100 for bad input) and timeouts are not retried.
+One ``BrpcClient`` per endpoint (``pool_size`` connections) is shared by all engine instances and created
+lazily inside the running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from pipeline.bundle import ModelBundle
+from protocol import general_model_service_pb2 as gm
+from protocol.baidu_std import BrpcError, Errno
+from protocol.brpc_client import BrpcClient
+
+__all__ = ["GENERAL_MODEL_SERVICE", "RemoteEngine", "RemoteModel", "RemoteModelError", "create_remote_engines",
+           "encode_request"]
+
+log = logging.getLogger(__name__)
+
+GENERAL_MODEL_SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
+DEFAULT_BACKOFF_S = 1.0
+_UNREACHABLE = {Errno.EFAILEDSOCKET, Errno.EEOF, Errno.ELOGOFF}  # try the next endpoint, mark this one down
+_BUSY = {Errno.ELIMIT, Errno.EOVERCROWDED}  # try the next endpoint, this one stays up
+_FP32 = 1
+
+
+class RemoteModelError(RuntimeError):
+    """A remote model call failed: ``code`` is the brpc errno or C++ Serving code, ``endpoint`` where."""
+
+    def __init__(self, message: str, code: int | None = None, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.endpoint = endpoint
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_REQUEST_TENSOR_TAG = b"\x0a"  # Request.tensor: field 1, length-delimited
+_TENSOR_FLOAT_DATA_TAG = b"\x12"  # Tensor.float_data: field 2, packed (length-delimited)
+
+
+def encode_request(batch: np.ndarray, feed_name: str, feed_alias: str, fetch: list[str], log_id: int = 0,
+                   use_tensor_content: bool = False) -> bytes:
+    """Serialized ``Request`` with ``batch`` as one FP32 tensor; parses exactly like protobuf's own
+    encoding (fields may come in any order), without converting millions of floats one by one."""
+    data = np.ascontiguousarray(batch, dtype="<f4").tobytes()
+    tensor = gm.Tensor(name=feed_name, alias_name=feed_alias, elem_type=_FP32, shape=list(batch.shape))
+    if use_tensor_content:
+        tensor.tensor_content = data
+        body = tensor.SerializeToString()
+    else:
+        body = tensor.SerializeToString() + _TENSOR_FLOAT_DATA_TAG + _varint(len(data)) + data
+    rest = gm.Request(fetch_var_names=fetch, log_id=log_id).SerializeToString()
+    return _REQUEST_TENSOR_TAG + _varint(len(body)) + body + rest
+
+
+def _values(tensor: gm.Tensor) -> np.ndarray:
+    if len(tensor.float_data):
+        return np.array(tensor.float_data, dtype=np.float32)
+    if tensor.tensor_content:
+        dtype = {1: "<f4", 5: "<f2"}.get(tensor.elem_type)
+        if dtype is not None:
+            return np.frombuffer(tensor.tensor_content, dtype=dtype).astype(np.float32)
+    if len(tensor.float64_data):
+        return np.array(tensor.float64_data, dtype=np.float32)
+    raise ValueError(f"fetch var {tensor.alias_name or tensor.name!r} has no float data (elem_type "
+                     f"{tensor.elem_type})")
+
+
+@dataclass
+class _Endpoint:
+    address: str
+    host: str
+    port: int
+    client: BrpcClient | None = None
+    down_until: float = 0.0
+    down_since: float = 0.0
+    last_error: str = ""
+
+
+class RemoteModel:
+    """The model server(s) behind all remote engine instances: round-robin, back-off, one client each."""
+
+    def __init__(self, bundle: ModelBundle, endpoints: tuple[str, ...] | list[str], pool_size: int,
+                 timeout_s: float, *, backoff_s: float = DEFAULT_BACKOFF_S, use_tensor_content: bool = False):
+        if not endpoints:
+            raise ValueError("a remote model needs at least one endpoint \"host:port\"")
+        self.bundle = bundle
+        self.timeout_s = timeout_s
+        self.pool_size = max(1, pool_size)
+        self.backoff_s = backoff_s
+        self.use_tensor_content = use_tensor_content
+        self.endpoints = [_Endpoint(e, *_split(e)) for e in endpoints]
+        self._turn = itertools.count()
+        self._log_ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def addresses(self) -> str:
+        return ", ".join(e.address for e in self.endpoints)
+
+    async def infer(self, batch: np.ndarray, log_id: int | None = None) -> np.ndarray:
+        """Probabilities [N, classes] for ``batch`` [N, 3, H, W] from the next reachable endpoint."""
+        self._bind_loop()
+        b = self.bundle
+        log_id = next(self._log_ids) if log_id is None else log_id
+        payload = encode_request(batch, b.feed_name, b.feed_alias, [b.fetch_alias], log_id, self.use_tensor_content)
+        start = next(self._turn)
+        n = len(self.endpoints)
+        failures = []
+        for ep in (self.endpoints[(start + i) % n] for i in range(n)):
+            now = time.monotonic()
+            if ep.down_until > now:
+                failures.append(f"{ep.address}: down for {now - ep.down_since:.1f} s after {ep.last_error}")
+                continue
+            try:
+                data = await self._client(ep).call(GENERAL_MODEL_SERVICE, "inference", payload, log_id=log_id)
+            except BrpcError as exc:
+                if exc.code in _UNREACHABLE:
+                    self._mark_down(ep, exc, log_id)
+                    failures.append(f"{ep.address}: {exc}")
+                    continue
+                if exc.code in _BUSY:
+                    log.warning("log_id=%d model server %s busy, trying the next one: %s", log_id, ep.address, exc)
+                    failures.append(f"{ep.address}: {exc}")
+                    continue
+                raise RemoteModelError(f"model server {ep.address} failed: {exc}", exc.code, ep.address) from None
+            if ep.down_since:
+                log.info("model server %s is reachable again", ep.address)
+                ep.down_until = ep.down_since = 0.0
+            return self._decode(data, batch.shape[0], ep.address)
+        raise RemoteModelError(f"no model server available ({self.addresses}): " + "; ".join(failures),
+                               endpoint=self.addresses)
+
+    def _mark_down(self, ep: _Endpoint, exc: BrpcError, log_id: int) -> None:
+        now = time.monotonic()
+        if not ep.down_since:
+            ep.down_since = now
+            log.warning("log_id=%d model server %s unreachable, skipping it for %.1f s: %s", log_id, ep.address,
+                        self.backoff_s, exc)
+        ep.down_until = now + self.backoff_s
+        ep.last_error = str(exc)
+
+    def _decode(self, data: bytes, images: int, address: str) -> np.ndarray:
+        b = self.bundle
+        response = gm.Response()
+        try:
+            response.ParseFromString(data)
+        except DecodeError as exc:
+            raise RemoteModelError(f"model server {address}: bad Response: {exc}", Errno.ERESPONSE, address) from None
+        if response.err_no:
+            raise RemoteModelError(f"model server {address} failed: [{response.err_no}] {response.err_msg}",
+                                   response.err_no, address)
+        tensor = next((t for o in response.outputs for t in o.tensor
+                       if t.alias_name == b.fetch_alias or t.name == b.fetch_name), None)
+        if tensor is None:
+            raise RemoteModelError(f"model server {address}: the response has no fetch var {b.fetch_alias!r} "
+                                   f"(real name {b.fetch_name!r}); is it serving the same model?",
+                                   Errno.ERESPONSE, address)
+        try:
+            values = _values(tensor)
+        except ValueError as exc:
+            raise RemoteModelError(f"model server {address}: {exc}", Errno.ERESPONSE, address) from None
+        if not values.size or values.size % images or (tensor.shape and tensor.shape[0] != images):
+            raise RemoteModelError(f"model server {address}: fetch var {b.fetch_alias!r} has shape "
+                                   f"{list(tensor.shape)} and {values.size} values for {images} images",
+                                   Errno.ERESPONSE, address)
+        return values.reshape(images, -1)
+
+    def _bind_loop(self) -> None:
+        """Clients belong to one event loop; a new loop (e.g. a restarted server in tests) gets new ones."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            for ep in self.endpoints:
+                ep.client = None
+
+    def _client(self, ep: _Endpoint) -> BrpcClient:
+        if ep.client is None:
+            ep.client = BrpcClient(ep.host, ep.port, timeout=self.timeout_s, pool_size=self.pool_size)
+        return ep.client
+
+    async def close(self) -> None:
+        """Close the connections (idempotent)."""
+        clients = [ep.client for ep in self.endpoints if ep.client is not None]
+        for ep in self.endpoints:
+            ep.client = None
+        for client in clients:
+            await client.close()
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, sep, port = endpoint.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"endpoint {endpoint!r}: expected \"host:port\"")
+    return host.strip("[]"), int(port)
+
+
+class RemoteEngine:
+    """One engine instance over the shared RemoteModel (the batcher awaits ``run_async``)."""
+
+    kind = "brpc"
+
+    def __init__(self, model: RemoteModel) -> None:
+        self.model = model
+
+    async def run_async(self, batch: np.ndarray) -> np.ndarray:
+        return await self.model.infer(batch)
+
+    async def close(self) -> None:
+        await self.model.close()
+
+
+def create_remote_engines(bundle: ModelBundle, endpoints: tuple[str, ...], concurrency: int, timeout_s: float,
+                          *, backoff_s: float = DEFAULT_BACKOFF_S, use_tensor_content: bool = False) -> list:
+    """``concurrency`` engine instances sharing one client per endpoint (``pool_size`` = concurrency)."""
+    model = RemoteModel(bundle, endpoints, concurrency, timeout_s, backoff_s=backoff_s,
+                        use_tensor_content=use_tensor_content)
+    log.info("remote model at %s over bRPC: %d instance(s), timeout %.0f ms", model.addresses, concurrency,
+             timeout_s * 1000)
+    return [RemoteEngine(model) for _ in range(concurrency)]

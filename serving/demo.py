@@ -1,0 +1,172 @@
+"""`resnest demo` (`make demo`): the whole system on a really trained model, in a few minutes.
+
+1. exports the committed demo checkpoint (ResNeSt_tiny trained on scikit-learn's handwritten digits)
+   with our own export path;
+2. measures its held-out accuracy in-process;
+3. starts the pipeline server (gRPC, REST, bRPC) as a child process;
+4. classifies the held-out digits over each protocol and prints predictions next to the truth and the
+   accuracy per protocol (they must equal the in-process accuracy);
+5. runs a short `resnest bench` against it and stops the server cleanly.
+
+`--model-dir` points it at your own exported serving_server (e.g. a ResNeSt50): it then classifies the
+images in ../shared/data/images (or --images) instead of the digits, and reports no accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("grpc", "http", "brpc")
+BATCH = 8  # images per request
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="export, serve and call the trained demo model over every protocol",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="work directory (default demo_out)")
+    p.add_argument("--model-dir", type=Path, help="serve this exported serving_server instead of the demo model")
+    p.add_argument("--images", type=Path, help="images to classify with --model-dir (default: shared images)")
+    p.add_argument("--shared", type=Path, default=Path("../shared"), help="the shared data folder")
+    p.add_argument("--bench-seconds", type=float, default=10.0, help="length of the load test (default 10)")
+    p.add_argument("--show", type=int, default=8, help="predictions to print per protocol (default 8)")
+    p.set_defaults(func=run)
+
+
+def say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.local import LocalClassifier
+    from serving.launcher import ServerProcess
+
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_dir, images, truth = prepare(args)
+    say(f"== model: {model_dir}")
+    local = LocalClassifier(model_dir)
+    local_preds = [p.class_ids[0] for p in local.classify_bytes(images, k=1)]
+    local_acc = accuracy(local_preds, truth)
+    if local_acc is not None:
+        say(f"== in-process held-out accuracy: {local_acc:.2%} on {len(images)} images")
+
+    config = write_demo_config(args.out / "demo_config.yml", model_dir)
+    say("== starting the server (gRPC, REST, bRPC on free loopback ports)")
+    server = ServerProcess(config)
+    failures = []
+    try:
+        say("   " + next(line.split(" INFO serving.server: ")[-1].strip() for line in server.lines
+                         if "listening" in line and "service" in line))
+        for protocol in PROTOCOLS:
+            preds, labels, seconds = classify_over(protocol, server.ports[protocol], images)
+            acc = accuracy(preds, truth)
+            show_predictions(protocol, labels, preds, truth, local.bundle.labels, args.show)
+            summary = f"{len(images)} images in {seconds:.2f} s"
+            if acc is not None:
+                summary = f"accuracy {acc:.2%} ({summary})"
+                if preds != local_preds:
+                    failures.append(f"{protocol}: answers differ from the in-process model")
+            say(f"   {protocol}: {summary}")
+        bench_dir = write_bench_images(args.out / "bench_images", images)
+        run_load_test(server, bench_dir, args.bench_seconds)
+    finally:
+        code = server.stop()
+    say(f"== server stopped (exit code {code}); demo took {time.perf_counter() - started:.0f} s")
+    if code != 0:
+        failures.append(f"server exit code {code}")
+    for failure in failures:
+        say(f"FAILED: {failure}")
+    return 1 if failures else 0
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | None]:
+    """The model to serve and the images to send (with their true classes when known)."""
+    if args.model_dir is not None:
+        folder = args.images or args.shared / "data" / "images"
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not paths:
+            raise ValueError(f"no .jpg/.jpeg/.png images in {folder}")
+        return args.model_dir, [p.read_bytes() for p in paths], None
+    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
+    from export.exporter import ExportOptions, export
+
+    say(f"== exporting the demo checkpoint {CHECKPOINT_PATH.name} ({ARCH}) with resnest export")
+    result = export(ExportOptions(arch=ARCH, out=args.out / "bundle", checkpoint=CHECKPOINT_PATH,
+                                  label_file=LABELS_PATH, force=True))
+    pngs, labels = load_heldout()
+    return result.server_dir, pngs, [int(x) for x in labels]
+
+
+def write_demo_config(path: Path, model_dir: Path) -> Path:
+    """PaddleClas's config.yml shape, with every front door on a free port and dynamic batching on."""
+    config = {
+        "worker_num": 1, "rpc_port": 0, "http_port": 0, "brpc_port": 0, "dag": {"is_thread_op": False},
+        "op": {"imagenet": {"concurrency": 1, "batch_size": BATCH, "auto_batching_timeout": 5, "topk": 3,
+                            "local_service_conf": {"model_config": str(model_dir.resolve()),
+                                                   "client_type": "local_predictor", "device_type": 0,
+                                                   "devices": "", "fetch_list": ["prediction"]}}},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def classify_over(protocol: str, port: int, images: list[bytes]) -> tuple[list[int], list[str], float]:
+    """Top-1 class ids and labels of every image, BATCH images per request."""
+    from client import connect
+
+    preds, labels = [], []
+    started = time.perf_counter()
+    with connect(protocol, f"127.0.0.1:{port}", timeout=60) as client:
+        for i in range(0, len(images), BATCH):
+            for answer in client.classify(images[i:i + BATCH]):
+                preds.append(answer.class_id)
+                labels.append(answer.label)
+    return preds, labels, time.perf_counter() - started
+
+
+def accuracy(preds: list[int], truth: list[int] | None) -> float | None:
+    if truth is None:
+        return None
+    return sum(p == t for p, t in zip(preds, truth, strict=True)) / len(truth)
+
+
+def show_predictions(protocol: str, labels: list[str], preds: list[int], truth: list[int] | None,
+                     names: tuple[str, ...] | None, count: int) -> None:
+    say(f"-- {protocol}: first {min(count, len(labels))} answers")
+    for i, label in enumerate(labels[:count]):
+        if truth is None:
+            say(f"   image {i}: {label}")
+        else:
+            want = names[truth[i]] if names else str(truth[i])
+            mark = "ok" if preds[i] == truth[i] else "WRONG"
+            say(f"   image {i}: predicted {label:<6} truth {want:<6} {mark}")
+
+
+def write_bench_images(folder: Path, images: list[bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(images[:32]):
+        suffix = ".png" if data[:4] == b"\x89PNG" else ".jpg"
+        (folder / f"image_{i:03d}{suffix}").write_bytes(data)
+    return folder
+
+
+def run_load_test(server, images: Path, seconds: float) -> None:
+    from client.bench import BenchConfig, run_bench
+    from client.report import format_report
+
+    say(f"== load test: resnest bench --protocol grpc --concurrency 4 --duration {seconds:g}")
+    config = BenchConfig(protocol="grpc", endpoint=f"127.0.0.1:{server.ports['grpc']}",
+                         images=sorted(images.iterdir()), concurrency=4, duration=seconds, warmup=4,
+                         metrics_url=server.url("/metrics"), progress=sys.stdout.isatty())
+    report = asyncio.run(run_bench(config))
+    say(format_report(report))

@@ -1,0 +1,97 @@
+"""A model-only server process: what ``python -m paddle_serving_server.serve`` (C++ Serving) is for a
+Paddle Serving pipeline with ``client_type: brpc``.
+
+It loads the op's model and engines from an ordinary config.yml and serves ``GeneralModelService`` over
+bRPC on ``brpc_port`` (required) and over HTTP on ``http_port`` (optional, its own port). No image
+decoding or top-k here: a pipeline server (``resnest serve`` with ``client_type: brpc`` and
+``server_endpoints``) does those and calls this one for the model. SIGTERM/SIGINT stop it gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from pipeline.engines import create_engines
+from protocol.baidu_std import short_service_name
+from serving.config import ConfigError, ServerConfig, check_paths
+from serving.model_service import GENERAL_MODEL_SERVICE, register_model_service, start_model_http
+from serving.server import engine_options, load_bundle
+
+__all__ = ["check_model_server_config", "run_model_server", "serve_model"]
+
+log = logging.getLogger(__name__)
+
+
+def check_model_server_config(config: ServerConfig) -> None:
+    """Refuse configs a model server cannot honour, naming the key."""
+    op = config.op
+    if config.brpc_port is None:
+        raise ConfigError("[CONF] brpc_port: not set; a model server serves GeneralModelService over bRPC on "
+                          "brpc_port (C++ Serving's default is 9393; 0 = OS picks)")
+    if op.is_remote:
+        raise ConfigError(f"[CONF] op.{op.name}.local_service_conf.client_type: got 'brpc'; a model server runs "
+                          "the model itself: use client_type: local_predictor and no server_endpoints")
+
+
+async def serve_model(config: ServerConfig) -> int:
+    """Load the model, serve GeneralModelService until SIGTERM/SIGINT, stop gracefully; returns 0."""
+    from serving.brpc_server import BrpcServer
+
+    check_model_server_config(config)
+    op = config.op
+    if config.rpc_port is not None:
+        log.warning("rpc_port %d is ignored: a model server speaks bRPC (brpc_port) and HTTP (http_port)",
+                    config.rpc_port)
+    started = time.perf_counter()
+    bundle = load_bundle(config)
+    engines = create_engines(bundle, op.engine, engine_options(config), op.concurrency,
+                             list(op.local_service_conf.devices) or None)
+    brpc = BrpcServer(max_body_size=config.max_request_bytes)
+    service = register_model_service(
+        brpc, bundle, engines, batch_size=op.batch_size, auto_batching_timeout_ms=op.auto_batching_timeout,
+        max_queue_images=op.max_queue_images, max_images_per_request=op.max_images_per_request,
+        timeout_s=op.timeout_s)
+    await service.start()
+    log.info("model %s (%s, input %d, %d classes): engine %s on %s, %d instance(s) x %d thread(s); loaded in "
+             "%.2f s", bundle.directory, bundle.meta.arch or "unknown arch", bundle.meta.crop_size,
+             bundle.meta.class_num, op.engine, op.local_service_conf.device, op.concurrency,
+             op.local_service_conf.thread_num, time.perf_counter() - started)
+    http = None
+    try:
+        await brpc.start(config.host, config.brpc_port)
+        ports = {"brpc": brpc.port}
+        if config.http_port is not None:
+            http, ports["http"] = await start_model_http(service, config.host, config.http_port,
+                                                         config.max_request_bytes)
+        listening = " ".join(f"{k}={config.host}:{v}" for k, v in ports.items())
+        log.info("model server %s: service %r listening %s (pid %d)", bundle.directory,
+                 short_service_name(GENERAL_MODEL_SERVICE), listening, os.getpid())
+        # After the model is loaded: importing paddle installs its own SIGTERM handler, which must not win.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: finishing calls in flight (grace %.0f s)", config.shutdown_grace_s)
+    finally:
+        stops = [brpc.stop(config.shutdown_grace_s)]
+        if http is not None:
+            stops.append(http.cleanup())
+        await asyncio.gather(*stops, return_exceptions=True)
+        await service.stop()
+    log.info("stopped")
+    return 0
+
+
+def run_model_server(config: ServerConfig) -> int:
+    """Serve ``config``'s model in this process (one worker; ``worker_num`` > 1 is refused)."""
+    check_model_server_config(config)
+    check_paths(config)
+    if config.worker_num != 1:
+        raise ConfigError(f"[CONF] worker_num: got {config.worker_num}; a model server runs one process (use "
+                          f"op.{config.op.name}.concurrency for more engine instances)")
+    return asyncio.run(serve_model(config))

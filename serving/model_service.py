@@ -1,0 +1,338 @@
+"""Model-only front door: Paddle Serving C++ Serving's ``GeneralModelService`` over one model.
+
+``baidu.paddle_serving.predictor.general_model.GeneralModelService`` ``inference`` (and ``debug``, which
+behaves the same, as in C++ Serving) takes a ``Request`` whose tensor is a preprocessed image batch
+``[N, 3, H, W]`` and answers a ``Response`` with one ``ModelOutput(engine_name="general_infer_0")`` holding
+the fetch var(s) ``[N, classes]`` in ``float_data``. Requests from every connection go through one
+``DynamicBatcher``, so concurrent calls share engine batches. Served over bRPC ``baidu_std`` (gzip
+response payloads, ``compress_type`` 2, as C++ Serving's generated handler sets) and, optionally, over
+HTTP on its own port (``POST /GeneralModelService/inference``, JSON or ``application/proto``).
+
+Input: the tensor is found by the model's real feed name or its alias, in ``name`` or ``alias_name``.
+FP32 (elem_type 1) data may come in ``float_data`` (what C++ clients send) or as raw little-endian
+``tensor_content``; FP16 (5) and UINT8 (7) come in ``tensor_content`` and are cast to float32 as they are
+(no scaling). ``fetch_var_names`` takes real names or aliases; empty means every fetch var.
+
+Errors go through the RPC meta, never ``Response.err_no``, as C++ Serving does (``cntl->SetFailed``):
+
+* a payload that does not parse as ``Request``: ``EREQUEST`` (1003), which brpc itself answers before
+  the service runs;
+* anything wrong with the input (no/unknown feed, shape, elem_type, data size, unknown fetch) and an
+  engine failure: ``-5100`` (``ERR_OP_INFER_FAILURE``), the code C++ Serving returns whenever an op's
+  ``inference()`` fails (its reader op rejects bad input that way);
+* the batch queue full: ``ELIMIT`` (2004), brpc's "reached server's limit";
+* a bug in this module: ``-5000`` (``ERR_INTERNAL_FAILURE``).
+
+The text starts with C++ Serving's fixed ``"InferService inference failed!"`` and then says what was
+wrong, so clients that match the C++ text still work and people can act on the message.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from pipeline.batcher import DynamicBatcher, QueueFull
+from pipeline.bundle import ModelBundle
+from protocol import general_model_service_pb2 as gm
+from protocol.baidu_std import BrpcError, CompressType, Errno, short_service_name
+from serving.brpc_server import BrpcServer, RequestContext
+
+__all__ = [
+    "ENGINE_NAME",
+    "ERR_INTERNAL_FAILURE",
+    "ERR_OP_INFER_FAILURE",
+    "GENERAL_MODEL_SERVICE",
+    "ModelService",
+    "http_status",
+    "register_model_service",
+    "start_model_http",
+]
+
+log = logging.getLogger(__name__)
+
+GENERAL_MODEL_SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
+METHODS = ("inference", "debug")
+ENGINE_NAME = "general_infer_0"
+ERR_INTERNAL_FAILURE = -5000  # "Paddle Serving Framework Internal Error."
+ERR_OP_INFER_FAILURE = -5100  # "Paddle Serving Op Inference Error."
+FAILED = "InferService inference failed!"  # C++ Serving's cntl->SetFailed text
+
+FP32, FP16, UINT8 = 1, 5, 7
+_CONTENT_DTYPES = {FP32: np.dtype("<f4"), FP16: np.dtype("<f2"), UINT8: np.dtype("u1")}
+_ELEM_NAMES = {0: "INT64", 1: "FP32", 2: "INT32", 3: "FP64", 4: "INT16", 5: "FP16", 6: "BF16", 7: "UINT8",
+               8: "INT8", 9: "BOOL", 10: "COMPLEX64", 11: "COMPLEX128", 20: "STRING"}
+
+
+def _bad_input(detail: str) -> BrpcError:
+    return BrpcError(ERR_OP_INFER_FAILURE, f"{FAILED} {detail}")
+
+
+class ModelService:
+    """One model behind GeneralModelService: ``await start()``, ``infer``/``handle`` calls, ``await stop()``."""
+
+    def __init__(self, bundle: ModelBundle, engines: list, *, batch_size: int = 1,
+                 auto_batching_timeout_ms: float = -1, max_queue_images: int = 1024,
+                 max_images_per_request: int = 32) -> None:
+        self.bundle = bundle
+        self.max_images_per_request = max_images_per_request
+        self.input_shape = (3, bundle.meta.crop_size, bundle.meta.crop_size)
+        self.batcher = DynamicBatcher(engines, batch_size, auto_batching_timeout_ms, max_queue_images)
+        self._started = False
+
+    async def start(self) -> None:
+        """Start the batcher's engine workers (idempotent; the first call also does it)."""
+        if not self._started:
+            self._started = True
+            await self.batcher.start()
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.batcher.stop()
+
+    # -- the RPC ----------------------------------------------------------------------------------------
+
+    async def handle(self, payload: bytes, ctx: RequestContext) -> bytes:
+        """bRPC handler: serialized Request in, serialized Response out; failures raise BrpcError."""
+        request = gm.Request()
+        try:
+            request.ParseFromString(payload)
+        except DecodeError as exc:
+            raise BrpcError(Errno.EREQUEST, f"Fail to parse request message as {gm.Request.DESCRIPTOR.full_name}"
+                            f", request_size={len(payload)}: {exc}") from None
+        return (await self.infer(request, ctx.log_id)).SerializeToString()
+
+    async def infer(self, request: gm.Request, log_id: int = 0) -> gm.Response:
+        """Run the request's image batch through the model; raises BrpcError as described above."""
+        log_id = request.log_id or log_id
+        t0 = time.time()
+        try:
+            images = self._input(request)
+            fetch = self._fetch(request.fetch_var_names)
+            await self.start()
+            t1 = time.time()
+            try:
+                probs = await self.batcher.submit(images)
+            except QueueFull as exc:
+                raise BrpcError(Errno.ELIMIT, f"{FAILED} server overloaded: {exc}; retry later") from None
+            except Exception as exc:  # engine failure: the op's inference failed
+                raise BrpcError(ERR_OP_INFER_FAILURE,
+                                f"{FAILED} engine error: {type(exc).__name__}: {exc}") from exc
+            t2 = time.time()
+            response = self._response(probs, fetch, log_id)
+        except BrpcError as exc:
+            log.info("log_id=%d GeneralModelService failed: %s", log_id, exc)
+            raise
+        except Exception as exc:  # a bug here: report it as the framework's, keep serving
+            log.exception("log_id=%d GeneralModelService internal error", log_id)
+            raise BrpcError(ERR_INTERNAL_FAILURE, f"{FAILED} Paddle Serving Framework Internal Error. "
+                            f"{type(exc).__name__}: {exc}") from exc
+        if request.profile_server:
+            response.profile_server = True
+            response.profile_time.extend(int(t * 1e6) for t in (t0, t1, t2, time.time()))
+        log.debug("log_id=%d GeneralModelService %d image(s) in %.1f ms", log_id, images.shape[0],
+                  (time.time() - t0) * 1000)
+        return response
+
+    def _input(self, request: gm.Request) -> np.ndarray:
+        """The request's feed tensor as float32 [N, 3, H, W], or a -5100 error saying what is wrong."""
+        b = self.bundle
+        names = {b.feed_name, b.feed_alias}
+        want = f"{b.feed_name!r} (alias {b.feed_alias!r})"
+        tensors = list(request.tensor)
+        if not tensors:
+            raise _bad_input(f"the request has no tensor; send the image batch as feed var {want}")
+        found = [t for t in tensors if t.name in names or t.alias_name in names]
+        if not found:
+            got = ", ".join(repr(t.name or t.alias_name) for t in tensors)
+            raise _bad_input(f"unknown feed var {got}; this model's feed var is {want}")
+        if len(tensors) > 1:
+            raise _bad_input(f"the request has {len(tensors)} tensors; this model has one feed var, {want}")
+        tensor = found[0]
+        shape = tuple(tensor.shape)
+        expected = "[N, " + ", ".join(map(str, self.input_shape)) + "]"
+        if len(shape) != 4 or shape[1:] != self.input_shape or shape[0] < 1:
+            raise _bad_input(f"feed var {tensor.name or tensor.alias_name!r}: shape {list(shape)} does not match "
+                             f"the model's {expected} (N = number of images, the batch dim included)")
+        if shape[0] > self.max_images_per_request:
+            raise _bad_input(f"feed var {tensor.name or tensor.alias_name!r}: batch of {shape[0]} images; this "
+                             f"server takes at most {self.max_images_per_request} per request")
+        data = _tensor_values(tensor)
+        count = math.prod(shape)
+        if data.size != count:
+            raise _bad_input(f"feed var {tensor.name or tensor.alias_name!r}: {data.size} values for shape "
+                             f"{list(shape)}, which needs {count}")
+        return data.astype(np.float32, copy=False).reshape(shape)
+
+    def _fetch(self, names: Iterable[str]) -> list[str]:
+        b = self.bundle
+        names = list(names)
+        for name in names:
+            if name not in (b.fetch_name, b.fetch_alias):
+                raise _bad_input(f"unknown fetch var {name!r}; this model fetches {b.fetch_alias!r} "
+                                 f"(real name {b.fetch_name!r})")
+        return names or [b.fetch_alias]
+
+    def _response(self, probs: np.ndarray, fetch: list[str], log_id: int) -> gm.Response:
+        b = self.bundle
+        probs = np.ascontiguousarray(probs, dtype=np.float32)
+        tensor = gm.Tensor(name=b.fetch_name, alias_name=b.fetch_alias, elem_type=FP32, shape=list(probs.shape))
+        tensor.float_data.extend(probs.ravel())
+        output = gm.ModelOutput(engine_name=ENGINE_NAME)
+        for _ in fetch:  # one tensor per requested name, in request order (the model has one fetch var)
+            output.tensor.append(tensor)
+        return gm.Response(outputs=[output], log_id=log_id)
+
+
+def _tensor_values(tensor: gm.Tensor) -> np.ndarray:
+    """The tensor's numbers, flat, from float_data or tensor_content by elem_type."""
+    elem = tensor.elem_type
+    label = f"feed var {tensor.name or tensor.alias_name!r}"
+    if elem == FP32 and len(tensor.float_data):
+        if tensor.tensor_content:
+            raise _bad_input(f"{label}: both float_data and tensor_content are set; send one")
+        return np.array(tensor.float_data, dtype=np.float32)
+    if elem in _CONTENT_DTYPES:
+        dtype = _CONTENT_DTYPES[elem]
+        content = tensor.tensor_content
+        if len(content) % dtype.itemsize:
+            raise _bad_input(f"{label}: tensor_content has {len(content)} bytes, not a whole number of "
+                             f"{_ELEM_NAMES[elem]} values ({dtype.itemsize} bytes each)")
+        return np.frombuffer(content, dtype=dtype)
+    name = _ELEM_NAMES.get(elem, "unknown")
+    raise _bad_input(f"{label}: elem_type {elem} ({name}) is not supported; send FP32 (1) in float_data or "
+                     "tensor_content, or FP16 (5) / UINT8 (7) in tensor_content")
+
+
+def register_model_service(server: BrpcServer, bundle: ModelBundle, engines: list, *, batch_size: int = 1,
+                           auto_batching_timeout_ms: float = -1, max_queue_images: int = 1024,
+                           max_images_per_request: int = 32, timeout_s: float | None = None) -> ModelService:
+    """Serve GeneralModelService.inference and .debug on ``server`` (gzip responses, as C++ Serving).
+
+    Returns the ModelService: ``await service.start()`` before serving (or let the first call start it)
+    and ``await service.stop()`` after the server stopped. ``timeout_s`` bounds each call (ERPCTIMEDOUT).
+    """
+    service = ModelService(bundle, engines, batch_size=batch_size, auto_batching_timeout_ms=auto_batching_timeout_ms,
+                           max_queue_images=max_queue_images, max_images_per_request=max_images_per_request)
+    for method in METHODS:
+        server.register(GENERAL_MODEL_SERVICE, method, service.handle, response_compress_type=CompressType.GZIP,
+                        timeout_s=timeout_s)
+    return service
+
+
+# -- HTTP (brpc's http_rpc_protocol semantics) ------------------------------------------------------------
+
+_HTTP_STATUS = {Errno.ENOSERVICE: 404, Errno.ENOMETHOD: 404, Errno.ERPCAUTH: 401, Errno.EREQUEST: 400,
+                22: 400, Errno.ELIMIT: 503, Errno.ELOGOFF: 503, 1: 403, Errno.ERPCTIMEDOUT: 504, 110: 504}
+_GZIP_MIN_BYTES = 512
+PROTO_CONTENT_TYPE = "application/proto"
+
+
+def http_status(code: int) -> int:
+    """brpc's ErrorCodeToStatusCode: the HTTP status for a brpc errno (EINVAL 22, EPERM 1, ETIMEDOUT 110)."""
+    return _HTTP_STATUS.get(code, 500)
+
+
+def _http_error(exc: BrpcError) -> web.Response:
+    return web.Response(status=http_status(exc.code), text=exc.text, content_type="text/plain",
+                        headers={"x-bd-error-code": str(exc.code)})
+
+
+def _numbers_for_int64(message: Message, data: dict) -> dict:
+    """json_format writes 64-bit integers as strings; brpc's pb2json writes numbers. Fix in place."""
+    for field in message.DESCRIPTOR.fields:
+        key = field.name
+        if key not in data:
+            continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            values = getattr(message, key)
+            if field.label == FieldDescriptor.LABEL_REPEATED:
+                for sub, sub_data in zip(values, data[key], strict=True):
+                    _numbers_for_int64(sub, sub_data)
+            else:
+                _numbers_for_int64(values, data[key])
+        elif field.cpp_type in (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64):
+            value = data[key]
+            data[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
+    return data
+
+
+def response_json(message: Message) -> bytes:
+    """brpc pb2json style: proto field names, default/empty fields left out, bytes base64, int64 numbers."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps(_numbers_for_int64(message, data), separators=(",", ":")).encode()
+
+
+class _ModelHttp:
+    """``POST /GeneralModelService/{inference,debug}`` (the full service name works too)."""
+
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
+        self.names = {short_service_name(GENERAL_MODEL_SERVICE), GENERAL_MODEL_SERVICE}
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = request.path.strip("/").split("/")
+        try:
+            if len(parts) != 2 or parts[0] not in self.names:
+                raise BrpcError(Errno.ENOSERVICE, f"Fail to find service={parts[0]!r} for path {request.path!r}; "
+                                "use POST /GeneralModelService/inference")
+            if parts[1] not in METHODS:
+                raise BrpcError(Errno.ENOMETHOD, f"Fail to find method={parts[1]!r} of GeneralModelService; "
+                                f"methods: {', '.join(METHODS)}")
+            proto = request.content_type == PROTO_CONTENT_TYPE
+            message = self._parse(await request.read(), proto)
+            header = request.headers.get("log-id", "")
+            log_id = int(header) if header.isdigit() else 0  # brpc's HTTP log id header
+            response = await self.service.infer(message, log_id)
+        except BrpcError as exc:
+            return _http_error(exc)
+        body = response.SerializeToString() if proto else response_json(response)
+        headers = {}
+        if len(body) >= _GZIP_MIN_BYTES and "gzip" in request.headers.get("Accept-Encoding", "").lower():
+            body = gzip.compress(body, compresslevel=6)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers,
+                            content_type=PROTO_CONTENT_TYPE if proto else "application/json")
+
+    @staticmethod
+    def _parse(body: bytes, proto: bool) -> gm.Request:
+        message = gm.Request()
+        what = f"Fail to parse http body as {gm.Request.DESCRIPTOR.full_name}"
+        if proto:
+            try:
+                message.ParseFromString(body)
+            except DecodeError as exc:
+                raise BrpcError(Errno.EREQUEST, f"{what}: {exc}") from None
+        elif body.strip():
+            try:
+                json_format.Parse(body, message, ignore_unknown_fields=True)
+            except (json_format.ParseError, UnicodeDecodeError) as exc:
+                raise BrpcError(Errno.EREQUEST, f"{what}, {exc}") from None
+        return message
+
+
+def model_http_app(service: ModelService, max_request_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_request_bytes)
+    app.router.add_route("*", "/{tail:.*}", _ModelHttp(service).dispatch)
+    return app
+
+
+async def start_model_http(service: ModelService, host: str, port: int, max_request_bytes: int,
+                           reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Start GeneralModelService over HTTP on its own port; returns the runner (for cleanup) and the port."""
+    runner = web.AppRunner(model_http_app(service, max_request_bytes), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
