@@ -105,8 +105,8 @@ def parse_classifications(response: Response, n_images: int | None = None) -> li
     missing = [k for k in ("label", "prob") if k not in values]
     if missing:
         raise BadResponseError(f"response lacks key(s) {missing}; it has {sorted(values)}")
-    labels = _list_of(safe_literal(values["label"]), _is_str, "label", "str")
-    probs = _list_of(safe_literal(values["prob"]), _is_number, "prob", "number")
+    labels = _list_of(safe_literal(values["label"]), _is_str, "label", "a str")
+    probs = _list_of(safe_literal(values["prob"]), _is_number, "prob", "a finite number")
     n = len(labels)
     if len(probs) != n:
         raise BadResponseError(f"response has {n} labels but {len(probs)} probs")
@@ -117,9 +117,9 @@ def parse_classifications(response: Response, n_images: int | None = None) -> li
 
     topk_keys = ("class_ids", "scores", "label_names")
     if all(k in values for k in topk_keys):
-        ids = _nested(values["class_ids"], _is_int, "class_ids", "int", n)
-        scores = _nested(values["scores"], _is_number, "scores", "number", n)
-        names = _nested(values["label_names"], _is_str, "label_names", "str", n)
+        ids = _nested(values["class_ids"], _is_int, "class_ids", "an int", n)
+        scores = _nested(values["scores"], _is_number, "scores", "a finite number", n)
+        names = _nested(values["label_names"], _is_str, "label_names", "a str", n)
         out = []
         for i in range(n):
             if not (len(ids[i]) == len(scores[i]) == len(names[i])):
@@ -147,7 +147,7 @@ def _list_of(value: Any, check: Any, key: str, what: str) -> list[Any]:
         raise BadResponseError(f"response value {key!r} is a {type(value).__name__}, not a list")
     for i, v in enumerate(value):
         if not check(v):
-            raise BadResponseError(f"response value {key!r}[{i}] = {v!r} is not a {what}")
+            raise BadResponseError(f"response value {key!r}[{i}] = {v!r} is not {what}")
     return value
 
 

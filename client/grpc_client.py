@@ -19,6 +19,10 @@ CHANNEL_OPTIONS = [
 ]
 """Paddle Serving's PipelineClient message limits (512 MiB each way)."""
 
+_CLASSIFIER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.enable_http_proxy", 0)]
+"""Ours also ignore http_proxy/https_proxy: a proxy in the environment is the cause of PaddleClas's
+"no result comes back" FAQ, and a model server is never reached through an HTTP CONNECT proxy."""
+
 
 def grpc_target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -40,7 +44,7 @@ class GrpcClassifier(Classifier):
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
         self.target = grpc_target(self.host, self.port)
-        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(self.target, options=_CLASSIFIER_OPTIONS)
         self._stub = PipelineServiceStub(self._channel)
 
     def infer(self, request: Request, *, timeout: float | None = None) -> Response:
@@ -66,7 +70,7 @@ class AsyncGrpcClassifier(AsyncClassifier):
 
     async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(self.target, options=_CLASSIFIER_OPTIONS)
             self._stub = PipelineServiceStub(self._channel)
         try:
             return await self._stub.inference(request, timeout=self._timeout(timeout))

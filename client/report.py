@@ -157,6 +157,8 @@ def plot_sweep(sweep: SweepReport, path: str | Path) -> Path:
     ax.set_xlabel("concurrency")
     ax.set_ylabel("images/s")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.minorticks_off()
     ax2 = ax.twinx()
     for key, style in (("p50", "s--"), ("p99", "^:")):
         ax2.plot(levels, [r.summary()["latency_ms"].get(key) for _, r in sweep.levels], style, color="gray",

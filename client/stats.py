@@ -67,11 +67,10 @@ def histogram_totals(text: str, metric: str, label: str) -> dict[str, tuple[floa
     from prometheus_client.parser import text_string_to_metric_families
 
     totals: dict[str, list[float]] = {}
+    names = (f"{metric}_sum", f"{metric}_count")
     for family in text_string_to_metric_families(text):
-        if family.name != metric:
-            continue
-        for sample in family.samples:
-            if sample.name not in (f"{metric}_sum", f"{metric}_count"):
+        for sample in family.samples:  # by sample name: robust to untyped or split families
+            if sample.name not in names:
                 continue
             key = sample.labels.get(label, "")
             pair = totals.setdefault(key, [0.0, 0.0])

@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("grpc", "http", "brpc")
@@ -48,7 +46,7 @@ def say(text: str = "") -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.local import LocalClassifier
-    from serving.launcher import ServerProcess
+    from serving.launcher import ServerProcess, write_config
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if local_acc is not None:
         say(f"== in-process held-out accuracy: {local_acc:.2%} on {len(images)} images")
 
-    config = write_demo_config(args.out / "demo_config.yml", model_dir)
+    config = write_config(args.out / "demo_config.yml", model_dir,
+                          op={"batch_size": BATCH, "auto_batching_timeout": 5, "topk": 3})
     say("== starting the server (gRPC, REST, bRPC on free loopback ports)")
     server = ServerProcess(config)
     failures = []
@@ -105,19 +104,6 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
                                   label_file=LABELS_PATH, force=True))
     pngs, labels = load_heldout()
     return result.server_dir, pngs, [int(x) for x in labels]
-
-
-def write_demo_config(path: Path, model_dir: Path) -> Path:
-    """PaddleClas's config.yml shape, with every front door on a free port and dynamic batching on."""
-    config = {
-        "worker_num": 1, "rpc_port": 0, "http_port": 0, "brpc_port": 0, "dag": {"is_thread_op": False},
-        "op": {"imagenet": {"concurrency": 1, "batch_size": BATCH, "auto_batching_timeout": 5, "topk": 3,
-                            "local_service_conf": {"model_config": str(model_dir.resolve()),
-                                                   "client_type": "local_predictor", "device_type": 0,
-                                                   "devices": "", "fetch_list": ["prediction"]}}},
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def classify_over(protocol: str, port: int, images: list[bytes]) -> tuple[list[int], list[str], float]:

@@ -60,3 +60,17 @@ class ServerProcess:
         except Exception:
             self.proc.kill()
             return self.proc.wait()
+
+
+def write_config(path: Path, model_dir: Path, op: dict | None = None, top: dict | None = None,
+                 lsc: dict | None = None) -> Path:
+    """A PaddleClas-style config.yml serving `model_dir` as op `imagenet`, every front door on a free port.
+    `op`/`top`/`lsc` add or replace keys of the op, the top level and local_service_conf."""
+    import yaml
+
+    local = {"model_config": str(Path(model_dir).resolve()), "device_type": 0, "devices": "",
+             "client_type": "local_predictor", "fetch_list": ["prediction"], **(lsc or {})}
+    config = {"worker_num": 1, "rpc_port": 0, "http_port": 0, "brpc_port": 0, "dag": {"is_thread_op": False},
+              "op": {"imagenet": {"concurrency": 1, "local_service_conf": local, **(op or {})}}, **(top or {})}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -257,7 +257,7 @@ def _numbers_for_int64(message: Message, data: dict) -> dict:
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             values = getattr(message, key)
-            if field.label == FieldDescriptor.LABEL_REPEATED:
+            if field.is_repeated:
                 for sub, sub_data in zip(values, data[key], strict=True):
                     _numbers_for_int64(sub, sub_data)
             else:

@@ -3,10 +3,28 @@ started once per session and shared by every module here."""
 
 from __future__ import annotations
 
+import importlib
 import socket
+import sys
 
 import pytest
-from support import ServerProcess, write_config
+from support import REPO_ROOT, ServerProcess, write_config
+
+
+def _real_client_package() -> None:
+    """With ``pythonpath = ["tests"]`` and the ``pytest`` script (not ``python -m pytest``), ``import
+    client`` finds tests/client as a namespace package: submodules still load (the editable install's
+    finder maps them) but ``client/__init__`` never runs, so ``from client import PipelineClient``
+    fails. Put the repo root on sys.path and swap in the real package (submodules stay the same objects)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.append(str(REPO_ROOT))
+    module = sys.modules.get("client")
+    if module is not None and getattr(module, "__file__", None) is None:
+        del sys.modules["client"]
+    importlib.import_module("client")
+
+
+_real_client_package()
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +44,6 @@ def top1_server(tmp_path_factory, tiny_model_dir):
     server = ServerProcess(cfg)
     yield server
     server.stop()
-
-
-def endpoint(server: ServerProcess, protocol: str) -> str:
-    return f"127.0.0.1:{server.ports[protocol]}"
 
 
 @pytest.fixture

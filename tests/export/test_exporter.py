@@ -117,9 +117,9 @@ def test_bad_options(tmp_path, kwargs, message):
 
 
 def test_wrong_file_type(tmp_path):
-    ckpt = tmp_path / "model.bin"
+    ckpt = tmp_path / "model.h5"
     ckpt.write_bytes(b"\0" * 10)
-    with pytest.raises(ExportError, match="unsupported file type '.bin'"):
+    with pytest.raises(ExportError, match="unsupported file type '.h5'"):
         export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "out", checkpoint=ckpt))
 
 

@@ -1,0 +1,108 @@
+"""`resnest predict` and `resnest bench` end to end against a real server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serving.cli import main
+
+
+def ep(server, protocol: str) -> str:
+    return f"127.0.0.1:{server.ports[protocol]}"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http", "brpc"])
+def test_predict_table(topk_server, image_paths, protocol, capsys):
+    rc = main(["predict", "--protocol", protocol, "--endpoint", ep(topk_server, protocol), "--batch", "2",
+               *map(str, image_paths)])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out[0].split() == ["image", "label", "prob", "top-k"]
+    assert [line.split()[0] for line in out[2:]] == [p.name for p in image_paths]
+
+
+def test_predict_json_and_errors(topk_server, image_paths, tmp_path, capsys):
+    rc = main(["predict", "--endpoint", ep(topk_server, "grpc"), "--json", str(image_paths[0].parent)])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0 and [r["image"] for r in rows] == [str(p) for p in image_paths]
+    assert all(len(r["class_ids"]) == 3 and r["labels"][0].replace(",", "") == r["label"] for r in rows)
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    rc = main(["predict", "--endpoint", ep(topk_server, "grpc"), str(broken), str(image_paths[0])])
+    captured = capsys.readouterr()
+    assert rc == 1 and "err_no 5000" in captured.err and "broken.jpg" in captured.err
+    assert image_paths[0].name in captured.out  # the good image still got its answer
+
+
+def test_bench_run_with_json_and_plot(topk_server, image_paths, tmp_path, capsys):
+    report, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    rc = main(["--log-level", "WARNING", "bench", "--protocol", "grpc", "--endpoint", ep(topk_server, "grpc"),
+               "--images", str(image_paths[0].parent), "--duration", "3", "--concurrency", "3",
+               "--images-per-request", "2", "--warmup", "3", "--metrics-url", topk_server.url("/metrics"),
+               "--json", str(report), "--plot", str(plot), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "latency p99 (ms)" in out and "server stages" in out and "preprocess" in out
+    data = json.loads(report.read_text())
+    s = data["summary"]
+    assert s["requests"] == s["successes"] + s["errors"] == len(data["samples"]) > 0
+    assert s["errors"] == 0 and s["images_per_s"] == pytest.approx(2 * s["qps"])
+    lat = s["latency_ms"]
+    assert lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert all(x["images"] == 2 and x["error"] is None for x in data["samples"])
+    assert max(x["t_s"] for x in data["samples"]) < 3.0
+    assert data["server"]["available"] and data["server"]["stages_ms"]["total"]["count"] == s["requests"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_sweep(topk_server, tmp_path, capsys):
+    report, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    rc = main(["--log-level", "WARNING", "bench", "--protocol", "brpc", "--endpoint", ep(topk_server, "brpc"),
+               "--concurrency", "1,2", "--duration", "1", "--json", str(report), "--plot", str(plot), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    data = json.loads(report.read_text())
+    assert [level["concurrency"] for level in data["levels"]] == [1, 2]
+    assert data["knee"] in (1, 2) and "knee (*): concurrency" in out
+    assert all(level["summary"]["successes"] > 0 for level in data["levels"])
+    assert plot.stat().st_size > 0
+
+
+def test_bench_open_loop(topk_server, tmp_path, capsys):
+    report = tmp_path / "open.json"
+    rc = main(["--log-level", "WARNING", "bench", "--protocol", "http", "--endpoint", ep(topk_server, "http"),
+               "--rate", "20", "--requests", "10", "--concurrency", "4", "--json", str(report), "--quiet"])
+    assert rc == 0 and "open loop at 20 req/s" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    starts = [x["t_s"] for x in data["samples"]]
+    assert len(starts) == 10 and 0.4 < starts[-1] < 0.6  # one start every 50 ms, on schedule
+    assert data["summary"]["response_time_ms"]["p50"] >= data["summary"]["latency_ms"]["p50"]
+    assert data["server"]["available"]  # --protocol http: /metrics on the same port by default
+
+
+def test_bench_counts_server_errors(topk_server, tmp_path, capsys):
+    report = tmp_path / "errors.json"
+    rc = main(["--log-level", "ERROR", "bench", "--protocol", "http", "--endpoint", ep(topk_server, "http"),
+               "--service-name", "nope", "--requests", "4", "--warmup", "0", "--json", str(report), "--quiet"])
+    assert rc == 1
+    s = json.loads(report.read_text())["summary"]
+    assert s["errors_by_kind"] == {"err_no 3002": 4} and s["successes"] == 0
+    assert "err_no 3002" in capsys.readouterr().out
+
+    # with warm-up, a server that fails everything stops the run before measuring
+    rc = main(["--log-level", "ERROR", "bench", "--protocol", "http", "--endpoint", ep(topk_server, "http"),
+               "--service-name", "nope", "--duration", "30", "--quiet"])
+    assert rc == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["--endpoint", "10.1.2.3:9993"],
+    ["--protocol", "http", "--endpoint", "127.0.0.1:18080", "--metrics-url", "http://192.0.2.1:18080/metrics"],
+    ["--endpoint", "127.0.0.1:9993", "--duration", "0"],
+    ["--endpoint", "127.0.0.1:9993", "--requests", "0"],
+])
+def test_bench_refusals(args, image_paths, capsys):
+    assert main(["bench", "--images", str(image_paths[0].parent), "--quiet", *args]) == 2

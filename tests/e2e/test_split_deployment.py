@@ -1,0 +1,174 @@
+"""Split deployment as real processes on loopback: `resnest serve` with `client_type: brpc` does decoding
+and top-k, model servers (serving.model_server) run the model; same answers as in-process, round-robin
+over two model servers, and a model server killed and restarted under a running pipeline."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from support import REPO_ROOT, ServerProcess
+
+from pipeline.local import LocalClassifier
+from protocol import general_model_service_pb2 as gm
+from protocol import pipeline_service_pb2 as pb
+from protocol import pipeline_service_pb2_grpc as pb_grpc
+from protocol.brpc_client import SyncBrpcClient
+
+HOST = "127.0.0.1"
+GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
+LAUNCH = ("import sys; from serving.cli import setup_logging; from serving.config import load_config; "
+          "from serving.model_server import run_model_server; config = load_config(sys.argv[1]); "
+          "setup_logging(config.log_level); sys.exit(run_model_server(config))")
+
+
+class ModelServerProcess(ServerProcess):
+    """serving.model_server as a subprocess; ports parsed from its `service ... listening` log line.
+    `wait=False` returns at once (start several in parallel, then `wait_ready()`)."""
+
+    def __init__(self, config_path: Path, timeout: float = 60.0, wait: bool = True):
+        self.echo = False
+        self.lines: list[str] = []
+        self.ports: dict[str, int] = {}
+        self.timeout = timeout
+        self._ready = threading.Event()
+        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(config_path)], cwd=REPO_ROOT,
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        threading.Thread(target=self._read, daemon=True).start()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> ModelServerProcess:
+        if not self._ready.wait(self.timeout) or not self.ports:
+            self.stop()
+            raise RuntimeError("model server did not start:\n" + self.log)
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.ports['brpc']}"
+
+    def served(self) -> int:
+        """Inference calls answered so far (its DEBUG log has one line per call)."""
+        return sum("GeneralModelService.inference from" in line and " ok in " in line for line in self.lines)
+
+
+def model_server_config(path: Path, model_dir: Path, brpc_port: int = 0) -> Path:
+    config = {"brpc_port": brpc_port, "http_port": 0, "log_level": "DEBUG", "shutdown_grace_s": 2,
+              "op": {"imagenet": {"concurrency": 1, "batch_size": 8, "auto_batching_timeout": 2,
+                                  "local_service_conf": {"model_config": str(model_dir), "device_type": 0,
+                                                         "thread_num": 1}}}}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def pipeline_config(path: Path, model_dir: Path, endpoints: list[str]) -> Path:
+    config = {"rpc_port": 0, "http_port": 0, "dag": {"is_thread_op": False},
+              "op": {"imagenet": {"concurrency": 2, "topk": 3, "local_service_conf": {
+                  "model_config": str(model_dir), "client_type": "brpc", "server_endpoints": endpoints,
+                  "rpc_timeout_ms": 5000, "fetch_list": ["prediction"]}}}}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, tiny_model_dir):
+    """Two model servers (started in parallel) and a pipeline that calls both."""
+    tmp = tmp_path_factory.mktemp("split")
+    models = [ModelServerProcess(model_server_config(tmp / f"model{i}.yml", tiny_model_dir), wait=False)
+              for i in range(2)]
+    for model in models:
+        model.wait_ready()
+    pipeline = ServerProcess(pipeline_config(tmp / "pipeline.yml", tiny_model_dir, [m.endpoint for m in models]))
+    state = {"models": models, "pipeline": pipeline, "tmp": tmp}
+    yield state
+    for proc in [state["pipeline"], *state["models"]]:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model_dir) -> LocalClassifier:
+    return LocalClassifier(tiny_model_dir)
+
+
+def predict(pipeline: ServerProcess, images: list[bytes], logid: int = 1) -> pb.Response:
+    values = [base64.b64encode(data).decode() for data in images]
+    request = pb.Request(key=[f"image_{i}" for i in range(len(values))], value=values, name="imagenet",
+                         method="prediction", logid=logid)
+    with grpc.insecure_channel(f"{HOST}:{pipeline.ports['grpc']}") as channel:
+        return pb_grpc.PipelineServiceStub(channel).inference(request, timeout=30)
+
+
+def test_pipeline_over_model_servers_answers_like_in_process(split, local, image_paths):
+    images = [p.read_bytes() for p in image_paths]
+    want = local.classify_bytes(images, k=3)
+    answer = predict(split["pipeline"], images)
+    assert answer.err_no == 0, answer.err_msg
+    out = {k: ast.literal_eval(v) for k, v in zip(answer.key, answer.value, strict=True)}
+    assert out["class_ids"] == [p.class_ids for p in want]
+    got_prob, want_prob = np.array(out["scores"]), np.array([p.scores for p in want])
+    assert np.abs(got_prob - want_prob).max() <= 1e-4 * want_prob.max()
+
+    # the model server itself, called directly: probabilities equal the in-process engine's
+    batch = np.stack([local.preprocess_bytes(p.name, p.read_bytes()) for p in image_paths])
+    request = gm.Request(tensor=[gm.Tensor(name="x", elem_type=1, shape=list(batch.shape),
+                                           float_data=batch.ravel())], fetch_var_names=["prediction"], log_id=5)
+    with SyncBrpcClient(HOST, split["models"][0].ports["brpc"]) as client:
+        response = client.call_message(GM, "inference", request, gm.Response)
+    tensor = response.outputs[0].tensor[0]
+    got, want_probs = np.array(tensor.float_data).reshape(list(tensor.shape)), local.probabilities(batch)
+    assert response.log_id == 5 and np.abs(got - want_probs).max() <= 1e-4 * np.abs(want_probs).max()
+
+
+def test_two_model_servers_take_turns(split, image_paths):
+    models = split["models"]
+    before = [m.served() for m in models]
+    image = image_paths[0].read_bytes()
+    for i in range(6):
+        assert predict(split["pipeline"], [image], logid=100 + i).err_no == 0
+    time.sleep(0.2)  # the DEBUG line is written just after the answer
+    served = [m.served() - b for m, b in zip(models, before, strict=True)]
+    assert sum(served) == 6 and min(served) >= 2, served
+
+
+def test_model_server_killed_then_restarted_under_a_running_pipeline(split, tiny_model_dir, image_paths):
+    """Runs last: kills the module's model servers."""
+    pipeline, (first, second) = split["pipeline"], split["models"]
+    image = image_paths[0].read_bytes()
+
+    second.stop(signal.SIGKILL)  # one down: the other one answers every request
+    for i in range(4):
+        answer = predict(pipeline, [image], logid=200 + i)
+        assert answer.err_no == 0, answer.err_msg
+
+    port = first.ports["brpc"]
+    first.stop(signal.SIGKILL)  # both down: clear errors naming the endpoints
+    for i in range(3):
+        answer = predict(pipeline, [image], logid=300 + i)
+        assert answer.err_no == 10000, answer
+        assert "no model server available" in answer.err_msg
+        assert first.endpoint in answer.err_msg and second.endpoint in answer.err_msg
+
+    restarted = ModelServerProcess(model_server_config(split["tmp"] / "restart.yml", tiny_model_dir, port))
+    split["models"][0] = restarted
+    assert restarted.ports["brpc"] == port
+    deadline = time.monotonic() + 15
+    while (answer := predict(pipeline, [image], logid=400)).err_no != 0:  # within the 1 s back-off
+        assert time.monotonic() < deadline, answer.err_msg
+        time.sleep(0.2)
+    assert pipeline.proc.poll() is None  # the same pipeline process throughout
+    for i in range(3):
+        assert predict(pipeline, [image], logid=500 + i).err_no == 0
+    assert restarted.stop() == 0 and "stopped" in restarted.log  # SIGTERM: graceful, exit 0
