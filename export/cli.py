@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from export.resnest import ARCHS
+from export.specs import ARCHS
 
 log = logging.getLogger(__name__)
 

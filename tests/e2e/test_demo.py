@@ -10,8 +10,9 @@ import re
 import subprocess
 import sys
 
-from demo.digits import META_PATH
 from support import REPO_ROOT
+
+from demo.digits import META_PATH
 
 
 def test_demo_end_to_end(tmp_path, shared):
