@@ -91,7 +91,11 @@ class Pipeline:
             log.exception("logid=%d protocol=%s unexpected error", request.logid, request.protocol)
             response = Response(err_no=int(ErrorCode.UNKNOW), err_msg=f"Log_id: {request.logid} unexpected "
                                 f"error: {type(exc).__name__}: {exc}")
-        self.observer.stage("total", time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.observer.stage("total", seconds)
+        if response.err_no == 0 and log.isEnabledFor(logging.DEBUG):
+            log.debug("logid=%d protocol=%s ok images=%d %.1f ms", request.logid, request.protocol,
+                      len(request.keys), seconds * 1000)
         return response
 
     async def _infer(self, request: Request) -> Response:

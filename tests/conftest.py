@@ -64,9 +64,9 @@ def server_factory(tmp_path, tiny_model_dir):
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory, tiny_model_dir):
-    """One shared server (top-k 3, batching on) for read-only protocol tests in a module."""
+    """One shared server (top-k 3, batching on) for read-only protocol tests."""
     cfg = write_config(tmp_path_factory.mktemp("srv") / "config.yml", tiny_model_dir,
                        op={"topk": 3, "batch_size": 4, "auto_batching_timeout": 5})
     server = ServerProcess(cfg)

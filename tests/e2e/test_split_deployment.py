@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import yaml
 from support import REPO_ROOT, ServerProcess
 
 from pipeline.local import LocalClassifier
@@ -28,8 +28,11 @@ from protocol.brpc_client import SyncBrpcClient
 
 HOST = "127.0.0.1"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
-LAUNCH = ("import sys; from serving.cli import setup_logging; from serving.config import load_config; "
-          "from serving.model_server import run_model_server; config = load_config(sys.argv[1]); "
+PIPELINE_YML = REPO_ROOT / "configs" / "split_pipeline.yml"
+MODEL_SERVER_YML = REPO_ROOT / "configs" / "split_model_server.yml"
+LAUNCH = ("import json, sys; from serving.cli import setup_logging; from serving.config import load_config; "
+          "from serving.model_server import run_model_server; "
+          "config = load_config(sys.argv[1], json.loads(sys.argv[2])); "
           "setup_logging(config.log_level); sys.exit(run_model_server(config))")
 
 
@@ -37,14 +40,14 @@ class ModelServerProcess(ServerProcess):
     """serving.model_server as a subprocess; ports parsed from its `service ... listening` log line.
     `wait=False` returns at once (start several in parallel, then `wait_ready()`)."""
 
-    def __init__(self, config_path: Path, timeout: float = 60.0, wait: bool = True):
+    def __init__(self, config_path: Path, overrides: dict, timeout: float = 60.0, wait: bool = True):
         self.echo = False
         self.lines: list[str] = []
         self.ports: dict[str, int] = {}
         self.timeout = timeout
         self._ready = threading.Event()
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(config_path)], cwd=REPO_ROOT,
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(config_path), json.dumps(overrides)],
+                                     cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._read, daemon=True).start()
         if wait:
@@ -65,34 +68,26 @@ class ModelServerProcess(ServerProcess):
         return sum("GeneralModelService.inference from" in line and " ok in " in line for line in self.lines)
 
 
-def model_server_config(path: Path, model_dir: Path, brpc_port: int = 0) -> Path:
-    config = {"brpc_port": brpc_port, "http_port": 0, "log_level": "DEBUG", "shutdown_grace_s": 2,
-              "op": {"imagenet": {"concurrency": 1, "batch_size": 8, "auto_batching_timeout": 2,
-                                  "local_service_conf": {"model_config": str(model_dir), "device_type": 0,
-                                                         "thread_num": 1}}}}
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def pipeline_config(path: Path, model_dir: Path, endpoints: list[str]) -> Path:
-    config = {"rpc_port": 0, "http_port": 0, "dag": {"is_thread_op": False},
-              "op": {"imagenet": {"concurrency": 2, "topk": 3, "local_service_conf": {
-                  "model_config": str(model_dir), "client_type": "brpc", "server_endpoints": endpoints,
-                  "rpc_timeout_ms": 5000, "fetch_list": ["prediction"]}}}}
-    path.write_text(yaml.safe_dump(config))
-    return path
+def start_model_server(model_dir: Path, brpc_port: int = 0, wait: bool = True) -> ModelServerProcess:
+    """configs/split_model_server.yml on free ports (or brpc_port), serving model_dir, one math thread."""
+    lsc = "op.imagenet.local_service_conf"
+    return ModelServerProcess(MODEL_SERVER_YML, {
+        "brpc_port": brpc_port, "http_port": 0, "log_level": "DEBUG", "shutdown_grace_s": 2,
+        f"{lsc}.model_config": str(model_dir), f"{lsc}.thread_num": 1}, wait=wait)
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory, tiny_model_dir):
-    """Two model servers (started in parallel) and a pipeline that calls both."""
-    tmp = tmp_path_factory.mktemp("split")
-    models = [ModelServerProcess(model_server_config(tmp / f"model{i}.yml", tiny_model_dir), wait=False)
-              for i in range(2)]
+def split(tiny_model_dir):
+    """configs/split_*.yml: two model servers (started in parallel) and a pipeline that calls both."""
+    models = [start_model_server(tiny_model_dir, wait=False) for _ in range(2)]
     for model in models:
         model.wait_ready()
-    pipeline = ServerProcess(pipeline_config(tmp / "pipeline.yml", tiny_model_dir, [m.endpoint for m in models]))
-    state = {"models": models, "pipeline": pipeline, "tmp": tmp}
+    pipeline = ServerProcess(PIPELINE_YML, {
+        "rpc_port": 0, "http_port": 0, "brpc_port": 0, "op.imagenet.topk": 3,
+        "op.imagenet.server_endpoints": json.dumps([m.endpoint for m in models]),
+        "op.imagenet.local_service_conf.rpc_timeout_ms": 5000,
+        "op.imagenet.local_service_conf.model_config": str(tiny_model_dir)})
+    state = {"models": models, "pipeline": pipeline}
     yield state
     for proc in [state["pipeline"], *state["models"]]:
         proc.stop()
@@ -161,7 +156,7 @@ def test_model_server_killed_then_restarted_under_a_running_pipeline(split, tiny
         assert "no model server available" in answer.err_msg
         assert first.endpoint in answer.err_msg and second.endpoint in answer.err_msg
 
-    restarted = ModelServerProcess(model_server_config(split["tmp"] / "restart.yml", tiny_model_dir, port))
+    restarted = start_model_server(tiny_model_dir, brpc_port=port)
     split["models"][0] = restarted
     assert restarted.ports["brpc"] == port
     deadline = time.monotonic() + 15
