@@ -22,6 +22,8 @@ class EngineOptions:
     thread_num: int = 1  # CPU math threads for this predictor
     use_mkldnn: bool = True  # oneDNN: several times faster on CPU
     mkldnn_cache_capacity: int = 0
+    mkldnn_op_list: tuple[str, ...] | None = None  # restrict oneDNN to these ops
+    mkldnn_bf16_op_list: tuple[str, ...] | None = None  # ops run in bf16 with precision bf16
     ir_optim: bool = True
     mem_optim: bool = True
     precision: str = "fp32"  # fp32 | fp16 | int8 | bf16
@@ -78,8 +80,12 @@ def config_calls(options: EngineOptions) -> list[tuple[str, tuple]]:
             calls.append(("enable_mkldnn", ()))
             if options.mkldnn_cache_capacity > 0:
                 calls.append(("set_mkldnn_cache_capacity", (options.mkldnn_cache_capacity,)))
+            if options.mkldnn_op_list:
+                calls.append(("set_mkldnn_op", (set(options.mkldnn_op_list),)))
             if precision == "bf16":
                 calls.append(("enable_mkldnn_bfloat16", ()))
+                if options.mkldnn_bf16_op_list:
+                    calls.append(("set_bfloat16_op", (set(options.mkldnn_bf16_op_list),)))
         else:
             calls.append(("disable_mkldnn", ()))
         # mem_optim is not applied on CPU: Paddle 3.3.1's PIR predictor fails at creation with

@@ -133,10 +133,16 @@ class RestAdapter:
 
 
 async def start_rest(core: ServingCore, host: str, port: int, max_request_bytes: int,
-                     reuse_port: bool = False) -> tuple[web.AppRunner, int]:
-    """Start the HTTP server; returns the runner (for cleanup) and the bound port."""
-    runner = web.AppRunner(RestAdapter(core, max_request_bytes).app(), access_log=None,
-                           handle_signals=False, shutdown_timeout=10.0)
+                     reuse_port: bool = False, metrics_only: bool = False) -> tuple[web.AppRunner, int]:
+    """Start the HTTP server (or, with metrics_only, Paddle Serving's separate Prometheus port serving
+    GET /metrics alone); returns the runner (for cleanup) and the bound port."""
+    adapter = RestAdapter(core, max_request_bytes)
+    if metrics_only:
+        app = web.Application()
+        app.router.add_get("/metrics", lambda _request: adapter.metrics())
+    else:
+        app = adapter.app()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()

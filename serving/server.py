@@ -33,6 +33,7 @@ def engine_options(config: ServerConfig) -> EngineOptions:
     op, lsc = config.op, config.op.local_service_conf
     return EngineOptions(device_type=DEVICE_CODES[lsc.device], thread_num=lsc.thread_num,
                          use_mkldnn=lsc.use_mkldnn, mkldnn_cache_capacity=lsc.mkldnn_cache_capacity,
+                         mkldnn_op_list=lsc.mkldnn_op_list, mkldnn_bf16_op_list=lsc.mkldnn_bf16_op_list,
                          ir_optim=lsc.ir_optim, mem_optim=lsc.mem_optim, precision=lsc.precision,
                          min_subgraph_size=lsc.min_subgraph_size, use_calib=lsc.use_calib,
                          max_batch_size=max(op.batch_size, op.max_images_per_request))
@@ -99,7 +100,7 @@ class Server:
                  bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
                  time.perf_counter() - started)
         self.core = ServingCore(self.pipeline, self.metrics)
-        self._grpc = self._rest = self._brpc = None
+        self._grpc = self._rest = self._brpc = self._prometheus = None
         if config.rpc_port is not None:
             self._grpc, self.ports["grpc"] = await start_grpc(self.core, config.host, config.rpc_port,
                                                               config.max_request_bytes, self.reuse_port)
@@ -111,6 +112,9 @@ class Server:
             register_pipeline(self._brpc, self.core)
             await self._brpc.start(config.host, config.brpc_port, reuse_port=self.reuse_port)
             self.ports["brpc"] = self._brpc.port
+        if config.dag.enable_prometheus:
+            self._prometheus, self.ports["prometheus"] = await start_rest(
+                self.core, config.host, config.dag.prometheus_port, 0, self.reuse_port, metrics_only=True)
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in self.ports.items())
         log.info("service %r listening %s (pid %d)", config.service_name, listening, os.getpid())
 
@@ -121,8 +125,9 @@ class Server:
         stops = []
         if self._grpc is not None:
             stops.append(self._grpc.stop(grace))
-        if self._rest is not None:
-            stops.append(self._rest.cleanup())
+        for runner in (self._rest, self._prometheus):
+            if runner is not None:
+                stops.append(runner.cleanup())
         if self._brpc is not None:
             stops.append(self._brpc.stop(grace))
         await asyncio.gather(*stops, return_exceptions=True)

@@ -154,7 +154,10 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
 
 
 def test_startup_log_sigterm_finishes_in_flight(server_factory, image_paths, tiny_model_dir):
-    server = server_factory(op={"batch_size": 8, "auto_batching_timeout": 1500})
+    server = server_factory(op={"batch_size": 8, "auto_batching_timeout": 1500},
+                            top={"dag": {"enable_prometheus": True, "prometheus_port": free_port()}})
+    metrics = requests.get(f"http://127.0.0.1:{server.ports['prometheus']}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "resnest_requests_total" in metrics.text
     log = server.log
     assert str(tiny_model_dir) in log and "engine paddle on cpu" in log and "loaded in" in log
     assert "grpc=127.0.0.1:" in log and "http=127.0.0.1:" in log and "brpc=127.0.0.1:" in log

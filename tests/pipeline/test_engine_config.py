@@ -24,6 +24,13 @@ def test_cpu_switches(tiny_model_dir):
     assert not config.mkldnn_enabled() and not config.ir_optim()
 
 
+def test_onednn_op_lists():
+    calls = dict(config_calls(EngineOptions(precision="bf16", mkldnn_op_list=("conv2d",),
+                                            mkldnn_bf16_op_list=("conv2d", "pool2d"))))
+    assert calls["set_mkldnn_op"] == ({"conv2d"},) and calls["set_bfloat16_op"] == ({"conv2d", "pool2d"},)
+    assert "enable_mkldnn_bfloat16" in calls
+
+
 def test_gpu_switches():
     from paddle import inference
 
