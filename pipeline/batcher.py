@@ -76,6 +76,10 @@ class DynamicBatcher:
         self._queue.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        for engine in self.engines:  # remote engines hold connections
+            close = getattr(engine, "close", None)
+            if close is not None and asyncio.iscoroutinefunction(close):
+                await close()
 
     @property
     def queued_images(self) -> int:
@@ -138,7 +142,8 @@ class DynamicBatcher:
             try:
                 outputs = await self._run(engine, loop, inputs)
             except Exception as exc:  # engine failure: every request of this batch gets it
-                log.exception("engine failed on a batch of %d images", inputs.shape[0])
+                log.error("engine failed on a batch of %d images: %s: %s", inputs.shape[0], type(exc).__name__,
+                          exc, exc_info=log.isEnabledFor(logging.DEBUG))
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)

@@ -18,6 +18,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set rpc_port=0 --set op.imagenet.concurrency=2 "
                         "(value parsed as YAML; repeatable)")
+    p.add_argument("--model-server", action="store_true",
+                   help="run only the model: C++ Serving's GeneralModelService over bRPC on brpc_port (required) "
+                        "and HTTP on http_port, for pipelines with client_type: brpc + server_endpoints")
     p.set_defaults(func=run)
 
 
@@ -28,4 +31,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(item) for item in args.overrides)
     config = load_config(args.config, overrides)
     logging.getLogger().setLevel(config.log_level if args.log_level.upper() == "INFO" else args.log_level.upper())
+    if args.model_server:
+        from serving.model_server import run_model_server
+
+        return run_model_server(config)
     return run_server(config)

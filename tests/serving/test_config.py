@@ -106,7 +106,7 @@ def test_paddleclas_config_keeps_tipc_sed_line_numbers() -> None:
 def test_example_config_parses() -> None:
     config = load_config(EXAMPLE_YML)
     assert config.op.name == "imagenet" and config.service_name == "imagenet"
-    assert config.op.local_service_conf.model_config == (REPO / "demo_out" / "serving_server").resolve()
+    assert config.op.local_service_conf.model_config == (REPO / "demo_out" / "bundle" / "serving_server").resolve()
     assert config.op.local_service_conf.device == "cpu"
     assert len({p for p in config.ports.values() if p}) == len(config.ports)
 

@@ -455,6 +455,25 @@ def test_remote_engine_skips_dead_endpoints_and_names_them(server, bundle, batch
     assert "down for" in str(second) and "EFAILEDSOCKET" in str(second)
 
 
+def test_remote_engine_retries_a_call_whose_server_died_mid_call(server, bundle, batch, caplog):
+    """The connection drops while the call is in flight (EEOF): the same batch goes to the next endpoint."""
+    async def main() -> np.ndarray:
+        dying = await _start(bundle, [_SlowEngine()])
+        engine = create_remote_engines(bundle, (f"{HOST}:{dying.port}", f"{HOST}:{server.port}"), 1, 10.0)[0]
+        call = asyncio.create_task(engine.run_async(batch[:1]))
+        await asyncio.sleep(0.1)  # in the slow engine now
+        await dying.brpc.stop(0)  # cancels the call, closes the connection
+        try:
+            return await asyncio.wait_for(call, 10)
+        finally:
+            await engine.close()
+            await _stop(dying)
+
+    got = asyncio.run(main())
+    assert got.shape == (1, 10) and got.sum() > 0.99  # from the live server, not the zeros of the slow one
+    assert any("unreachable" in r.getMessage() and "EEOF 1014" in r.getMessage() for r in caplog.records)
+
+
 def test_remote_engine_surfaces_model_server_errors(server, bundle, batch):
     wrong = replace(bundle, feed_name="input", feed_alias="input")  # a pipeline bundle that is not the served one
     engine = create_remote_engines(wrong, (f"{HOST}:{server.port}",), 1, 10.0)[0]
