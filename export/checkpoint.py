@@ -22,8 +22,8 @@ So one converter, `Layout.TORCH`, serves both.
 
 Numerics of a PyTorch source: its avd AvgPool2d counts padding (count_include_pad=True), so the model is built
 with `avg_pool_exclusive=False`. Its shortcut AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) has no
-padding, so exclusiveness does not matter there; ceil_mode only matters for odd feature maps, which the
-published input sizes (224/256/320/416) never produce.
+padding, so exclusiveness does not matter there; its ceil_mode (`shortcut_ceil_mode=True`) only matters for
+odd feature maps, which the published input sizes (224/256/320/416) never produce.
 """
 
 from __future__ import annotations
@@ -581,6 +581,7 @@ def load_checkpoint_model(arch: str, path: str | Path,
     overrides: dict = {"class_num": class_num or ckpt_classes or spec.class_num}
     if layout is Layout.TORCH:
         overrides["avg_pool_exclusive"] = False
+        overrides["shortcut_ceil_mode"] = True
     model = build_model(spec, **overrides)
     source = f"{path}" + (f" (class_num={class_num} requested, the checkpoint has {ckpt_classes})"
                           if class_num and ckpt_classes and class_num != ckpt_classes else "")

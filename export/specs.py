@@ -22,6 +22,7 @@ class ArchSpec:
     crop_size: int = 224
     attention_bias: bool = True
     avg_pool_exclusive: bool = True
+    shortcut_ceil_mode: bool = False  # PyTorch ResNeSt's shortcut pool rounds up (matters at odd sizes only)
 
     def to_dict(self) -> dict:
         return asdict(self)

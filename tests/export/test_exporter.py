@@ -131,3 +131,19 @@ def test_cli_export_and_error_exit_code(tmp_path, capfd):
     assert (config.feed_var[0].alias_name, config.fetch_var[0].alias_name) == ("image", "probs")
     assert resnest_main(["export", "--arch", "ResNeSt_tiny", "--random-init", "--out", str(out)]) == 2
     assert "exists; pass --force" in capfd.readouterr().err
+
+
+def test_ceil_mode_shortcut_dropped_only_where_it_is_a_no_op(tmp_path):
+    """PyTorch sources build the shortcut pool in ceil mode; at sizes divisible by 32 the exporter uses floor
+    mode (identical there, and faster under oneDNN), and the exported output still equals the ceil-mode net."""
+    from export.exporter import _save_inference_model
+
+    paddle.seed(11)
+    model = build_model("ResNeSt_tiny", shortcut_ceil_mode=True, avg_pool_exclusive=False)
+    x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(x)).numpy()
+    model_file, _ = _save_inference_model(model, model.spec, softmax=False, server_dir=tmp_path)
+    assert_close(run_predictor(tmp_path, x), want)
+    pools = [m for m in model.sublayers() if isinstance(m, paddle.nn.AvgPool2D) and m.ksize == m.stride]
+    assert pools and not any(p.ceil_mode for p in pools)
