@@ -44,6 +44,22 @@ def ensure_export(arch: str, out_dir: Path) -> Path:
     return target / "serving_server"
 
 
+def interleaved(engines: dict, batches: dict[int, np.ndarray], runs: int) -> dict[tuple[str, int], list[float]]:
+    """Seconds per call of every (engine, batch size), measured round-robin so that every alternative sees
+    the same background load (the machines are shared: load drifts over minutes)."""
+    for engine in engines.values():
+        for batch in batches.values():
+            engine.run(batch)  # warm-up: oneDNN builds its primitives per shape
+    samples: dict[tuple[str, int], list[float]] = {(k, b): [] for k in engines for b in batches}
+    for _ in range(runs):
+        for label, engine in engines.items():
+            for bs, batch in batches.items():
+                started = time.perf_counter()
+                engine.run(batch)
+                samples[(label, bs)].append(time.perf_counter() - started)
+    return samples
+
+
 def time_engine(engine, batch: np.ndarray, runs: int, warmup: int = 2) -> float:
     """Median seconds per call."""
     for _ in range(warmup):
@@ -70,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     for arch in args.archs:
         bundle = ModelBundle.load(ensure_export(arch, args.out))
         size = bundle.meta.crop_size
-        for label, cls, options in configs:
-            engine = cls(bundle, options)
+        engines = {label: cls(bundle, options) for label, cls, options in configs}
+        batches = {bs: np.random.default_rng(0).standard_normal((bs, 3, size, size)).astype(np.float32)
+                   for bs in args.batches}
+        samples = interleaved(engines, batches, args.runs)
+        for label in engines:
             for bs in args.batches:
-                batch = np.random.default_rng(0).standard_normal((bs, 3, size, size)).astype(np.float32)
-                seconds = time_engine(engine, batch, args.runs)
+                seconds = statistics.median(samples[(label, bs)])
                 rows.append((arch, label, bs, seconds))
                 log.info("%s %s bs=%d: %.1f ms (%.1f img/s)", arch, label, bs, seconds * 1000, bs / seconds)
-            del engine
+        del engines
     print_table(rows, args.batches)
     return 0
 

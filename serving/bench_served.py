@@ -27,7 +27,7 @@ import numpy as np
 from export.model_files import EngineOptions
 from pipeline.bench_engines import ensure_export, time_engine
 from pipeline.bundle import ModelBundle
-from pipeline.engines import PaddleEngine
+from pipeline.engines import ENGINES
 from pipeline.pipeline import Pipeline, PipelineSettings
 from pipeline.preprocess import Preprocessor, PreprocessSpec
 from pipeline.types import Request
@@ -69,9 +69,9 @@ async def drive_pipeline(pipeline: Pipeline, values: list[str], concurrency: int
             "p99_ms": 1000 * float(np.percentile(latencies, 99))}
 
 
-async def run_inprocess(bundle: ModelBundle, settings: PipelineSettings, options: EngineOptions,
+async def run_inprocess(bundle: ModelBundle, settings: PipelineSettings, engine: str, options: EngineOptions,
                         values: list[str], seconds: float) -> dict[int, dict]:
-    pipeline = Pipeline(bundle, [PaddleEngine(bundle, options)], settings)
+    pipeline = Pipeline(bundle, [ENGINES[engine](bundle, options)], settings)
     await pipeline.start()
     try:
         await drive_pipeline(pipeline, values, 2, 2.0)  # warm-up
@@ -80,18 +80,28 @@ async def run_inprocess(bundle: ModelBundle, settings: PipelineSettings, options
         await pipeline.stop()
 
 
-def run_served(model_dir: Path, args: argparse.Namespace, image_dir: Path, workdir: Path) -> dict:
+def run_served(model_dir: Path, args: argparse.Namespace, image_dir: Path, workdir: Path,
+               remote: bool = False) -> dict:
+    """Load a real server (with `remote`, a pipeline whose model runs in a separate model server over bRPC)."""
     from client.bench import BenchConfig, run_bench
     from serving.launcher import ServerProcess, write_config
 
     workdir.mkdir(parents=True, exist_ok=True)
-    config = write_config(workdir / "bench_config.yml", model_dir,
-                          op={"batch_size": args.batch_size, "auto_batching_timeout": args.batch_timeout_ms},
-                          lsc={"thread_num": args.threads})
+    op = {"batch_size": args.batch_size, "auto_batching_timeout": args.batch_timeout_ms, "engine": args.engine}
+    lsc = {"thread_num": args.threads}
+    model_server = None
+    if remote:
+        model_cfg = write_config(workdir / "bench_model_server.yml", model_dir, op=op, lsc=lsc,
+                                 top={"rpc_port": None, "http_port": None})
+        model_server = ServerProcess(model_cfg, extra_args=["--model-server"])
+        op = {"batch_size": args.batch_size, "auto_batching_timeout": args.batch_timeout_ms,
+              "server_endpoints": [f"127.0.0.1:{model_server.ports['brpc']}"]}
+        lsc = {"client_type": "brpc"}
+    config = write_config(workdir / "bench_config.yml", model_dir, op=op, lsc=lsc)
     server = ServerProcess(config)
     results = {}
     try:
-        for protocol in ("grpc", "http", "brpc"):
+        for protocol in ("grpc",) if remote else ("grpc", "http", "brpc"):
             for concurrency in (1, 8):
                 bench = BenchConfig(protocol=protocol, endpoint=f"127.0.0.1:{server.ports[protocol]}",
                                     images=sorted(image_dir.iterdir()), concurrency=concurrency,
@@ -101,6 +111,8 @@ def run_served(model_dir: Path, args: argparse.Namespace, image_dir: Path, workd
                 log.info("%s c=%d: %.2f images/s", protocol, concurrency, report["summary"]["images_per_s"])
     finally:
         server.stop()
+        if model_server is not None:
+            model_server.stop()
     return results
 
 
@@ -110,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="an exported serving_server (default: random-init --arch)")
     parser.add_argument("--images", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/images")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per measured point")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="paddle")
     parser.add_argument("--threads", type=int, default=2, help="math threads of the predictor")
     parser.add_argument("--batch-size", type=int, default=4, help="server batch_size")
     parser.add_argument("--batch-timeout-ms", type=int, default=2, help="server auto_batching_timeout")
+    parser.add_argument("--remote", action="store_true",
+                        help="also serve with the model in a separate model server over bRPC (split deployment)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -124,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     values = [base64.b64encode(data).decode() for data in images]
     options = EngineOptions(thread_num=args.threads)
 
-    engine = PaddleEngine(bundle, options)
+    engine = ENGINES[args.engine](bundle, options)
     size = bundle.meta.crop_size
     raw = {}
     for bs in (1, 4, 8):
@@ -136,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     bound = 1.0 / (pre_s + raw[best_bs])
 
     settings = PipelineSettings(batch_size=args.batch_size, auto_batching_timeout_ms=args.batch_timeout_ms)
-    inproc = asyncio.run(run_inprocess(bundle, settings, options, values, args.seconds))
+    inproc = asyncio.run(run_inprocess(bundle, settings, args.engine, options, values, args.seconds))
     served = run_served(model_dir, args, args.images, args.out)
+    remote = run_served(model_dir, args, args.images, args.out, remote=True) if args.remote else {}
 
-    out = [f"model {bundle.meta.arch or model_dir} input {size}, {args.threads} math threads, server batch_size "
+    out = [f"model {bundle.meta.arch or model_dir} input {size}, engine {args.engine}, {args.threads} math threads, "
+           f"server batch_size "
            f"{args.batch_size} / auto_batching_timeout {args.batch_timeout_ms} ms, {len(paths)} real images",
            "raw predictor s/img: " + ", ".join(f"bs={b}: {1000 * s:.1f} ms" for b, s in raw.items())
            + f"; preprocessing {1000 * pre_s:.2f} ms/img; bound = {bound:.2f} images/s (best bs {best_bs})", "",
@@ -153,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         s = report["summary"]
         out.append(f"| served {protocol} | {c} | {s['images_per_s']:.2f} | {s['images_per_s'] / bound:.2f} | "
                    f"{s['latency_ms']['p50']:.1f} | {s['latency_ms']['p99']:.1f} |")
+    for (protocol, c), report in remote.items():
+        s = report["summary"]
+        out.append(f"| served {protocol}, remote model over bRPC | {c} | {s['images_per_s']:.2f} | "
+                   f"{s['images_per_s'] / bound:.2f} | {s['latency_ms']['p50']:.1f} | {s['latency_ms']['p99']:.1f} |")
     out.append("")
     for protocol in ("grpc", "http", "brpc"):
         added = served[(protocol, 1)]["summary"]["latency_ms"]["p50"] - inproc[1]["p50_ms"]
