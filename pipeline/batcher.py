@@ -4,6 +4,10 @@
 A request's images are never split across batches (a request larger than batch_size runs alone), and
 each request gets back exactly its own rows of the batch output. With auto_batching_timeout ≤ 0 a batch
 takes what is already queued and never waits (Paddle Serving would block until the batch is full).
+
+With `wait_for_arrivals`, a batch only waits while another request is on its way (being decoded and
+preprocessed, as the pipeline reports with `announce`/`withdraw`): with nothing coming, waiting out the
+timeout would only add latency (at concurrency 1, all of it).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class DynamicBatcher:
     """Feeds engine instances from one queue; `submit` returns the request's own output rows."""
 
     def __init__(self, engines: list, batch_size: int = 1, timeout_ms: float = -1,
-                 max_queue_images: int = 1024, observer: BatchObserver | None = None):
+                 max_queue_images: int = 1024, observer: BatchObserver | None = None,
+                 wait_for_arrivals: bool = False):
         self.engines = engines
         self.batch_size = max(1, batch_size)
         self.timeout_s = timeout_ms / 1000.0 if timeout_ms > 0 and batch_size > 1 else 0.0
@@ -59,6 +64,8 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._executor: ThreadPoolExecutor | None = None
+        self._arriving = 0  # requests announced (in preprocessing) but not yet submitted
+        self.wait_for_arrivals = wait_for_arrivals
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -84,6 +91,16 @@ class DynamicBatcher:
     @property
     def queued_images(self) -> int:
         return self._queued_images
+
+    def announce(self) -> None:
+        """A request will be submitted soon (it is being preprocessed): open batches may wait for it."""
+        self._arriving += 1
+
+    def withdraw(self) -> None:
+        """An announced request was submitted or failed: stop waiting for it."""
+        self._arriving -= 1
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Queue a request's images [n, C, H, W]; wait for and return its output rows [n, classes]."""
@@ -118,7 +135,7 @@ class DynamicBatcher:
                 images += batch[-1].count
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or (self.wait_for_arrivals and self._arriving == 0):
                 break
             self._wakeup.clear()
             try:

@@ -57,7 +57,7 @@ class Pipeline:
                                                       settings.max_image_pixels))
         self.postprocess = Postprocessor(bundle.labels, settings.topk)
         self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
-                                      settings.max_queue_images, self.observer)
+                                      settings.max_queue_images, self.observer, wait_for_arrivals=True)
         self._pool: ThreadPoolExecutor | None = None
         self.ready = False
 
@@ -108,7 +108,11 @@ class Pipeline:
         profile = {}
 
         t0 = time.perf_counter()
-        batch = await self._preprocess_all(images)
+        self.batcher.announce()
+        try:
+            batch = await self._preprocess_all(images)
+        finally:
+            self.batcher.withdraw()
         profile["preprocess"] = time.perf_counter() - t0
         self.observer.stage("preprocess", profile["preprocess"])
 

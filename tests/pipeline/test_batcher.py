@@ -84,3 +84,33 @@ def test_queue_limit(tiny_model_dir):
 
     message, rows = asyncio.run(main())
     assert "max_queue_images 2" in message and rows.shape[0] == 2
+
+
+def test_waits_only_for_announced_arrivals(tiny_model_dir):
+    """With wait_for_arrivals, a lone request does not wait out the timeout; an announced one is waited for."""
+    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
+    recorder = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher([engine], batch_size=4, timeout_ms=1000, observer=recorder,
+                                 wait_for_arrivals=True)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await batcher.submit(inputs(1, 0))  # nothing announced: runs at once
+        alone = loop.time() - t0
+
+        batcher.announce()  # a second request is "in preprocessing"
+
+        async def late():
+            await asyncio.sleep(0.2)
+            batcher.withdraw()
+            return await batcher.submit(inputs(1, 2))
+
+        first, second = await asyncio.gather(batcher.submit(inputs(1, 1)), late())
+        await batcher.stop()
+        return alone
+
+    alone = asyncio.run(main())
+    assert alone < 0.5
+    assert recorder.batches[0] == (1, 1) and recorder.batches[1] == (2, 2)  # the second batch waited
