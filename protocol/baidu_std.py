@@ -343,3 +343,16 @@ class FrameParser:
 def short_service_name(full_name: str) -> str:
     """``a.b.GeneralModelService`` → ``GeneralModelService`` (the name brpc accepts without package)."""
     return full_name.rsplit(".", 1)[-1]
+
+
+def parse_message(payload: bytes, message_cls, what: str = "request"):
+    """Parse a protobuf payload, or raise BrpcError EREQUEST naming the message type (brpc's wording)."""
+    from google.protobuf.message import DecodeError
+
+    message = message_cls()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as exc:
+        raise BrpcError(Errno.EREQUEST, f"Fail to parse {what} as {message_cls.DESCRIPTOR.full_name}, "
+                        f"size={len(payload)}: {exc}") from None
+    return message

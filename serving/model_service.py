@@ -40,12 +40,12 @@ import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from pipeline.batcher import DynamicBatcher, QueueFull
 from pipeline.bundle import ModelBundle
 from protocol import general_model_service_pb2 as gm
-from protocol.baidu_std import BrpcError, CompressType, Errno, short_service_name
+from protocol.baidu_std import BrpcError, CompressType, Errno, parse_message, short_service_name
 from serving.brpc_server import BrpcServer, RequestContext
 
 __all__ = [
@@ -105,12 +105,7 @@ class ModelService:
 
     async def handle(self, payload: bytes, ctx: RequestContext) -> bytes:
         """bRPC handler: serialized Request in, serialized Response out; failures raise BrpcError."""
-        request = gm.Request()
-        try:
-            request.ParseFromString(payload)
-        except DecodeError as exc:
-            raise BrpcError(Errno.EREQUEST, f"Fail to parse request message as {gm.Request.DESCRIPTOR.full_name}"
-                            f", request_size={len(payload)}: {exc}") from None
+        request = parse_message(payload, gm.Request, "request message")
         return (await self.infer(request, ctx.log_id)).SerializeToString()
 
     async def infer(self, request: gm.Request, log_id: int = 0) -> gm.Response:
@@ -307,14 +302,11 @@ class _ModelHttp:
 
     @staticmethod
     def _parse(body: bytes, proto: bool) -> gm.Request:
+        if proto:
+            return parse_message(body, gm.Request, "http body")
         message = gm.Request()
         what = f"Fail to parse http body as {gm.Request.DESCRIPTOR.full_name}"
-        if proto:
-            try:
-                message.ParseFromString(body)
-            except DecodeError as exc:
-                raise BrpcError(Errno.EREQUEST, f"{what}: {exc}") from None
-        elif body.strip():
+        if body.strip():
             try:
                 json_format.Parse(body, message, ignore_unknown_fields=True)
             except (json_format.ParseError, UnicodeDecodeError) as exc:

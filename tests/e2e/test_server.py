@@ -149,6 +149,17 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
     as_tensor = pb.Request(tensors=[pb.Tensor(name="image", elem_type=12, str_data=[b64(jpeg)])])
     assert grpc_call(server, as_tensor).err_no == 0
 
+    from protocol.baidu_std import BrpcError, Errno
+
+    with SyncBrpcClient("127.0.0.1", server.ports["brpc"]) as client:
+        with pytest.raises(BrpcError) as info:
+            client.call("baidu.paddle_serving.pipeline_serving.PipelineService", "inference", b"\xff\xff\xff")
+        assert info.value.code == Errno.EREQUEST and "PipelineService" not in info.value.text
+        assert "baidu.paddle_serving.pipeline_serving.Request" in info.value.text
+        bad = client.call_message("baidu.paddle_serving.pipeline_serving.PipelineService", "inference",
+                                  pb.Request(key=["image"], value=["@@"]), pb.Response)
+        assert bad.err_no == 5000
+
     ok = grpc_call(server, pb.Request(key=["image"], value=[b64(jpeg)]))  # still serving
     assert ok.err_no == 0
     assert server.proc.poll() is None
