@@ -1,4 +1,5 @@
-"""`resnest predict`: classify image files with a running server over gRPC, REST or bRPC."""
+"""`resnest predict`: classify image files with a running server over gRPC, REST or bRPC, or in-process
+from an exported serving_server dir (`--model`, no server: same preprocessing, engine and top-k code)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help="images per request (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--model", type=Path, metavar="DIR",
+                   help="classify in-process with this exported serving_server dir instead of calling a server")
+    p.add_argument("--topk", type=int, default=5, help="classes per image with --model (default 5)")
     p.set_defaults(func=run)
 
 
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     images = _expand(args.images)
+    if args.model is not None:
+        return _print(args, _in_process(args.model, images, args.topk), failed=0)
     endpoint = args.endpoint or default_endpoint(args.protocol)
     rows: list[dict] = []
     failed = 0
@@ -71,6 +77,20 @@ def run(args: argparse.Namespace) -> int:
                     print(f"error: {', '.join(p.name for p in chunk)}: {exc}", file=sys.stderr)
                 continue
             rows.extend({"image": str(p), **r.to_dict()} for p, r in zip(chunk, results, strict=True))
+    return _print(args, rows, failed)
+
+
+def _in_process(model_dir: Path, images: list[Path], k: int) -> list[dict]:
+    """Rows shaped like the clients' Classification.to_dict(), computed with the pipeline's own code."""
+    from pipeline.local import LocalClassifier
+
+    classifier = LocalClassifier(model_dir)
+    return [{"image": str(path), "label": p.labels[0].replace(",", ""), "prob": p.scores[0],
+             "labels": p.labels, "scores": p.scores, "class_ids": p.class_ids}
+            for path, p in zip(images, classifier.classify_files(images, k), strict=True)]
+
+
+def _print(args: argparse.Namespace, rows: list[dict], failed: int) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

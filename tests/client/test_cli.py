@@ -106,3 +106,17 @@ def test_bench_counts_server_errors(topk_server, tmp_path, capsys):
 ])
 def test_bench_refusals(args, image_paths, capsys):
     assert main(["bench", "--images", str(image_paths[0].parent), "--quiet", *args]) == 2
+
+
+def test_predict_in_process_matches_local_classifier(tiny_model_dir, image_paths, capsys):
+    """`resnest predict --model DIR` classifies without a server, with the pipeline's own code."""
+    import json as _json
+
+    from pipeline.local import LocalClassifier
+    from serving.cli import main
+
+    assert main(["predict", "--model", str(tiny_model_dir), "--topk", "3", "--json", *map(str, image_paths)]) == 0
+    rows = _json.loads(capsys.readouterr().out)
+    want = LocalClassifier(tiny_model_dir).classify_files(image_paths, 3)
+    assert [r["class_ids"] for r in rows] == [w.class_ids for w in want]
+    assert [r["label"] for r in rows] == [w.labels[0].replace(",", "") for w in want]
