@@ -88,10 +88,6 @@ class DynamicBatcher:
             if close is not None and asyncio.iscoroutinefunction(close):
                 await close()
 
-    @property
-    def queued_images(self) -> int:
-        return self._queued_images
-
     def announce(self) -> None:
         """A request will be submitted soon (it is being preprocessed): open batches may wait for it."""
         self._arriving += 1

@@ -11,7 +11,7 @@ import numpy as np
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
 from pipeline.engines import create_engines
-from pipeline.postprocess import top_k
+from pipeline.postprocess import Postprocessor, top_k
 from pipeline.preprocess import Preprocessor, PreprocessSpec, decode_image
 
 
@@ -56,6 +56,6 @@ class LocalClassifier:
 
     def predictions(self, probs: np.ndarray, k: int) -> list[Prediction]:
         result = top_k(probs, k)
-        labels = self.bundle.labels
-        return [Prediction(ids, scores, [labels[i] if labels and i < len(labels) else str(i) for i in ids])
+        names = Postprocessor(self.bundle.labels)
+        return [Prediction(ids, scores, [names.label(i) for i in ids])
                 for ids, scores in zip(result.class_ids, result.scores, strict=True)]

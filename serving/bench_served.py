@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.images import list_images
 from export.model_files import EngineOptions
 from pipeline.bench_engines import ensure_export, time_engine
 from pipeline.bundle import ModelBundle
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = args.model_dir or ensure_export(args.arch, args.out)
     bundle = ModelBundle.load(model_dir)
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = list_images(args.images)
     images = [p.read_bytes() for p in paths]
     values = [base64.b64encode(data).decode() for data in images]
     options = EngineOptions(thread_num=args.threads)

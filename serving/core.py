@@ -68,8 +68,3 @@ class ServingCore:
             self.metrics.request_done(protocol, int(exc.code), 0.0)
             return response_to_proto(Response.from_error(exc))
         return response_to_proto(await self.infer(request))
-
-    def error_proto(self, code: ErrorCode, message: str, protocol: str) -> pb.Response:
-        """A response for a request that could not even be unpacked (err_no 8000 and friends)."""
-        self.metrics.request_done(protocol, int(code), 0.0)
-        return pb.Response(err_no=int(code), err_msg=message)

@@ -92,9 +92,11 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
     """The model to serve and the images to send (with their true classes when known)."""
     if args.model_dir is not None:
         folder = args.images or args.shared / "data" / "images"
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        from client.images import list_images
+
+        paths = list_images(folder)
         if not paths:
-            raise ValueError(f"no .jpg/.jpeg/.png images in {folder}")
+            raise ValueError(f"no images in {folder}")
         return args.model_dir, [p.read_bytes() for p in paths], None
     from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
     from export.exporter import ExportOptions, export
