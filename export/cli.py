@@ -32,9 +32,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-softmax", action="store_true", help="do not append softmax (default: appended, as PaddleClas)")
     p.add_argument("--resize-short", type=int, help="override the variant's resize-short size")
     p.add_argument("--crop-size", type=int, help="override the variant's crop (= model input) size")
-    p.add_argument("--onnx", action="store_true", help="also write serving_server/inference.onnx (paddle2onnx)")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="do not write serving_server/inference.onnx (default: written, for ONNX Runtime and OpenVINO)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write inference.int8.onnx by post-training quantization (needs --calib-images)")
+    p.add_argument("--calib-images", type=Path, metavar="DIR",
+                   help="images to calibrate --int8 on (a few dozen like the ones you will serve)")
+    p.add_argument("--check-images", type=Path, action="append", default=[], metavar="DIR",
+                   help="images to check bf16/int8 against fp32 on (repeatable; default: the calibration "
+                        "images); top-1 agreement and max |Δprob| go into resnest_meta.json")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)
+
+
+def read_images(folder: Path) -> dict[str, bytes]:
+    """Every file in `folder` (sorted; hidden ones skipped), by name; a file that is not an image fails
+    later with its name."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder of images")
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    if not files:
+        raise ValueError(f"no images in {folder}")
+    return files
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     result = export(ExportOptions(
         arch=args.arch, out=args.out, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed,
         class_num=args.class_num, feed_alias=args.feed_alias, fetch_alias=args.fetch_alias,
-        softmax=not args.no_softmax, label_file=args.labels, onnx=args.onnx, force=args.force,
-        resize_short=args.resize_short, crop_size=args.crop_size))
+        softmax=not args.no_softmax, label_file=args.labels, onnx=not args.no_onnx, int8=args.int8,
+        calibration_images=read_images(args.calib_images) if args.calib_images else {},
+        check_images={folder.name: read_images(folder) for folder in args.check_images},
+        force=args.force, resize_short=args.resize_short, crop_size=args.crop_size))
     log.info("serving_server: %s", result.server_dir)
     log.info("serving_client: %s", result.client_dir)
     return 0

@@ -3,7 +3,7 @@
 Layout written under `out/` (the same as Paddle Serving's `convert`, plus our meta file):
     serving_server/  inference.json + inference.pdiparams (or the source's legacy .pdmodel),
                      serving_server_conf.prototxt (+ .stream.prototxt), resnest_meta.json,
-                     [labels file], [inference.onnx]
+                     [labels file], inference.onnx (unless --no-onnx), [inference.int8.onnx (--int8)]
     serving_client/  serving_client_conf.prototxt (+ .stream.prototxt)
 Everything is built in a temporary sibling directory and renamed into place at the end, so a failed
 export leaves nothing half-written.
@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,11 @@ class ExportOptions:
     fetch_alias: str = "prediction"  # PaddleClas edits the fetch alias to this
     softmax: bool = True  # PaddleClas's export appends softmax
     label_file: Path | None = None
-    onnx: bool = False
+    onnx: bool = True  # inference.onnx for ONNX Runtime and OpenVINO
+    int8: bool = False  # also inference.int8.onnx, calibrated on calibration_images
+    calibration_images: dict[str, bytes] = field(default_factory=dict)  # name -> encoded image
+    check_images: dict[str, dict[str, bytes]] = field(default_factory=dict)  # set name -> {name: encoded image}
+    check_threads: int = 1  # math threads for the accuracy check
     force: bool = False
     resize_short: int | None = None
     crop_size: int | None = None
@@ -105,6 +109,10 @@ def _check_options(opts: ExportOptions) -> None:
         raise ExportError(f"output {opts.out} exists; pass --force to replace it")
     if not opts.feed_alias or not opts.fetch_alias:
         raise ExportError("feed and fetch aliases must be non-empty")
+    if opts.int8 and not opts.onnx:
+        raise ExportError("--int8 quantizes the ONNX model: it cannot be combined with --no-onnx")
+    if opts.int8 and not opts.calibration_images:
+        raise ExportError("--int8 needs calibration images (--calib-images DIR): a few dozen like the served ones")
 
 
 def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path) -> BundleMeta:
@@ -131,11 +139,41 @@ def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path) -> Bu
                       class_num=fetches[0].shape[-1], softmax=opts.softmax, label_file=label_name,
                       onnx_file=onnx_name, source=source)
     meta.write(server_dir)
+    if opts.int8:
+        meta = _quantize(opts, server_dir, meta)
+    if opts.check_images or opts.calibration_images:
+        meta = _check_precisions(opts, server_dir, meta)
+    else:
+        log.info("no accuracy check of bf16/int8 recorded: give --check-images DIR to record one")
+    return meta
+
+
+def _quantize(opts: ExportOptions, server_dir: Path, meta: BundleMeta) -> BundleMeta:
+    from export.quantize import INT8_ONNX, quantize_int8
+    from pipeline.accuracy import preprocess_images
+    from pipeline.bundle import ModelBundle
+
+    calibration = preprocess_images(ModelBundle.load(server_dir), opts.calibration_images)
+    quantize_int8(server_dir / meta.onnx_file, server_dir / INT8_ONNX, calibration)
+    meta = replace(meta, int8_onnx_file=INT8_ONNX)
+    meta.write(server_dir)
+    return meta
+
+
+def _check_precisions(opts: ExportOptions, server_dir: Path, meta: BundleMeta) -> BundleMeta:
+    """bf16 and int8 against fp32 on every engine that runs them here, recorded in the meta file."""
+    from pipeline.accuracy import check_precisions
+    from pipeline.bundle import ModelBundle
+
+    sets = dict(opts.check_images) or {"calibration": opts.calibration_images}
+    precisions = ("bf16", "int8") if meta.int8_onnx_file else ("bf16",)
+    checks = check_precisions(ModelBundle.load(server_dir), sets, precisions, opts.check_threads)
+    meta = replace(meta, precision_checks=checks)
+    meta.write(server_dir)
     return meta
 
 
 def _spec(opts: ExportOptions, spec: ArchSpec) -> ArchSpec:
-    from dataclasses import replace
 
     crop = opts.crop_size or spec.crop_size
     resize = opts.resize_short or (resize_short_for_crop(crop) if opts.crop_size else spec.resize_short)

@@ -1,7 +1,7 @@
 """ResNeSt in Paddle, with PaddleClas's module tree so that `state_dict()` keys and shapes match
 PaddleClas checkpoints exactly (develop layout; the release/2.5 layout lacks `conv2.conv3.bias`).
 
-Beyond PaddleClas's constructor this class takes three options:
+Beyond PaddleClas's constructor this class takes four options:
 - `base_planes`: width of layer1 (64 in every published variant); smaller values give the tiny test/demo nets.
 - `attention_bias`: whether split-attention `conv3` has a bias (develop: yes; release/2.5: no).
 - `avg_pool_exclusive`: Paddle's AvgPool2D excludes padding from the average, PyTorch's AvgPool2d counts it.
@@ -70,13 +70,19 @@ class SplatConv(nn.Layer):
 
     def forward(self, x):
         x = self.conv1(x)
-        splits = paddle.split(x, self.radix, axis=1) if self.radix > 1 else [x]
-        gap = paddle.add_n(splits) if self.radix > 1 else x
-        atten = self.rsoftmax(self.conv3(self.conv2(self.avg_pool2d(gap))))
         if self.radix == 1:
-            return x * atten
-        attens = paddle.split(atten, self.radix, axis=1)
+            return x * self.rsoftmax(self.conv3(self.conv2(self.avg_pool2d(x))))
+        splits = self._radix_slices(x)
+        atten = self.rsoftmax(self.conv3(self.conv2(self.avg_pool2d(paddle.add_n(splits)))))
+        attens = self._radix_slices(atten)
         return paddle.add_n([attens[i] * splits[i] for i in range(self.radix)])  # no zip(): dy2static
+
+    def _radix_slices(self, x):
+        """The radix parts of the channel axis, cut with `slice` rather than `split`: Paddle 3.3's oneDNN
+        `split` fails at batch >= 2 after a grouped conv with fewer than 64 channels per group on AVX-512
+        and SSE4.1 CPUs ("unsupported memory stride"); `slice` is as fast and works on every ISA."""
+        width = x.shape[1] // self.radix
+        return [paddle.slice(x, [1], [i * width], [(i + 1) * width]) for i in range(self.radix)]
 
 
 class BottleneckBlock(nn.Layer):

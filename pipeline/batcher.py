@@ -16,11 +16,11 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from pipeline.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class QueueFull(Exception):
 class DynamicBatcher:
     """Feeds engine instances from one queue; `submit` returns the request's own output rows."""
 
-    def __init__(self, engines: list, batch_size: int = 1, timeout_ms: float = -1,
+    def __init__(self, engines: list[Engine], batch_size: int = 1, timeout_ms: float = -1,
                  max_queue_images: int = 1024, observer: BatchObserver | None = None,
                  wait_for_arrivals: bool = False):
         self.engines = engines
@@ -63,13 +63,12 @@ class DynamicBatcher:
         self._queued_images = 0
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
-        self._executor: ThreadPoolExecutor | None = None
         self._arriving = 0  # requests announced (in preprocessing) but not yet submitted
         self.wait_for_arrivals = wait_for_arrivals
 
     async def start(self) -> None:
+        """Start feeding the engines (already started: loaded and warmed up)."""
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(len(self.engines), thread_name_prefix="engine")
         self._workers = [asyncio.create_task(self._worker(engine), name=f"batcher-{i}")
                          for i, engine in enumerate(self.engines)]
 
@@ -81,12 +80,7 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_exception(asyncio.CancelledError("pipeline stopped"))
         self._queue.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        for engine in self.engines:  # remote engines hold connections
-            close = getattr(engine, "close", None)
-            if close is not None and asyncio.iscoroutinefunction(close):
-                await close()
+        await asyncio.gather(*(engine.close() for engine in self.engines), return_exceptions=True)
 
     def announce(self) -> None:
         """A request will be submitted soon (it is being preprocessed): open batches may wait for it."""
@@ -143,8 +137,7 @@ class DynamicBatcher:
             self._wakeup.set()  # let another idle instance start on what is left
         return batch
 
-    async def _worker(self, engine) -> None:
-        loop = asyncio.get_running_loop()
+    async def _worker(self, engine: Engine) -> None:
         while True:
             batch = await self._next_batch()
             batch = [item for item in batch if not item.future.done()]  # caller gave up (timeout)
@@ -153,7 +146,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             inputs = batch[0].images if len(batch) == 1 else np.concatenate([i.images for i in batch])
             try:
-                outputs = await self._run(engine, loop, inputs)
+                outputs = await engine.infer(inputs)
             except Exception as exc:  # engine failure: every request of this batch gets it
                 log.error("engine failed on a batch of %d images: %s: %s", inputs.shape[0], type(exc).__name__,
                           exc, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -168,9 +161,3 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_result(outputs[offset:offset + item.count])
                 offset += item.count
-
-    async def _run(self, engine, loop: asyncio.AbstractEventLoop, inputs: np.ndarray) -> np.ndarray:
-        run_async: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = getattr(engine, "run_async", None)
-        if run_async is not None:
-            return await run_async(inputs)
-        return await loop.run_in_executor(self._executor, engine.run, inputs)

@@ -1,119 +1,213 @@
-"""Engine benchmark: the exported ResNeSt50 and ResNeSt50_fast_1s1x64d (random weights: speed does not
-depend on them) under Paddle Inference (oneDNN on/off, 1 and 2 threads) and ONNX Runtime (1 and 2
-threads) at batch 1/4/8, side by side in one run, with ratios against Paddle + oneDNN at 2 threads.
+"""Engine benchmark: every engine and precision this CPU runs, each measured alone in its own process
+(one engine's OpenMP threads keep spinning after a run and would slow the next one in the same process),
+in alternating rounds so that every alternative sees the same background load.
 
-    python -m pipeline.bench_engines [--archs ResNeSt50 ...] [--batches 1 4 8] [--runs 5] [--out DIR]
+    python -m pipeline.bench_engines [--archs ResNeSt50] [--batches 1 4] [--rounds 3] [--seconds 3]
 
-Not a test: machines are shared and noisy, so read the ratios, not the absolute numbers.
+Prints ms/image and images/s per batch size, the share of the machine's fp32 peak that the model's
+multiply-adds reach (the peak from a 2048x2048 float32 matmul in its own process, same thread count), the
+speed relative to Paddle Inference fp32, and the accuracy checks of bf16/int8 recorded at export: on the
+benchmarked (random-weight) model, and on the trained demo model with its held-out digits, where top-1
+agreement means something. Models are random-init exports (speed does not depend on the weights), cached
+under --out. Not a test: read the ratios; the machines are shared and noisy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines import OnnxEngine, PaddleEngine
-
 log = logging.getLogger(__name__)
 
-CONFIGS = [  # (label, engine class, options)
-    ("paddle+onednn 2t", PaddleEngine, EngineOptions(thread_num=2)),
-    ("paddle+onednn 1t", PaddleEngine, EngineOptions(thread_num=1)),
-    ("paddle native 2t", PaddleEngine, EngineOptions(thread_num=2, use_mkldnn=False)),
-    ("paddle native 1t", PaddleEngine, EngineOptions(thread_num=1, use_mkldnn=False)),
-    ("onnxruntime 2t", OnnxEngine, EngineOptions(thread_num=2)),
-    ("onnxruntime 1t", OnnxEngine, EngineOptions(thread_num=1)),
-]
+CONFIGS = [("paddle", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("paddle", "bf16"),
+           ("openvino", "bf16"), ("onnxruntime", "int8"), ("openvino", "int8")]
+BASE = ("paddle", "fp32")
 
 
-def ensure_export(arch: str, out_dir: Path) -> Path:
-    """Export a random-init model with ONNX once; reuse it on later runs."""
+def ensure_export(arch: str, out_dir: Path, calibration: dict[str, bytes], checks: dict[str, dict[str, bytes]]) -> Path:
+    """A random-init export with ONNX, int8 and accuracy checks, made once and reused on later runs."""
     from export.exporter import ExportOptions, export
 
     target = out_dir / arch
-    if not (target / "serving_server" / "inference.onnx").is_file():
-        export(ExportOptions(arch=arch, out=target, random_init=True, onnx=True, force=True))
+    if not (target / "serving_server" / "inference.int8.onnx").is_file():
+        export(ExportOptions(arch=arch, out=target, random_init=True, force=True, int8=True,
+                             calibration_images=calibration, check_images=checks))
     return target / "serving_server"
 
 
-def interleaved(engines: dict, batches: dict[int, np.ndarray], runs: int) -> dict[tuple[str, int], list[float]]:
-    """Seconds per call of every (engine, batch size), measured round-robin so that every alternative sees
-    the same background load (the machines are shared: load drifts over minutes)."""
-    for engine in engines.values():
-        for batch in batches.values():
-            engine.run(batch)  # warm-up: oneDNN builds its primitives per shape
-    samples: dict[tuple[str, int], list[float]] = {(k, b): [] for k in engines for b in batches}
-    for _ in range(runs):
-        for label, engine in engines.items():
-            for bs, batch in batches.items():
-                started = time.perf_counter()
-                engine.run(batch)
-                samples[(label, bs)].append(time.perf_counter() - started)
-    return samples
+def ensure_demo_export(out_dir: Path, shared_images: dict[str, bytes]) -> Path:
+    """The trained demo model with int8 calibrated on 64 held-out digits, checked on the other 296."""
+    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
+    from export.exporter import ExportOptions, export
+
+    target = out_dir / "demo"
+    if not (target / "serving_server" / "inference.int8.onnx").is_file():
+        pngs, _ = load_heldout()
+        named = {f"digit{i:03d}.png": png for i, png in enumerate(pngs)}
+        names = list(named)
+        export(ExportOptions(arch=ARCH, out=target, checkpoint=CHECKPOINT_PATH, label_file=LABELS_PATH, force=True,
+                             int8=True, calibration_images={n: named[n] for n in names[:64]},
+                             check_images={"digits-heldout": {n: named[n] for n in names[64:]},
+                                           "shared-images": shared_images}))
+    return target / "serving_server"
 
 
-def time_engine(engine, batch: np.ndarray, runs: int, warmup: int = 2) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        engine.run(batch)
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        engine.run(batch)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+# -- measurements, each in a child process -------------------------------------------------------------
+
+
+def measure(job: dict) -> dict:
+    """In the child: load one engine, warm it up, time each batch size for `seconds`; ms per batch (median)."""
+    from export.model_files import EngineOptions
+    from pipeline.bundle import ModelBundle
+    from pipeline.engines import EngineError, open_runtime
+
+    bundle = ModelBundle.load(job["model"])
+    options = EngineOptions(thread_num=job["threads"], precision=job["precision"])
+    try:
+        runtime, _ = open_runtime(bundle, (job["engine"],), options, max(job["batches"]))
+    except EngineError as exc:
+        return {"error": str(exc)}
+    size = bundle.meta.crop_size
+    result = {}
+    for bs in job["batches"]:
+        batch = np.random.default_rng(bs).standard_normal((bs, 3, size, size)).astype(np.float32)
+        runtime.infer(batch)
+        samples: list[float] = []
+        deadline = time.perf_counter() + job["seconds"]
+        while len(samples) < 3 or time.perf_counter() < deadline:
+            started = time.perf_counter()
+            runtime.infer(batch)
+            samples.append(time.perf_counter() - started)
+        result[str(bs)] = statistics.median(samples) * 1000
+    return {"ms": result}
+
+
+def measure_peak(threads: int) -> dict:
+    """In the child: fp32 GFLOP/s of a 2048x2048 matmul (numpy's BLAS, `threads` threads), best of 5."""
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    return {"gflops": 2 * n ** 3 / best / 1e9}
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def in_child(job: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "OPENBLAS_NUM_THREADS": str(job["threads"]),
+           "MKL_NUM_THREADS": str(job["threads"])}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench_engines", "--job", json.dumps(job)],
+                          capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return json.loads(lines[-1])
+
+
+# -- the report ----------------------------------------------------------------------------------------
+
+
+def macs_per_image(arch: str, size: int) -> int:
+    from export.flops import count_macs
+    from export.resnest import build_model
+
+    return count_macs(build_model(arch), size)
+
+
+def run(args: argparse.Namespace) -> str:
+    from pipeline.accuracy import describe_check
+    from pipeline.bundle import ModelBundle
+
+    shared_images = {p.name: p.read_bytes() for p in sorted((args.shared / "data" / "images").iterdir())}
+    out_lines = []
+    peaks = [in_child({"peak": True, "threads": args.threads})["gflops"] for _ in range(2)]
+    peak = max(peaks)
+    out_lines.append(f"fp32 peak ({args.threads} threads, 2048² matmul): {peak:.0f} GFLOP/s")
+    configs = [c for c in CONFIGS if not args.engines or c[0] in args.engines]
+    for arch in args.archs:
+        model = ensure_export(arch, args.out, shared_images, {"shared-images": shared_images})
+        bundle = ModelBundle.load(model)
+        gflop = 2 * macs_per_image(arch, bundle.meta.crop_size) / 1e9
+        runs: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+        for r in range(args.rounds):
+            for engine, precision in configs:
+                job = {"model": str(model), "engine": engine, "precision": precision, "threads": args.threads,
+                       "batches": args.batches, "seconds": args.seconds}
+                result = in_child(job)
+                runs[(engine, precision)].append(result)
+                log.info("round %d %s %s %s: %s", r + 1, arch, engine, precision, result.get("ms") or result["error"])
+        out_lines.append("")
+        out_lines += table(arch, bundle.meta.crop_size, gflop, peak, args.batches, runs)
+        out_lines.append("")
+        out_lines += [f"- {describe_check(p, k, c)}" for p, entry in bundle.meta.precision_checks.items()
+                      for k, c in entry["engines"].items()]
+    demo = ModelBundle.load(ensure_demo_export(args.out, shared_images))
+    out_lines += ["", "Accuracy of reduced precision on the trained demo model (ResNeSt_tiny, digits):"]
+    out_lines += [f"- {describe_check(p, k, c)}" for p, entry in demo.meta.precision_checks.items()
+                  for k, c in entry["engines"].items()]
+    return "\n".join(out_lines)
+
+
+def table(arch: str, size: int, gflop: float, peak: float, batches: list[int],
+          runs: dict[tuple[str, str], list[dict]]) -> list[str]:
+    ms = {}  # (engine, precision, bs) -> median over rounds of ms per image
+    errors = {}
+    for key, results in runs.items():
+        good = [r["ms"] for r in results if "ms" in r]
+        if not good:
+            errors[key] = results[0]["error"]
+            continue
+        for bs in batches:
+            ms[(*key, bs)] = statistics.median(r[str(bs)] for r in good) / bs
+    head = (f"| {arch} ({size}×{size}, {gflop:.1f} GFLOP/img) | " +
+            " | ".join(f"bs={bs}: ms/img (img/s)" for bs in batches) + " | % of fp32 peak | × paddle fp32 |")
+    lines = [head, "|" + "---|" * (len(batches) + 3)]
+    for key in runs:
+        name = f"{key[0]} {key[1]}"
+        if key in errors:
+            lines.append(f"| {name} | " + " | ".join("-" for _ in batches) + f" | not run: {errors[key][:120]} | |")
+            continue
+        best = min(ms[(*key, bs)] for bs in batches)
+        base = [ms.get((*BASE, bs)) for bs in batches]
+        ratio = f"×{min(b for b in base if b) / best:.2f}" if any(base) else "-"
+        cells = [f"{ms[(*key, bs)]:.1f} ({1000 / ms[(*key, bs)]:.1f})" for bs in batches]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {gflop / (best / 1000) / peak:.0%} | {ratio} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=["ResNeSt50_fast_1s1x64d", "ResNeSt50"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--configs", nargs="+", help="subset of config labels (default: all)")
+    parser.add_argument("--archs", nargs="+", default=["ResNeSt50"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per batch size and round (default 3)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="math threads (default: cores)")
+    parser.add_argument("--engines", nargs="+", help="only these engines")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="where exported models are cached")
+    parser.add_argument("--shared", type=Path, default=Path("../shared"), help="the shared data folder")
+    parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.job:
+        job = json.loads(args.job)
+        sys.stdout.write(json.dumps(measure_peak(job["threads"]) if job.get("peak") else measure(job)) + "\n")
+        return 0
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs]
-    rows = []
-    for arch in args.archs:
-        bundle = ModelBundle.load(ensure_export(arch, args.out))
-        size = bundle.meta.crop_size
-        engines = {label: cls(bundle, options) for label, cls, options in configs}
-        batches = {bs: np.random.default_rng(0).standard_normal((bs, 3, size, size)).astype(np.float32)
-                   for bs in args.batches}
-        samples = interleaved(engines, batches, args.runs)
-        for label in engines:
-            for bs in args.batches:
-                seconds = statistics.median(samples[(label, bs)])
-                rows.append((arch, label, bs, seconds))
-                log.info("%s %s bs=%d: %.1f ms (%.1f img/s)", arch, label, bs, seconds * 1000, bs / seconds)
-        del engines
-    print_table(rows, args.batches)
+    sys.stdout.write(run(args) + "\n")
     return 0
-
-
-def print_table(rows: list[tuple[str, str, int, float]], batches: list[int]) -> None:
-    base = {(a, b): s for a, label, b, s in rows if label == CONFIGS[0][0]}
-    head = "| model | engine | " + " | ".join(f"bs={b}: ms (img/s) ×base" for b in batches) + " |"
-    out = [head, "|" + "---|" * (2 + len(batches))]
-    by_key = {(a, label, b): s for a, label, b, s in rows}
-    for arch in dict.fromkeys(a for a, *_ in rows):
-        for label in dict.fromkeys(label for a, label, *_ in rows if a == arch):
-            cells = []
-            for b in batches:
-                s = by_key.get((arch, label, b))
-                ratio = f" ×{base[(arch, b)] / s:.2f}" if s and (arch, b) in base else ""
-                cells.append(f"{s * 1000:.0f} ({b / s:.1f}){ratio}" if s else "-")
-            out.append(f"| {arch} | {label} | " + " | ".join(cells) + " |")
-    sys.stdout.write("\n".join(out) + "\n(×base = speed relative to paddle+onednn 2t; >1 is faster)\n")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ class ModelBundle:
     def onnx_file(self) -> Path | None:
         return self.directory / self.meta.onnx_file if self.meta.onnx_file else None
 
+    @property
+    def int8_onnx_file(self) -> Path | None:
+        return self.directory / self.meta.int8_onnx_file if self.meta.int8_onnx_file else None
+
     @classmethod
     def load(cls, directory: str | Path, label_file: str | Path | None = None) -> ModelBundle:
         """Read a serving_server dir; `label_file` overrides the one recorded in the bundle."""

@@ -10,9 +10,9 @@ import numpy as np
 
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
-from pipeline.engines import create_engines
+from pipeline.engines import candidates, open_runtime
 from pipeline.postprocess import Postprocessor, top_k
-from pipeline.preprocess import Preprocessor, PreprocessSpec, decode_image
+from pipeline.preprocess import Preprocessor, PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -25,27 +25,33 @@ class Prediction:
 
 
 class LocalClassifier:
-    """A bundle plus one engine instance; not thread-safe (one predictor)."""
+    """A bundle plus one engine instance in this process (chosen and warmed up as the server does, but
+    without a worker process); not thread-safe."""
 
-    def __init__(self, model_dir: str | Path, engine: str = "paddle", options: EngineOptions | None = None,
-                 label_file: str | Path | None = None):
+    def __init__(self, model_dir: str | Path, engine: str = "auto", options: EngineOptions | None = None,
+                 label_file: str | Path | None = None, max_batch: int = 8):
         self.bundle = ModelBundle.load(model_dir, label_file)
         meta = self.bundle.meta
         self.preprocessor = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std))
-        self.engine = create_engines(self.bundle, engine, options or EngineOptions(), 1)[0]
+        self.max_batch = max_batch
+        self.engine, self.report = open_runtime(self.bundle, candidates(engine), options or EngineOptions(),
+                                                max_batch)
 
     def preprocess_bytes(self, key: str, data: bytes) -> np.ndarray:
         """Encoded image bytes → the model's CHW float32 input (the server's decode + preprocessing)."""
-        return self.preprocessor.from_bgr(key, decode_image(key, data, self.preprocessor.spec.max_pixels))
+        return self.preprocessor.from_bytes(key, data)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return self.engine.run(np.ascontiguousarray(batch, dtype=np.float32))
+        """Model output for a preprocessed batch of any size (run in chunks of max_batch, the sizes warmed up)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return np.concatenate([self.engine.infer(batch[i:i + self.max_batch])
+                               for i in range(0, batch.shape[0], self.max_batch)])
 
     def classify_files(self, paths: list[str | Path], k: int = 5) -> list[Prediction]:
         return self.classify_bytes([Path(p).read_bytes() for p in paths], k, [str(p) for p in paths])
 
     def classify_bytes(self, images: list[bytes], k: int = 5, names: list[str] | None = None,
-                       batch: int = 32) -> list[Prediction]:
+                       batch: int = 8) -> list[Prediction]:
         names = names or [f"image_{i}" for i in range(len(images))]
         out: list[Prediction] = []
         for i in range(0, len(images), batch):

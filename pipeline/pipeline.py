@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
 from pipeline.bundle import ModelBundle
+from pipeline.engines.base import Engine, EngineError
 from pipeline.errors import ErrorCode, PipelineError
 from pipeline.postprocess import Postprocessor
 from pipeline.preprocess import Preprocessor, PreprocessSpec
@@ -47,7 +48,7 @@ class StageObserver(BatchObserver):
 class Pipeline:
     """Serves one model. Create, `await start()`, call `infer` from any protocol, `await stop()`."""
 
-    def __init__(self, bundle: ModelBundle, engines: list, settings: PipelineSettings,
+    def __init__(self, bundle: ModelBundle, engines: list[Engine], settings: PipelineSettings,
                  observer: StageObserver | None = None):
         self.bundle = bundle
         self.settings = settings
@@ -87,6 +88,10 @@ class Pipeline:
         except PipelineError as exc:
             log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, exc.code, exc.message)
             response = Response.from_error(exc)
+        except EngineError as exc:  # the engine failed on this batch (its worker logged it); keep serving
+            log.info("logid=%d protocol=%s err_no=%d engine error: %s", request.logid, request.protocol,
+                     ErrorCode.UNKNOW, exc)
+            response = Response(err_no=int(ErrorCode.UNKNOW), err_msg=f"Log_id: {request.logid} engine error: {exc}")
         except Exception as exc:  # a bug or an engine failure: report it, keep serving
             log.exception("logid=%d protocol=%s unexpected error", request.logid, request.protocol)
             response = Response(err_no=int(ErrorCode.UNKNOW), err_msg=f"Log_id: {request.logid} unexpected "

@@ -98,8 +98,12 @@ class Preprocessor:
         return img[top:top + crop, left:left + crop]
 
     def __call__(self, key: str, value: str | bytes) -> np.ndarray:
-        img = decode_image(key, b64decode_image(key, value), self.spec.max_pixels)
-        return self.from_bgr(key, img)
+        """A base64-encoded image (a request value) → the model's input."""
+        return self.from_bytes(key, b64decode_image(key, value))
+
+    def from_bytes(self, key: str, data: bytes) -> np.ndarray:
+        """Encoded image bytes → the model's input."""
+        return self.from_bgr(key, decode_image(key, data, self.spec.max_pixels))
 
     def from_bgr(self, key: str, img: np.ndarray) -> np.ndarray:
         """A decoded BGR uint8 image → normalized RGB CHW float32."""

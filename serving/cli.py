@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
+
+# Paddle warns on import that it found no C++ compiler cache: it compiles nothing here.
+warnings.filterwarnings("ignore", message="No ccache found")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    from pipeline.engines.base import EngineError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, EngineError) as exc:
         logging.getLogger("resnest").error("%s", exc)
         return 2
     except KeyboardInterrupt:

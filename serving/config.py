@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.engines.choose import ENGINE_CHOICES
+
 _LOGGER = logging.getLogger(__name__)
 
 __all__ = [
@@ -43,7 +45,6 @@ CLIENT_TYPES = ("local_predictor", "brpc", "grpc")
 SUPPORTED_DEVICE_TYPES = {-1: "auto: CPU if devices is empty, else GPU", 0: "CPU", 1: "GPU", 2: "GPU + TensorRT"}
 UNSUPPORTED_DEVICE_TYPES = {3: "ARM CPU (Paddle-Lite)", 4: "Kunlun XPU", 5: "Ascend 310", 6: "Ascend 910"}
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
-ENGINES = ("paddle", "onnxruntime")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")  # op / service names appear in REST URLs: /{name}/{method}
 
@@ -160,7 +161,7 @@ class OpConfig:
     # our additions
     topk: int = 1
     label_file: Path | None = None
-    engine: str = "paddle"
+    engine: str = "auto"
     max_images_per_request: int = 32
     max_image_pixels: int = 40_000_000
     max_queue_images: int = 1024
@@ -678,9 +679,6 @@ def _parse_op(top: _Section, base_dir: Path, worker_num: int) -> OpConfig:
 
     precision = lsc.string("precision", "fp32", normalize=str.lower, choices=PRECISIONS)
     use_mkldnn = lsc.boolean("use_mkldnn", True)
-    if precision == "bf16" and not use_mkldnn and client_type == "local_predictor":
-        _LOGGER.warning("[CONF] %s is bf16 but use_mkldnn is false; Paddle runs bf16 only through oneDNN",
-                        lsc.key("precision"))
 
     local = LocalServiceConf(
         model_config=model_config,
@@ -723,7 +721,7 @@ def _parse_op(top: _Section, base_dir: Path, worker_num: int) -> OpConfig:
         encryption_key=encryption_key,
         topk=op.integer("topk", 1, minimum=1),
         label_file=op.file_path("label_file", base_dir),
-        engine=op.string("engine", "paddle", normalize=str.lower, choices=ENGINES),
+        engine=op.string("engine", "auto", normalize=str.lower, choices=ENGINE_CHOICES),
         max_images_per_request=max_images_per_request,
         max_image_pixels=op.integer("max_image_pixels", 40_000_000, minimum=1),
         max_queue_images=max_queue_images,

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("grpc", "http", "brpc")
 BATCH = 8  # images per request
+CALIBRATION_DIGITS = 64  # held-out digits used to calibrate int8 (the other 296 check it)
 
 
 def add_parser(subparsers) -> None:
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir, images, truth = prepare(args)
     say(f"== model: {model_dir}")
     local = LocalClassifier(model_dir)
+    say(f"== in-process engine: {local.report.summary}")
     local_preds = [p.class_ids[0] for p in local.classify_bytes(images, k=1)]
     local_acc = accuracy(local_preds, truth)
     if local_acc is not None:
@@ -100,11 +102,26 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
         return args.model_dir, [p.read_bytes() for p in paths], None
     from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
     from export.exporter import ExportOptions, export
+    from pipeline.accuracy import describe_check
 
-    say(f"== exporting the demo checkpoint {CHECKPOINT_PATH.name} ({ARCH}) with resnest export")
-    result = export(ExportOptions(arch=ARCH, out=args.out / "bundle", checkpoint=CHECKPOINT_PATH,
-                                  label_file=LABELS_PATH, force=True))
+    say(f"== exporting the demo checkpoint {CHECKPOINT_PATH.name} ({ARCH}) with resnest export, plus an int8 "
+        f"model calibrated on {CALIBRATION_DIGITS} held-out digits")
     pngs, labels = load_heldout()
+    named = {f"digit{i:03d}.png": png for i, png in enumerate(pngs)}
+    names = list(named)
+    shared_images = args.shared / "data" / "images"
+    checks = {"digits-heldout": {n: named[n] for n in names[CALIBRATION_DIGITS:]}}
+    if shared_images.is_dir():
+        checks["shared-images"] = {p.name: p.read_bytes() for p in sorted(shared_images.iterdir()) if p.is_file()}
+    result = export(ExportOptions(arch=ARCH, out=args.out / "bundle", checkpoint=CHECKPOINT_PATH,
+                                  label_file=LABELS_PATH, force=True, int8=True,
+                                  calibration_images={n: named[n] for n in names[:CALIBRATION_DIGITS]},
+                                  check_images=checks))
+    say("== what reduced precision costs on this CPU (each engine against itself at fp32; the held-out digits "
+        "exclude the calibration ones)")
+    for precision, entry in result.meta.precision_checks.items():
+        for kind, check in entry["engines"].items():
+            say("   " + describe_check(precision, kind, check))
     return result.server_dir, pngs, [int(x) for x in labels]
 
 

@@ -15,11 +15,11 @@ import os
 import signal
 import time
 
-from pipeline.engines import create_engines
 from protocol.baidu_std import short_service_name
+from protocol.wire import GENERAL_MODEL_SERVICE
 from serving.config import ConfigError, ServerConfig, check_paths
-from serving.model_service import GENERAL_MODEL_SERVICE, register_model_service, start_model_http
-from serving.server import engine_options, load_bundle
+from serving.model_service import register_model_service, start_model_http
+from serving.server import load_bundle, start_op_engines
 
 __all__ = ["check_model_server_config", "run_model_server", "serve_model"]
 
@@ -48,18 +48,17 @@ async def serve_model(config: ServerConfig) -> int:
                     config.rpc_port)
     started = time.perf_counter()
     bundle = load_bundle(config)
-    engines = create_engines(bundle, op.engine, engine_options(config), op.concurrency,
-                             list(op.local_service_conf.devices) or None)
+    engines = await start_op_engines(config, bundle)
     brpc = BrpcServer(max_body_size=config.max_request_bytes)
     service = register_model_service(
         brpc, bundle, engines, batch_size=op.batch_size, auto_batching_timeout_ms=op.auto_batching_timeout,
         max_queue_images=op.max_queue_images, max_images_per_request=op.max_images_per_request,
         timeout_s=op.timeout_s)
     await service.start()
-    log.info("model %s (%s, input %d, %d classes): engine %s on %s, %d instance(s) x %d thread(s); loaded in "
+    log.info("model %s (%s, input %d, %d classes): %d engine instance(s) x %d thread(s) on %s; loaded in "
              "%.2f s", bundle.directory, bundle.meta.arch or "unknown arch", bundle.meta.crop_size,
-             bundle.meta.class_num, op.engine, op.local_service_conf.device, op.concurrency,
-             op.local_service_conf.thread_num, time.perf_counter() - started)
+             bundle.meta.class_num, op.concurrency, op.local_service_conf.thread_num,
+             op.local_service_conf.device, time.perf_counter() - started)
     http = None
     try:
         await brpc.start(config.host, config.brpc_port)

@@ -44,15 +44,17 @@ from google.protobuf.message import Message
 
 from pipeline.batcher import DynamicBatcher, QueueFull
 from pipeline.bundle import ModelBundle
+from pipeline.engines import Engine
 from protocol import general_model_service_pb2 as gm
 from protocol.baidu_std import BrpcError, CompressType, Errno, parse_message, short_service_name
+from protocol.general_model import tensor_values
+from protocol.wire import GENERAL_MODEL_SERVICE, ElemType
 from serving.brpc_server import BrpcServer, RequestContext
 
 __all__ = [
     "ENGINE_NAME",
     "ERR_INTERNAL_FAILURE",
     "ERR_OP_INFER_FAILURE",
-    "GENERAL_MODEL_SERVICE",
     "ModelService",
     "http_status",
     "register_model_service",
@@ -61,17 +63,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERAL_MODEL_SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
 METHODS = ("inference", "debug")
 ENGINE_NAME = "general_infer_0"
 ERR_INTERNAL_FAILURE = -5000  # "Paddle Serving Framework Internal Error."
 ERR_OP_INFER_FAILURE = -5100  # "Paddle Serving Op Inference Error."
 FAILED = "InferService inference failed!"  # C++ Serving's cntl->SetFailed text
-
-FP32, FP16, UINT8 = 1, 5, 7
-_CONTENT_DTYPES = {FP32: np.dtype("<f4"), FP16: np.dtype("<f2"), UINT8: np.dtype("u1")}
-_ELEM_NAMES = {0: "INT64", 1: "FP32", 2: "INT32", 3: "FP64", 4: "INT16", 5: "FP16", 6: "BF16", 7: "UINT8",
-               8: "INT8", 9: "BOOL", 10: "COMPLEX64", 11: "COMPLEX128", 20: "STRING"}
 
 
 def _bad_input(detail: str) -> BrpcError:
@@ -81,7 +77,7 @@ def _bad_input(detail: str) -> BrpcError:
 class ModelService:
     """One model behind GeneralModelService: ``await start()``, ``infer``/``handle`` calls, ``await stop()``."""
 
-    def __init__(self, bundle: ModelBundle, engines: list, *, batch_size: int = 1,
+    def __init__(self, bundle: ModelBundle, engines: list[Engine], *, batch_size: int = 1,
                  auto_batching_timeout_ms: float = -1, max_queue_images: int = 1024,
                  max_images_per_request: int = 32) -> None:
         self.bundle = bundle
@@ -163,7 +159,10 @@ class ModelService:
         if shape[0] > self.max_images_per_request:
             raise _bad_input(f"feed var {tensor.name or tensor.alias_name!r}: batch of {shape[0]} images; this "
                              f"server takes at most {self.max_images_per_request} per request")
-        data = _tensor_values(tensor)
+        try:
+            data = tensor_values(tensor)
+        except ValueError as exc:
+            raise _bad_input(f"feed var {tensor.name or tensor.alias_name!r}: {exc}") from None
         count = math.prod(shape)
         if data.size != count:
             raise _bad_input(f"feed var {tensor.name or tensor.alias_name!r}: {data.size} values for shape "
@@ -182,7 +181,8 @@ class ModelService:
     def _response(self, probs: np.ndarray, fetch: list[str], log_id: int) -> gm.Response:
         b = self.bundle
         probs = np.ascontiguousarray(probs, dtype=np.float32)
-        tensor = gm.Tensor(name=b.fetch_name, alias_name=b.fetch_alias, elem_type=FP32, shape=list(probs.shape))
+        tensor = gm.Tensor(name=b.fetch_name, alias_name=b.fetch_alias, elem_type=ElemType.FP32,
+                           shape=list(probs.shape))
         tensor.float_data.extend(probs.ravel())
         output = gm.ModelOutput(engine_name=ENGINE_NAME)
         for _ in fetch:  # one tensor per requested name, in request order (the model has one fetch var)
@@ -190,27 +190,7 @@ class ModelService:
         return gm.Response(outputs=[output], log_id=log_id)
 
 
-def _tensor_values(tensor: gm.Tensor) -> np.ndarray:
-    """The tensor's numbers, flat, from float_data or tensor_content by elem_type."""
-    elem = tensor.elem_type
-    label = f"feed var {tensor.name or tensor.alias_name!r}"
-    if elem == FP32 and len(tensor.float_data):
-        if tensor.tensor_content:
-            raise _bad_input(f"{label}: both float_data and tensor_content are set; send one")
-        return np.array(tensor.float_data, dtype=np.float32)
-    if elem in _CONTENT_DTYPES:
-        dtype = _CONTENT_DTYPES[elem]
-        content = tensor.tensor_content
-        if len(content) % dtype.itemsize:
-            raise _bad_input(f"{label}: tensor_content has {len(content)} bytes, not a whole number of "
-                             f"{_ELEM_NAMES[elem]} values ({dtype.itemsize} bytes each)")
-        return np.frombuffer(content, dtype=dtype)
-    name = _ELEM_NAMES.get(elem, "unknown")
-    raise _bad_input(f"{label}: elem_type {elem} ({name}) is not supported; send FP32 (1) in float_data or "
-                     "tensor_content, or FP16 (5) / UINT8 (7) in tensor_content")
-
-
-def register_model_service(server: BrpcServer, bundle: ModelBundle, engines: list, *, batch_size: int = 1,
+def register_model_service(server: BrpcServer, bundle: ModelBundle, engines: list[Engine], *, batch_size: int = 1,
                            auto_batching_timeout_ms: float = -1, max_queue_images: int = 1024,
                            max_images_per_request: int = 32, timeout_s: float | None = None) -> ModelService:
     """Serve GeneralModelService.inference and .debug on ``server`` (gzip responses, as C++ Serving).

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 from export.model_files import EngineOptions
+from pipeline.accuracy import recorded_check
 from pipeline.bundle import ModelBundle
-from pipeline.engines import create_engines
+from pipeline.engines import Engine, start_engines
 from pipeline.pipeline import Pipeline, PipelineSettings
 from serving.config import ServerConfig, check_paths
 from serving.core import ServingCore
@@ -36,7 +37,7 @@ def engine_options(config: ServerConfig) -> EngineOptions:
                          mkldnn_op_list=lsc.mkldnn_op_list, mkldnn_bf16_op_list=lsc.mkldnn_bf16_op_list,
                          ir_optim=lsc.ir_optim, mem_optim=lsc.mem_optim, precision=lsc.precision,
                          min_subgraph_size=lsc.min_subgraph_size, use_calib=lsc.use_calib,
-                         max_batch_size=max(op.batch_size, op.max_images_per_request))
+                         max_batch_size=op.batch_size)
 
 
 def pipeline_settings(config: ServerConfig) -> PipelineSettings:
@@ -58,18 +59,32 @@ def load_bundle(config: ServerConfig) -> ModelBundle:
     return bundle
 
 
-def build_pipeline(config: ServerConfig, metrics: Metrics) -> Pipeline:
-    """Load the model and create the engine instances (the slow part of start-up)."""
+async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[Engine]:
+    """The op's engine instances, loaded and warmed up at every batch size (the slow part of start-up):
+    local engines in worker processes, or the remote model server(s) of `client_type: brpc`."""
     op = config.op
-    bundle = load_bundle(config)
     if op.is_remote:
-        from pipeline.remote_engine import create_remote_engines
+        from serving.remote_engine import create_remote_engines
 
-        engines = create_remote_engines(bundle, op.server_endpoints, op.concurrency,
-                                        op.local_service_conf.rpc_timeout_ms / 1000.0)
-    else:
-        engines = create_engines(bundle, op.engine, engine_options(config), op.concurrency,
-                                 list(op.local_service_conf.devices) or None)
+        return create_remote_engines(bundle, op.server_endpoints, op.concurrency,
+                                     op.local_service_conf.rpc_timeout_ms / 1000.0)
+    engines = await start_engines(bundle, op.engine, engine_options(config), op.concurrency, op.batch_size,
+                                  list(op.local_service_conf.devices) or None)
+    report = engines[0].report
+    if report.precision != "fp32":
+        check = recorded_check(bundle, report.precision, report.kind)
+        if check:
+            log.info("accuracy check: %s", check)
+        else:
+            log.warning("no accuracy check of %s on %s is recorded for this model: export it with "
+                        "--check-images DIR to measure what %s costs", report.precision, report.kind, report.precision)
+    return engines
+
+
+async def build_pipeline(config: ServerConfig, metrics: Metrics) -> Pipeline:
+    """Load the model and start the engine instances."""
+    bundle = load_bundle(config)
+    engines = await start_op_engines(config, bundle)
     return Pipeline(bundle, engines, pipeline_settings(config), metrics)
 
 
@@ -90,12 +105,12 @@ class Server:
         config = self.config
         started = time.perf_counter()
         self.metrics = Metrics()
-        self.pipeline = build_pipeline(config, self.metrics)
+        self.pipeline = await build_pipeline(config, self.metrics)
         await self.pipeline.start()
         bundle, op = self.pipeline.bundle, config.op
         where = (f"remote model at {', '.join(op.server_endpoints)} over bRPC" if op.is_remote else
-                 f"engine {op.engine} on {op.local_service_conf.device}, {op.concurrency} instance(s) x "
-                 f"{op.local_service_conf.thread_num} thread(s)")
+                 f"{op.concurrency} engine instance(s) x {op.local_service_conf.thread_num} thread(s) on "
+                 f"{op.local_service_conf.device}")
         log.info("model %s (%s, input %d, %d classes) %s; loaded in %.2f s", bundle.directory,
                  bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
                  time.perf_counter() - started)

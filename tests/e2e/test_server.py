@@ -174,7 +174,7 @@ def test_startup_log_sigterm_finishes_in_flight(server_factory, image_paths, tin
     metrics = requests.get(f"http://127.0.0.1:{server.ports['prometheus']}/metrics", timeout=10)
     assert metrics.status_code == 200 and "resnest_requests_total" in metrics.text
     log = server.log
-    assert str(tiny_model_dir) in log and "engine paddle on cpu" in log and "loaded in" in log
+    assert str(tiny_model_dir) in log and "engine openvino fp32 chosen, auto" in log and "loaded in" in log
     assert "grpc=127.0.0.1:" in log and "http=127.0.0.1:" in log and "brpc=127.0.0.1:" in log
     result = {}
 

@@ -1,5 +1,6 @@
 """Dynamic batcher: batches close at batch_size or after the timeout, and every request gets its own rows.
-Uses a real Paddle engine on the tiny model; batch composition is read from the observer."""
+Uses a real engine (ONNX Runtime in its worker process) on the tiny model; batch composition is read from
+the observer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from export.model_files import EngineOptions
 from pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
 from pipeline.bundle import ModelBundle
-from pipeline.engines import PaddleEngine
+from pipeline.engines import open_runtime, start_engines
 
 
 class Recorder(BatchObserver):
@@ -25,14 +26,18 @@ def inputs(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 64, 64)).astype(np.float32)
 
 
+async def started_engine(model_dir):
+    return (await start_engines(ModelBundle.load(model_dir), "onnxruntime", EngineOptions(), 1, 8))[0]
+
+
 def test_each_request_gets_its_own_rows(tiny_model_dir):
-    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
+    runtime, _ = open_runtime(ModelBundle.load(tiny_model_dir), ("onnxruntime",), EngineOptions(), 8)
     requests = [inputs(n, seed) for seed, n in enumerate([1, 2, 1, 3, 1])]
-    want = [engine.run(x) for x in requests]
+    want = [runtime.infer(x) for x in requests]
     recorder = Recorder()
 
     async def main():
-        batcher = DynamicBatcher([engine], batch_size=8, timeout_ms=50, observer=recorder)
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=8, timeout_ms=50, observer=recorder)
         await batcher.start()
         got = await asyncio.gather(*(batcher.submit(x) for x in requests))
         await batcher.stop()
@@ -46,11 +51,10 @@ def test_each_request_gets_its_own_rows(tiny_model_dir):
 
 
 def test_batch_closes_at_size_and_timeout(tiny_model_dir):
-    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
     recorder = Recorder()
 
     async def main():
-        batcher = DynamicBatcher([engine], batch_size=2, timeout_ms=200, observer=recorder)
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=2, timeout_ms=200, observer=recorder)
         await batcher.start()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -67,10 +71,9 @@ def test_batch_closes_at_size_and_timeout(tiny_model_dir):
 
 
 def test_queue_limit(tiny_model_dir):
-    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
 
     async def main():
-        batcher = DynamicBatcher([engine], batch_size=1, max_queue_images=2)
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=1, max_queue_images=2)
         await batcher.start()
         try:
             first = asyncio.ensure_future(batcher.submit(inputs(2, 0)))
@@ -88,11 +91,10 @@ def test_queue_limit(tiny_model_dir):
 
 def test_waits_only_for_announced_arrivals(tiny_model_dir):
     """With wait_for_arrivals, a lone request does not wait out the timeout; an announced one is waited for."""
-    engine = PaddleEngine(ModelBundle.load(tiny_model_dir), EngineOptions())
     recorder = Recorder()
 
     async def main():
-        batcher = DynamicBatcher([engine], batch_size=4, timeout_ms=1000, observer=recorder,
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=4, timeout_ms=1000, observer=recorder,
                                  wait_for_arrivals=True)
         await batcher.start()
         loop = asyncio.get_running_loop()

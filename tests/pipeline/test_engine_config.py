@@ -3,12 +3,10 @@ these tests check that the right paddle.inference.Config switches are set (unver
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from export.model_files import EngineOptions, config_calls, paddle_config
 from pipeline.bundle import ModelBundle
-from pipeline.engines import OnnxEngine, PaddleEngine, create_engines
 
 
 def config_for(model_dir, **options):
@@ -62,22 +60,3 @@ def test_gpu_on_cpu_build_is_a_clear_error(tiny_model_dir):
         pytest.skip("GPU build of Paddle")
     with pytest.raises(ValueError, match="needs a GPU build of Paddle"):
         config_for(tiny_model_dir, device_type=1)
-
-
-def test_paddle_and_onnx_engines_agree(tiny_model_dir):
-    bundle = ModelBundle.load(tiny_model_dir)
-    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    paddle_out = PaddleEngine(bundle, EngineOptions()).run(x)
-    onnx_out = OnnxEngine(bundle, EngineOptions()).run(x)
-    assert np.abs(paddle_out - onnx_out).max() <= 1e-4 * np.abs(paddle_out).max()
-
-
-def test_engine_errors(tiny_model_dir, tmp_path):
-    bundle = ModelBundle.load(tiny_model_dir)
-    with pytest.raises(ValueError, match="unknown engine 'tvm'"):
-        create_engines(bundle, "tvm", EngineOptions(), 1)
-    import dataclasses
-
-    no_onnx = dataclasses.replace(bundle, meta=dataclasses.replace(bundle.meta, onnx_file=""))
-    with pytest.raises(ValueError, match="re-export with `resnest export --onnx`"):
-        OnnxEngine(no_onnx, EngineOptions())

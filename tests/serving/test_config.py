@@ -138,7 +138,7 @@ def test_defaults_filled(cpus) -> None:
     assert (op.concurrency, op.timeout, op.retry, op.batch_size, op.auto_batching_timeout) == (1, -1, 1, 1, -1)
     assert op.server_endpoints == () and op.fetch_list is None and op.client_config is None
     assert op.use_encryption_model is False and op.encryption_key is None
-    assert (op.topk, op.label_file, op.engine) == (1, None, "paddle")
+    assert (op.topk, op.label_file, op.engine) == (1, None, "auto")
     assert (op.max_images_per_request, op.max_image_pixels, op.max_queue_images) == (32, 40_000_000, 1024)
     assert op.timeout_s is None and op.auto_batching_timeout_s is None and not op.is_remote
 
@@ -299,7 +299,7 @@ def test_top_level_ranges(key: str, value: Any, allowed: str) -> None:
     ("batch_size", 0, ">= 1"),
     ("retry", 0, ">= 1"),
     ("topk", 0, ">= 1"),
-    ("engine", "tensorrt", "'onnxruntime'"),
+    ("engine", "tensorrt", "'auto', 'openvino', 'onnxruntime', 'paddle'"),
     ("max_images_per_request", 0, ">= 1"),
     ("max_queue_images", 0, ">= 1"),
     ("max_image_pixels", 0, ">= 1"),

@@ -20,16 +20,17 @@ from support import write_config
 
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
-from pipeline.engines import create_engines
+from pipeline.engines import start_engines
 from pipeline.local import LocalClassifier
-from pipeline.remote_engine import RemoteModelError, create_remote_engines, encode_request
 from protocol import baidu_std as bs
 from protocol import general_model_service_pb2 as gm
 from protocol.brpc_client import BrpcClient, SyncBrpcClient
+from protocol.general_model import encode_request
 from serving.brpc_server import BrpcServer
 from serving.config import ConfigError, load_config
 from serving.model_server import run_model_server, serve_model
 from serving.model_service import ModelService, register_model_service, start_model_http
+from serving.remote_engine import RemoteModelError, create_remote_engines
 
 HOST = "127.0.0.1"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
@@ -44,9 +45,15 @@ class RecordingEngine:
         self.engine = engine
         self.batches: list[int] = []
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    async def start(self):
+        return await self.engine.start()
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
         self.batches.append(batch.shape[0])
-        return self.engine.run(batch)
+        return await self.engine.infer(batch)
+
+    async def close(self) -> None:
+        await self.engine.close()
 
 
 class LoopThread:
@@ -95,7 +102,7 @@ def local(tiny_model_dir) -> LocalClassifier:
 def servers(bundle) -> Iterator[SimpleNamespace]:
     """Two in-process model servers (the second for round-robin), one recording engine each."""
     loop = LoopThread()
-    engines = [RecordingEngine(create_engines(bundle, "paddle", EngineOptions(thread_num=1), 1)[0])
+    engines = [RecordingEngine(loop.run(start_engines(bundle, "onnxruntime", EngineOptions(thread_num=1), 1, 8))[0])
                for _ in range(2)]
     started = [loop.run(_start(bundle, [engine], batch_size=8, auto_batching_timeout_ms=30,
                                max_images_per_request=8)) for engine in engines]
@@ -284,16 +291,24 @@ def test_malformed_payload_is_erequest_and_unknown_method_enomethod(client, batc
 
 
 class _FailingEngine:
-    def run(self, batch):
+    """Stands in for an engine that fails on every batch (a GPU out of memory cannot be made here)."""
+
+    async def infer(self, batch):
         raise RuntimeError("CUDA out of memory")
+
+    async def close(self):
+        pass
 
 
 class _SlowEngine:
-    def run(self, batch):
-        import time
+    """Stands in for an engine that takes 0.3 s per batch (to fill the queue and to die mid-call)."""
 
-        time.sleep(0.3)
+    async def infer(self, batch):
+        await asyncio.sleep(0.3)
         return np.zeros((batch.shape[0], 10), np.float32)
+
+    async def close(self):
+        pass
 
 
 def test_engine_failure_queue_full_and_internal_error(bundle, batch, monkeypatch):
@@ -416,10 +431,10 @@ def test_remote_engine_round_robin_and_equal_answers(servers, bundle, batch, loc
         s.engine.batches.clear()
     engines = create_remote_engines(bundle, (f"{HOST}:{servers.main.port}", f"{HOST}:{servers.other.port}"),
                                     2, 10.0)
-    assert [e.kind for e in engines] == ["brpc", "brpc"]
 
     async def main() -> list[np.ndarray]:
-        out = [await engines[i % 2].run_async(batch) for i in range(4)]
+        assert [(await e.start()).kind for e in engines] == ["brpc", "brpc"]
+        out = [await engines[i % 2].infer(batch) for i in range(4)]
         await engines[0].close()
         return out
 
@@ -434,7 +449,7 @@ def test_remote_engine_skips_dead_endpoints_and_names_them(server, bundle, batch
 
     async def main() -> None:
         for _ in range(3):  # the dead one first, then skipped during its back-off
-            assert (await engines[0].run_async(batch[:1])).shape == (1, 10)
+            assert (await engines[0].infer(batch[:1])).shape == (1, 10)
         await engines[0].close()
 
     asyncio.run(main())
@@ -446,7 +461,7 @@ def test_remote_engine_skips_dead_endpoints_and_names_them(server, bundle, batch
         errors = []
         for _ in range(2):
             with pytest.raises(RemoteModelError) as err:
-                await only_dead[0].run_async(batch[:1])
+                await only_dead[0].infer(batch[:1])
             errors.append(err.value)
         return errors[0], errors[1]
 
@@ -460,7 +475,7 @@ def test_remote_engine_retries_a_call_whose_server_died_mid_call(server, bundle,
     async def main() -> np.ndarray:
         dying = await _start(bundle, [_SlowEngine()])
         engine = create_remote_engines(bundle, (f"{HOST}:{dying.port}", f"{HOST}:{server.port}"), 1, 10.0)[0]
-        call = asyncio.create_task(engine.run_async(batch[:1]))
+        call = asyncio.create_task(engine.infer(batch[:1]))
         await asyncio.sleep(0.1)  # in the slow engine now
         await dying.brpc.stop(0)  # cancels the call, closes the connection
         try:
@@ -478,7 +493,7 @@ def test_remote_engine_surfaces_model_server_errors(server, bundle, batch):
     wrong = replace(bundle, feed_name="input", feed_alias="input")  # a pipeline bundle that is not the served one
     engine = create_remote_engines(wrong, (f"{HOST}:{server.port}",), 1, 10.0)[0]
     with pytest.raises(RemoteModelError) as err:
-        asyncio.run(engine.run_async(batch[:1]))
+        asyncio.run(engine.infer(batch[:1]))
     assert err.value.code == -5100 and err.value.endpoint == f"{HOST}:{server.port}"
     assert f"model server {HOST}:{server.port} failed" in str(err.value) and "unknown feed var 'input'" in str(err.value)
 

@@ -1,4 +1,5 @@
-"""Remote engine: run the model on model server(s) over bRPC (C++ Serving's GeneralModelService).
+"""Remote engine: run the model on model server(s) over bRPC (C++ Serving's GeneralModelService). It lives
+in serving/, beside the protocol code, because the pipeline knows no wire protocol.
 
 What a Paddle Serving op with ``client_type: brpc`` and ``server_endpoints`` does: each batch goes to
 ``GeneralModelService.inference`` as one FP32 tensor ``[N, 3, H, W]`` named with the bundle's real feed
@@ -26,73 +27,29 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from pipeline.bundle import ModelBundle
+from pipeline.engines import EngineError, StartReport
 from protocol import general_model_service_pb2 as gm
 from protocol.baidu_std import BrpcError, Errno
 from protocol.brpc_client import BrpcClient
+from protocol.general_model import encode_request, tensor_values
+from protocol.wire import GENERAL_MODEL_SERVICE
 
-__all__ = ["GENERAL_MODEL_SERVICE", "RemoteEngine", "RemoteModel", "RemoteModelError", "create_remote_engines",
-           "encode_request"]
+__all__ = ["RemoteEngine", "RemoteModel", "RemoteModelError", "create_remote_engines"]
 
 log = logging.getLogger(__name__)
 
-GENERAL_MODEL_SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
 DEFAULT_BACKOFF_S = 1.0
 _UNREACHABLE = {Errno.EFAILEDSOCKET, Errno.EEOF, Errno.ELOGOFF}  # try the next endpoint, mark this one down
 _BUSY = {Errno.ELIMIT, Errno.EOVERCROWDED}  # try the next endpoint, this one stays up
-_FP32 = 1
 
 
-class RemoteModelError(RuntimeError):
+class RemoteModelError(EngineError):
     """A remote model call failed: ``code`` is the brpc errno or C++ Serving code, ``endpoint`` where."""
 
     def __init__(self, message: str, code: int | None = None, endpoint: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.endpoint = endpoint
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-_REQUEST_TENSOR_TAG = b"\x0a"  # Request.tensor: field 1, length-delimited
-_TENSOR_FLOAT_DATA_TAG = b"\x12"  # Tensor.float_data: field 2, packed (length-delimited)
-
-
-def encode_request(batch: np.ndarray, feed_name: str, feed_alias: str, fetch: list[str], log_id: int = 0,
-                   use_tensor_content: bool = False) -> bytes:
-    """Serialized ``Request`` with ``batch`` as one FP32 tensor; parses exactly like protobuf's own
-    encoding (fields may come in any order), without converting millions of floats one by one."""
-    data = np.ascontiguousarray(batch, dtype="<f4").tobytes()
-    tensor = gm.Tensor(name=feed_name, alias_name=feed_alias, elem_type=_FP32, shape=list(batch.shape))
-    if use_tensor_content:
-        tensor.tensor_content = data
-        body = tensor.SerializeToString()
-    else:
-        body = tensor.SerializeToString() + _TENSOR_FLOAT_DATA_TAG + _varint(len(data)) + data
-    rest = gm.Request(fetch_var_names=fetch, log_id=log_id).SerializeToString()
-    return _REQUEST_TENSOR_TAG + _varint(len(body)) + body + rest
-
-
-def _values(tensor: gm.Tensor) -> np.ndarray:
-    if len(tensor.float_data):
-        return np.array(tensor.float_data, dtype=np.float32)
-    if tensor.tensor_content:
-        dtype = {1: "<f4", 5: "<f2"}.get(tensor.elem_type)
-        if dtype is not None:
-            return np.frombuffer(tensor.tensor_content, dtype=dtype).astype(np.float32)
-    if len(tensor.float64_data):
-        return np.array(tensor.float64_data, dtype=np.float32)
-    raise ValueError(f"fetch var {tensor.alias_name or tensor.name!r} has no float data (elem_type "
-                     f"{tensor.elem_type})")
 
 
 @dataclass
@@ -186,7 +143,7 @@ class RemoteModel:
                                    f"(real name {b.fetch_name!r}); is it serving the same model?",
                                    Errno.ERESPONSE, address)
         try:
-            values = _values(tensor)
+            values = tensor_values(tensor).astype(np.float32, copy=False)
         except ValueError as exc:
             raise RemoteModelError(f"model server {address}: {exc}", Errno.ERESPONSE, address) from None
         if not values.size or values.size % images or (tensor.shape and tensor.shape[0] != images):
@@ -225,14 +182,17 @@ def _split(endpoint: str) -> tuple[str, int]:
 
 
 class RemoteEngine:
-    """One engine instance over the shared RemoteModel (the batcher awaits ``run_async``)."""
-
-    kind = "brpc"
+    """One engine instance over the shared RemoteModel (implements ``pipeline.engines.Engine``)."""
 
     def __init__(self, model: RemoteModel) -> None:
         self.model = model
 
-    async def run_async(self, batch: np.ndarray) -> np.ndarray:
+    async def start(self) -> StartReport:
+        """Nothing to load here: the model server warms up its own engines, and may start after this
+        pipeline (calls fail with every endpoint named until one answers)."""
+        return StartReport("brpc", "fp32", f"model server(s) {self.model.addresses}")
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
         return await self.model.infer(batch)
 
     async def close(self) -> None:

@@ -1,0 +1,123 @@
+"""The engine contract: what the batcher drives (`Engine`), what runs a model inside one process
+(`Runtime`), and the start-up check every runtime passes before a port opens (`Runtime.warm_up`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from export.model_files import EngineOptions
+from pipeline.bundle import ModelBundle
+
+WARM_UP_SEED = 20261201
+# Same image, different batch size: answers may differ by float rounding only (kernels change with the
+# batch), or by what the reduced precision itself costs.
+CONSISTENCY_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 2e-2, "int8": 2e-2}
+
+
+class EngineError(RuntimeError):
+    """An engine cannot load, failed its start-up check, or failed on a batch; the text says what to change."""
+
+
+class EngineUnavailable(EngineError):
+    """This engine cannot run this model here at all (not installed, no model file, CPU lacks instructions)."""
+
+
+@dataclass
+class StartReport:
+    """What an engine instance turned out to be, and its warm-up timings (ms per batch size)."""
+
+    kind: str
+    precision: str
+    detail: str
+    warm_up_ms: dict[int, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # engines `auto` tried or ruled out first, with why
+
+    @property
+    def summary(self) -> str:
+        times = ", ".join(f"bs{bs} {ms:.1f} ms" for bs, ms in self.warm_up_ms.items())
+        return f"{self.kind} {self.precision} ({self.detail}){'; warm-up ' + times if times else ''}"
+
+
+class Engine(Protocol):
+    """A model instance the batcher feeds one batch at a time: a local runtime in its own worker process
+    (`pipeline.engines.worker.ProcessEngine`) or a remote model server (`serving.remote_engine`)."""
+
+    async def start(self) -> StartReport:
+        """Load the model and run the start-up check; raises EngineError with what to change."""
+        ...
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes] for a preprocessed batch [N, 3, H, W] (float32, any N >= 1)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the model (idempotent)."""
+        ...
+
+
+class Runtime:
+    """One model instance in this process: construct (load), `warm_up`, `infer`, `close`. Used by one
+    thread at a time. Subclasses: Paddle Inference, ONNX Runtime, OpenVINO."""
+
+    kind = ""
+    advice = ""  # what to try when this engine fails its start-up check
+
+    def __init__(self, bundle: ModelBundle, options: EngineOptions):
+        self.bundle = bundle
+        self.options = options
+        self.precision = options.precision.lower()
+
+    @classmethod
+    def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
+        """Why this engine cannot run `bundle` with `options` here, or None; cheap (nothing is loaded)."""
+        raise NotImplementedError
+
+    @property
+    def detail(self) -> str:
+        """Settings worth a log line, e.g. '2 threads, oneDNN'."""
+        return f"{self.options.thread_num} thread(s)"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop the model; the default lets garbage collection do it."""
+
+    def warm_up(self, max_batch: int) -> dict[int, float]:
+        """Run every batch size 1..max_batch once: kernels for each shape are built now rather than on a
+        client's request, and a shape this engine cannot run fails start-up instead of requests. The same
+        seeded image leads each batch, so a batch size that changes the answer is caught too."""
+        size = self.bundle.meta.crop_size
+        rows = np.random.default_rng(WARM_UP_SEED).standard_normal((max_batch, 3, size, size)).astype(np.float32)
+        tolerance = CONSISTENCY_TOLERANCE.get(self.precision, 2e-2)
+        timings: dict[int, float] = {}
+        first: np.ndarray | None = None
+        for bs in range(1, max_batch + 1):
+            started = time.perf_counter()
+            try:
+                out = self.infer(rows[:bs])
+            except Exception as exc:
+                raise self.failure(bs, f"{type(exc).__name__}: {exc}") from exc
+            timings[bs] = (time.perf_counter() - started) * 1000
+            if out.ndim != 2 or out.shape[0] != bs or not np.isfinite(out).all():
+                raise self.failure(bs, f"bad output: shape {list(out.shape)}, finite {bool(np.isfinite(out).all())}")
+            if first is None:
+                first = out[0]
+            elif (delta := float(np.abs(out[0] - first).max())) > tolerance:
+                raise self.failure(bs, f"the same image gets a different answer than at batch size 1 "
+                                       f"(max |Δprob| {delta:.2g} > {tolerance:g})")
+        return timings
+
+    def failure(self, batch_size: int, what: str) -> EngineError:
+        advice = f" What to change: {self.advice}" if self.advice else ""
+        return EngineError(f"engine {self.kind} ({self.precision}, {self.detail}) failed its start-up check at "
+                           f"batch size {batch_size}: {what}.{advice}")
+
+
+def describe_failure(kind: str, precision: str, exc: BaseException) -> str:
+    """A load failure as one line naming the engine."""
+    return f"engine {kind} ({precision}) failed to load: {type(exc).__name__}: {exc}"

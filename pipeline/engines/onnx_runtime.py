@@ -1,0 +1,63 @@
+"""ONNX Runtime on CPU over the bundle's `inference.onnx` (fp32) or `inference.int8.onnx` (int8, written by
+`resnest export --int8`). ONNX Runtime releases the GIL while it runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from export.model_files import EngineOptions
+from pipeline.bundle import ModelBundle
+from pipeline.engines.base import Runtime
+from pipeline.engines.cpu import precision_unsupported
+
+
+def onnx_model(bundle: ModelBundle, precision: str) -> tuple[Path | None, str | None]:
+    """(the ONNX file for `precision`, None) or (None, why there is none)."""
+    if precision == "int8":
+        path, how = bundle.int8_onnx_file, "re-export with `resnest export --int8 --calib-images DIR`"
+    else:
+        path, how = bundle.onnx_file, "re-export without --no-onnx"
+    if path is None or not path.is_file():
+        return None, f"{bundle.directory} has no {'int8 ' if precision == 'int8' else ''}ONNX model; {how}"
+    return path, None
+
+
+class OnnxRuntime(Runtime):
+    kind = "onnxruntime"
+    advice = "use engine: openvino or paddle (or auto)"
+
+    @classmethod
+    def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
+        precision = options.precision.lower()
+        if options.device_type in (1, 2):
+            return "this server runs ONNX Runtime on CPU only; use engine: paddle for GPU"
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "the onnxruntime package is not installed (pip install onnxruntime)"
+        if precision not in ("fp32", "int8"):
+            return f"ONNX Runtime has no {precision} kernels on CPU; use engine openvino or paddle for {precision}"
+        return onnx_model(bundle, precision)[1] or precision_unsupported(precision, onednn=False)
+
+    def __init__(self, bundle: ModelBundle, options: EngineOptions):
+        super().__init__(bundle, options)
+        import onnxruntime as ort
+
+        self.path, _ = onnx_model(bundle, self.precision)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.thread_num  # explicit: the default takes every core
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self._input_name = self.session.get_inputs()[0].name
+
+    @property
+    def detail(self) -> str:
+        return f"{self.options.thread_num} thread(s), {self.path.name}"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input_name: batch})[0]
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,59 @@
+"""Paddle Inference: the exported model as it is, on CPU (oneDNN or native kernels) or GPU/TensorRT.
+
+`predictor.run()` keeps the GIL for the whole run, which is one reason the server runs every local engine
+in a worker process. GPU and TensorRT are configured through `export.model_files.config_calls`
+(configuration-tested only: no GPU here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export.model_files import EngineOptions, paddle_config
+from pipeline.bundle import ModelBundle
+from pipeline.engines.base import Runtime
+from pipeline.engines.cpu import precision_unsupported
+
+
+class PaddleRuntime(Runtime):
+    kind = "paddle"
+    advice = ("use engine: openvino or onnxruntime (or auto), or use_mkldnn: false (several times slower), or "
+              "start the server with ONEDNN_MAX_CPU_ISA=AVX2")
+
+    @classmethod
+    def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
+        precision = options.precision.lower()
+        if options.device_type in (1, 2):
+            return None  # GPU: every precision, checked by paddle_config
+        if precision in ("int8", "fp16"):
+            return (f"Paddle Inference runs {precision} on CPU only for models quantized with PaddleSlim; use "
+                    f"engine openvino or onnxruntime{' with a model exported with --int8' if precision == 'int8' else ''}")
+        if precision == "bf16":
+            if not options.use_mkldnn:
+                return "bf16 on CPU runs through oneDNN only: set use_mkldnn: true"
+            return precision_unsupported("bf16")
+        return None
+
+    def __init__(self, bundle: ModelBundle, options: EngineOptions):
+        super().__init__(bundle, options)
+        from paddle import inference
+
+        self.predictor = inference.create_predictor(paddle_config(bundle.model_file, bundle.params_file, options))
+        self._input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self._output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+
+    @property
+    def detail(self) -> str:
+        o = self.options
+        if o.device_type in (1, 2):
+            return f"GPU {o.gpu_id}{', TensorRT' if o.device_type == 2 else ''}"
+        return f"{o.thread_num} thread(s), {'oneDNN' if o.use_mkldnn else 'native kernels'}"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self._input.reshape(list(batch.shape))
+        self._input.copy_from_cpu(batch)
+        self.predictor.run()
+        return self._output.copy_to_cpu()
+
+    def close(self) -> None:
+        self.predictor = self._input = self._output = None

@@ -1,0 +1,301 @@
+"""Local engines in worker processes, fed through shared memory.
+
+Why a process per engine instance: Paddle Inference's `predictor.run()` keeps the GIL for a whole batch,
+which would stall every front door of the server's event loop; a crash inside a native library (oneDNN,
+OpenVINO) takes down only the worker, which is restarted; OpenMP thread pools and `ONEDNN_*` settings stay
+inside the worker.
+
+Data path: the server writes a batch into a shared-memory block (`[max_batch, 3, H, W]` float32 inputs
+followed by `[max_batch, classes]` outputs), sends ("infer", seq, rows) over a pipe, and awaits the reply
+on its event loop (`add_reader`, no thread); the worker runs the model on the shared rows and writes the
+probabilities back. A batch larger than `max_batch` runs as consecutive chunks. Only small control messages
+are pickled.
+
+The worker is a fresh interpreter (`python -m pipeline.engines FD`, the socket's fd inherited), not a
+`multiprocessing` child: nothing of the server's `__main__` is re-imported, so any script can start one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+
+import numpy as np
+
+from export.model_files import EngineOptions
+from pipeline.bundle import ModelBundle
+from pipeline.engines.base import EngineError, StartReport
+from pipeline.engines.choose import log_event, open_runtime
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the `pipeline` package
+
+
+class _WorkerDied(Exception):
+    def __init__(self, how: str):
+        super().__init__(how)
+        self.how = how
+
+
+class ProcessEngine:
+    """One engine instance in its own process (see the module docstring); implements `base.Engine`."""
+
+    def __init__(self, bundle: ModelBundle, kinds: Sequence[str], options: EngineOptions, max_batch: int,
+                 name: str = "engine-0"):
+        self.bundle = bundle
+        self.kinds = tuple(kinds)
+        self.options = options
+        self.max_batch = max(1, max_batch)
+        self.name = name
+        self.report: StartReport | None = None
+        size = bundle.meta.crop_size
+        self._input_shape = (self.max_batch, 3, size, size)
+        self._classes = bundle.meta.class_num
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self._shm: SharedMemory | None = None
+        self._inputs: np.ndarray | None = None
+        self._outputs: np.ndarray | None = None
+        self._seq = itertools.count(1)
+        self._unanswered = 0  # seq of a call whose caller was cancelled before the reply came
+        self._lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> StartReport:
+        """Start the worker; under several kinds (engine: auto) a worker that crashes while trying one
+        engine is replaced by a worker trying the next."""
+        kinds = list(self.kinds)
+        crashed: list[str] = []
+        while True:
+            try:
+                self.report = await self._spawn(kinds)
+                self.report.skipped[:0] = crashed
+                return self.report
+            except _WorkerDied as died:
+                kind, _, how = died.how.partition(":")
+                if len(kinds) == 1 or kind not in kinds or kind == kinds[-1]:
+                    raise EngineError(f"engine {kind} ({self.options.precision}) crashed its worker process "
+                                      f"during start-up:{how}") from None
+                log.warning("engine auto: %s crashed its worker process,%s; trying the next engine", kind, how)
+                crashed.append(f"{kind}: crashed the worker process,{how}")
+                kinds = kinds[kinds.index(kind) + 1:]
+
+    async def _spawn(self, kinds: Sequence[str]) -> StartReport:
+        self._release()
+        in_bytes = int(np.prod(self._input_shape)) * 4
+        self._shm = SharedMemory(create=True, size=in_bytes + self.max_batch * self._classes * 4)
+        self._inputs = np.ndarray(self._input_shape, np.float32, buffer=self._shm.buf)
+        self._outputs = np.ndarray((self.max_batch, self._classes), np.float32, buffer=self._shm.buf, offset=in_bytes)
+        ours, theirs = socket.socketpair()
+        path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
+        with theirs:
+            self._proc = subprocess.Popen([sys.executable, "-m", "pipeline.engines", str(theirs.fileno())],
+                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                          env={**os.environ, "PYTHONPATH": path})
+        self._conn = Connection(ours.detach())
+        self._conn.send((self.bundle, tuple(kinds), self.options, self.max_batch, self._shm.name, self._classes))
+        self._unanswered = 0
+        trying = kinds[0]
+        while True:
+            try:
+                message = await self._recv()
+            except _WorkerDied as died:
+                self._release()
+                raise _WorkerDied(f"{trying}: {died.how}") from None
+            if message[0] == "event":
+                _, event, kind, why = message
+                trying = kind
+                log_event(event, kind, why)
+            elif message[0] == "ready":
+                report: StartReport = message[1]
+                log.info("%s (pid %d): %s", self.name, self._proc.pid, report.summary)
+                return report
+            else:
+                await self.close()
+                raise EngineError(message[1])
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        async with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                if self.report is None:
+                    raise EngineError(f"{self.name} is not started")
+                log.warning("%s: restarting the worker process (%s)", self.name, self.report.kind)
+                self.report = await self._spawn((self.report.kind,))
+            if self._unanswered:  # a cancelled call's batch may still be running on the shared rows
+                await self._reply(self._unanswered)
+            out = np.empty((batch.shape[0], self._classes), np.float32)
+            for start in range(0, batch.shape[0], self.max_batch):
+                rows = min(self.max_batch, batch.shape[0] - start)
+                self._inputs[:rows] = batch[start:start + rows]
+                seq = next(self._seq)
+                self._conn.send(("infer", seq, rows))
+                self._unanswered = seq
+                await self._reply(seq)
+                out[start:start + rows] = self._outputs[:rows]
+            return out
+
+    async def _reply(self, seq: int) -> None:
+        try:
+            while True:
+                message = await self._recv()
+                if message[1] == seq:
+                    break
+        except _WorkerDied as died:
+            self._release()
+            raise EngineError(f"{self.name}: the {self.report.kind if self.report else ''} worker process "
+                              f"died during a batch ({died.how}); it restarts on the next batch") from None
+        self._unanswered = 0
+        if message[0] == "error":
+            raise EngineError(message[2])
+
+    async def _recv(self) -> tuple:
+        """The worker's next message, awaited on the event loop; _WorkerDied when it exits."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self._conn.fileno()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            try:
+                code = self._proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else
+                   f"exit code {code}")
+            raise _WorkerDied(how) from None
+
+    async def close(self) -> None:
+        """Ask the worker to exit; kill it if it does not within a few seconds; free the shared memory."""
+        proc, conn = self._proc, self._conn
+        if proc is not None and proc.poll() is None:
+            try:
+                conn.send(("close",))
+            except OSError:
+                pass
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, proc.wait, CLOSE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) did not exit in %.0f s; killing it", self.name, proc.pid, CLOSE_TIMEOUT_S)
+                proc.kill()
+                proc.wait()
+        self._release()
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._proc = None
+        self._inputs = self._outputs = None  # views into the block: drop them before closing it
+        if self._shm is not None:
+            self._shm.close()
+            self._shm.unlink()
+            self._shm = None
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker process
+
+
+class _NativeErrors:
+    """oneDNN reports why a primitive failed only on C stdout, with ONEDNN_VERBOSE=check (silent while all
+    goes well). The worker sends its C stdout to a temporary file and adds that reason to error messages.
+    Left alone when the user set ONEDNN_VERBOSE (then the lines go where the user expects them)."""
+
+    def __init__(self):
+        self.file = None
+        if "ONEDNN_VERBOSE" not in os.environ:
+            os.environ["ONEDNN_VERBOSE"] = "check"
+            self.file = tempfile.TemporaryFile()
+            os.dup2(self.file.fileno(), 1)
+
+    def explain(self, message: str) -> str:
+        if self.file is None:
+            return message
+        ctypes.CDLL(None).fflush(None)
+        self.file.seek(0)
+        lines = [line.split(",") for line in self.file.read().decode(errors="replace").splitlines()
+                 if line.startswith("onednn_verbose") and ":check," in line]
+        self.file.seek(0)
+        self.file.truncate()
+        if not lines or len(lines[-1]) < 6:
+            return message
+        primitive, reason = lines[-1][4], lines[-1][5]
+        return f"{message} [oneDNN {primitive}: {reason}]"
+
+
+def worker_main(fd: int) -> None:
+    """The worker process: receive the job over the socket `fd`, open the engine, serve batches until told
+    to close or the server is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the server decides
+    warnings.filterwarnings("ignore", message="No ccache found")  # Paddle's import-time notice; it compiles nothing
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server (Linux)
+    except (OSError, AttributeError):
+        pass
+    conn = Connection(fd)
+    try:
+        bundle, kinds, options, max_batch, shm_name, classes = conn.recv()
+    except EOFError:
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", str(options.thread_num))
+    native = _NativeErrors()
+    shm = SharedMemory(name=shm_name)
+    resource_tracker.unregister(shm._name, "shared_memory")  # the server owns (and unlinks) the block
+    size = bundle.meta.crop_size
+    inputs = np.ndarray((max_batch, 3, size, size), np.float32, buffer=shm.buf)
+    outputs = np.ndarray((max_batch, classes), np.float32, buffer=shm.buf, offset=inputs.nbytes)
+    runtime = None
+    try:
+        try:
+            runtime, report = open_runtime(bundle, kinds, options, max_batch,
+                                           on_event=lambda *event: conn.send(("event", *event)))
+        except Exception as exc:
+            conn.send(("error", native.explain(str(exc) if isinstance(exc, EngineError) else
+                                               f"{type(exc).__name__}: {exc}")))
+            return
+        conn.send(("ready", report))
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:  # the server is gone
+                return
+            if message[0] == "close":
+                return
+            _, seq, rows = message
+            try:
+                out = runtime.infer(inputs[:rows])
+                if out.shape != (rows, classes):
+                    raise EngineError(f"output shape {list(out.shape)}, expected {[rows, classes]}")
+                outputs[:rows] = out
+                conn.send(("ok", seq))
+            except Exception as exc:
+                conn.send(("error", seq, native.explain(f"engine {report.kind} ({report.precision}) failed on a "
+                                                        f"batch of {rows} images: {type(exc).__name__}: {exc}")))
+    finally:
+        if runtime is not None:
+            runtime.close()
+        del inputs, outputs
+        shm.close()

@@ -1,0 +1,51 @@
+"""Wire facts shared by the server, the clients and the exporter, stated once: Paddle Serving's element-type
+codes and the full names of the two RPC services (taken from the .proto files)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from protocol import general_model_service_pb2, pipeline_service_pb2
+
+
+class ElemType(IntEnum):
+    """Paddle Serving tensor element types (pipeline `Tensor.elem_type`, C++ Serving `Tensor.elem_type`,
+    `feed_type`/`fetch_type` in serving_*_conf.prototxt)."""
+
+    INT64 = 0
+    FP32 = 1
+    INT32 = 2
+    FP64 = 3
+    INT16 = 4
+    FP16 = 5
+    BF16 = 6
+    UINT8 = 7
+    INT8 = 8
+    BOOL = 9
+    COMPLEX64 = 10
+    COMPLEX128 = 11
+    STRING = 12  # pipeline proto: str_data joined is the value
+    BYTES = 13  # pipeline proto: np.save bytes (a pickle; this server never loads one)
+    GENERAL_STRING = 20  # C++ Serving's STRING code
+
+
+# numpy dtype name -> code, as Paddle Serving's convert writes feed_type/fetch_type.
+NUMPY_ELEM_TYPES: dict[str, ElemType] = {
+    "int64": ElemType.INT64, "float32": ElemType.FP32, "int32": ElemType.INT32, "float64": ElemType.FP64,
+    "int16": ElemType.INT16, "float16": ElemType.FP16, "bfloat16": ElemType.BF16, "uint8": ElemType.UINT8,
+    "int8": ElemType.INT8, "bool": ElemType.BOOL, "complex64": ElemType.COMPLEX64,
+    "complex128": ElemType.COMPLEX128,
+}
+
+PIPELINE_SERVICE = pipeline_service_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
+GENERAL_MODEL_SERVICE = general_model_service_pb2.DESCRIPTOR.services_by_name["GeneralModelService"].full_name
+
+
+def elem_name(code: int) -> str:
+    """'FP32' for 1; 'unknown' for a code Paddle Serving does not define."""
+    if code == ElemType.GENERAL_STRING:
+        return "STRING"
+    try:
+        return ElemType(code).name
+    except ValueError:
+        return "unknown"
