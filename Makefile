@@ -11,7 +11,7 @@ SHARED ?= ../shared
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[onnx,plot]'
+	$(PIP) install -e '.[plot]'
 	touch $@
 
 # Test extras: torch (a CPU wheel on local disk) and the authors' resnest package for checkpoint parity.

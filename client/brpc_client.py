@@ -10,10 +10,10 @@ from client.errors import TransportError
 from protocol.baidu_std import BrpcError, Errno
 from protocol.brpc_client import BrpcClient, SyncBrpcClient
 from protocol.pipeline_service_pb2 import Request, Response
+from protocol.wire import PIPELINE_SERVICE
 
 __all__ = ["PIPELINE_SERVICE", "AsyncBrpcClassifier", "BrpcClassifier"]
 
-PIPELINE_SERVICE = "baidu.paddle_serving.pipeline_serving.PipelineService"
 _METHOD = "inference"
 
 

@@ -24,6 +24,7 @@ from client.base import parse_endpoint
 from client.grpc_client import CHANNEL_OPTIONS
 from protocol.pipeline_service_pb2 import Request, Response, Tensor
 from protocol.pipeline_service_pb2_grpc import PipelineServiceStub
+from protocol.wire import ElemType
 
 __all__ = ["PipelineClient", "PipelinePredictFuture", "pack_request"]
 
@@ -32,18 +33,18 @@ log = logging.getLogger(__name__)
 _PROFILE_KEY = "pipeline.profile"
 _PROFILE_VALUE = "1"
 
-# numpy dtype -> (Tensor field, pipeline elem_type), reference §5 "Tensor mode".
-_TENSOR_FIELDS: dict[str, tuple[str, int]] = {
-    "int64": ("int64_data", 0),
-    "float32": ("float_data", 1),
-    "int32": ("int_data", 2),
-    "float64": ("float64_data", 3),
-    "int16": ("int_data", 4),
-    "float16": ("float_data", 5),
-    "uint16": ("uint32_data", 6),
-    "uint8": ("uint32_data", 7),
-    "int8": ("int_data", 8),
-    "bool": ("bool_data", 9),
+# numpy dtype -> (Tensor field, pipeline elem_type), reference §5 "Tensor mode" (bf16 travels as uint16).
+_TENSOR_FIELDS: dict[str, tuple[str, ElemType]] = {
+    "int64": ("int64_data", ElemType.INT64),
+    "float32": ("float_data", ElemType.FP32),
+    "int32": ("int_data", ElemType.INT32),
+    "float64": ("float64_data", ElemType.FP64),
+    "int16": ("int_data", ElemType.INT16),
+    "float16": ("float_data", ElemType.FP16),
+    "uint16": ("uint32_data", ElemType.BF16),
+    "uint8": ("uint32_data", ElemType.UINT8),
+    "int8": ("int_data", ElemType.INT8),
+    "bool": ("bool_data", ElemType.BOOL),
 }
 
 
@@ -148,7 +149,7 @@ def pack_request(feed_dict: dict, *, pack_tensor_format: bool = False, use_tenso
         tensor = Tensor(name=key)
         if isinstance(value, str):
             tensor.str_data.append(value)
-            tensor.elem_type = 12
+            tensor.elem_type = ElemType.STRING
         elif isinstance(value, np.ndarray):
             tensor.shape.extend(int(d) for d in value.shape)
             lod = feed.get(key + ".lod")
@@ -158,7 +159,7 @@ def pack_request(feed_dict: dict, *, pack_tensor_format: bool = False, use_tenso
                 buf = io.BytesIO()
                 np.save(buf, value, allow_pickle=True)
                 tensor.byte_data = buf.getvalue()
-                tensor.elem_type = 13
+                tensor.elem_type = ElemType.BYTES
             elif value.dtype.name in _TENSOR_FIELDS:
                 field, elem_type = _TENSOR_FIELDS[value.dtype.name]
                 getattr(tensor, field).extend(value.flatten().tolist())

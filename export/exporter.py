@@ -24,7 +24,8 @@ from export.bundle_meta import BundleMeta, resize_short_for_crop
 from export.checkpoint import SUPPORTED_SUFFIXES
 from export.model_files import find_model_files, open_predictor
 from export.resnest import ArchSpec, arch_spec, build_model
-from export.serving_config import DTYPE_CODES, VarSpec, build_config, write_config_files
+from export.serving_config import VarSpec, build_config, write_config_files
+from protocol.wire import NUMPY_ELEM_TYPES, ElemType
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +245,8 @@ def _io_specs(model_file: Path, params_file: Path, spec: ArchSpec,
     out = predictor.get_output_handle(out_names[0]).copy_to_cpu()
     if out.ndim != 2:
         raise ExportError(f"model output {out_names[0]} has shape {list(out.shape)}; expected [N, classes]")
-    feed = VarSpec(in_names[0], opts.feed_alias, DTYPE_CODES["float32"], (3, spec.crop_size, spec.crop_size))
-    fetch = VarSpec(out_names[0], opts.fetch_alias, DTYPE_CODES[str(out.dtype)], (out.shape[1],))
+    feed = VarSpec(in_names[0], opts.feed_alias, ElemType.FP32, (3, spec.crop_size, spec.crop_size))
+    fetch = VarSpec(out_names[0], opts.fetch_alias, NUMPY_ELEM_TYPES[str(out.dtype)], (out.shape[1],))
     return [feed], [fetch]
 
 

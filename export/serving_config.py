@@ -16,10 +16,6 @@ SERVER_STREAM = "serving_server_conf.stream.prototxt"
 CLIENT_CONF = "serving_client_conf.prototxt"
 CLIENT_STREAM = "serving_client_conf.stream.prototxt"
 
-# Paddle Serving var_type_conversion codes (convert/io): numpy dtype name -> feed_type/fetch_type.
-DTYPE_CODES = {"int64": 0, "float32": 1, "int32": 2, "float64": 3, "int16": 4, "float16": 5,
-               "bfloat16": 6, "uint8": 7, "int8": 8, "bool": 9, "complex64": 10, "complex128": 11}
-
 
 @dataclass(frozen=True)
 class VarSpec:

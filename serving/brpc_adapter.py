@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from protocol import pipeline_service_pb2 as pb
 from protocol.baidu_std import parse_message
+from protocol.wire import PIPELINE_SERVICE
 from serving.brpc_server import BrpcServer, RequestContext
 from serving.core import ServingCore
-
-PIPELINE_SERVICE = "baidu.paddle_serving.pipeline_serving.PipelineService"
 
 
 def register_pipeline(server: BrpcServer, core: ServingCore) -> None:

@@ -11,22 +11,21 @@ from pipeline.errors import ErrorCode, PipelineError
 from pipeline.pipeline import Pipeline
 from pipeline.types import Request, Response
 from protocol import pipeline_service_pb2 as pb
+from protocol.wire import ElemType
 from serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-STRING_TENSOR = 12  # pipeline elem_type STRING: str_data joined is the value
-BYTES_TENSOR = 13  # np.save bytes: a pickle, never loaded here
 
 
 def request_from_proto(message: pb.Request, protocol: str) -> Request:
     """Keys/values as sent; string tensors become key/value pairs (as Paddle Serving unpacks them)."""
     keys, values = list(message.key), list(message.value)
     for tensor in message.tensors:
-        if tensor.elem_type == STRING_TENSOR:
+        if tensor.elem_type == ElemType.STRING:  # str_data joined is the value
             keys.append(tensor.name)
             values.append("".join(tensor.str_data))
-        elif tensor.elem_type == BYTES_TENSOR:
+        elif tensor.elem_type == ElemType.BYTES:  # np.save bytes: a pickle, never loaded here
             raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, f"tensor {tensor.name!r}: byte_data tensors "
                                 "(elem_type 13) are numpy pickles, which this server never loads; send each "
                                 "image as a base64 string value")

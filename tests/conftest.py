@@ -38,13 +38,54 @@ def tiny_export(tmp_path_factory, label_file: Path):
     from export.exporter import ExportOptions, export
 
     out = tmp_path_factory.mktemp("tiny") / "bundle"
-    return export(ExportOptions(arch="ResNeSt_tiny", out=out, random_init=True, seed=7, label_file=label_file,
-                                onnx=True))
+    return export(ExportOptions(arch="ResNeSt_tiny", out=out, random_init=True, seed=7, label_file=label_file))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_export) -> Path:
     return tiny_export.server_dir
+
+
+VARIANTS = ("ResNeSt50_fast_1s1x64d", "ResNeSt50", "ResNeSt101", "ResNeSt200", "ResNeSt269")
+
+
+@pytest.fixture(scope="session")
+def variant_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Every published variant exported once (random init, with ONNX): ResNeSt50 at its own 224x224, the
+    others at 64x64 (the same blocks and channel widths, which decide which kernels run, in a fraction of
+    the time)."""
+    from export.exporter import ExportOptions, export
+
+    root = tmp_path_factory.mktemp("variants")
+    small = {"crop_size": 64, "resize_short": 72}
+    return {arch: export(ExportOptions(arch=arch, out=root / arch, random_init=True,
+                                       **({} if arch == "ResNeSt50" else small))).server_dir
+            for arch in VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def heldout_digits() -> tuple[dict[str, bytes], list[int]]:
+    """The demo's 360 held-out digits as named PNGs, with their labels."""
+    from demo.digits import load_heldout
+
+    pngs, labels = load_heldout()
+    return {f"digit{i:03d}.png": png for i, png in enumerate(pngs)}, [int(x) for x in labels]
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory, heldout_digits, image_paths):
+    """The trained demo model exported as `resnest demo` does: int8 calibrated on 64 held-out digits,
+    bf16/int8 checked against fp32 on the other 296 and on the shared images."""
+    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
+    from export.exporter import ExportOptions, export
+
+    digits = heldout_digits[0]
+    names = list(digits)
+    return export(ExportOptions(
+        arch=ARCH, out=tmp_path_factory.mktemp("demo") / "bundle", checkpoint=CHECKPOINT_PATH, label_file=LABELS_PATH,
+        int8=True, calibration_images={n: digits[n] for n in names[:64]},
+        check_images={"digits-heldout": {n: digits[n] for n in names[64:]},
+                      "shared-images": {p.name: p.read_bytes() for p in image_paths}}))
 
 
 @pytest.fixture
@@ -72,3 +113,22 @@ def tiny_server(tmp_path_factory, tiny_model_dir):
     server = ServerProcess(cfg)
     yield server
     server.stop()
+
+
+def _split_radix(self, x):
+    import paddle
+
+    return paddle.split(x, self.radix, axis=1)
+
+
+@pytest.fixture(scope="session")
+def split_model_dir(tmp_path_factory):
+    """ResNeSt_tiny cut into radix parts with `paddle.split` (as exported before this project switched to
+    `slice`): Paddle 3.3's oneDNN fails on it at batch >= 2 unless the ISA is capped at AVX2."""
+    from export.exporter import ExportOptions, export
+    from export.resnest import SplatConv
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SplatConv, "_radix_slices", _split_radix)
+        return export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path_factory.mktemp("split") / "bundle",
+                                    random_init=True)).server_dir

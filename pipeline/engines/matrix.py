@@ -24,7 +24,9 @@ from pipeline.engines.choose import AUTO_ORDER, RUNTIMES, open_runtime
 from pipeline.engines.cpu import describe
 
 PRECISIONS = ("fp32", "bf16", "int8")
-FP32_TOLERANCE = 1e-4  # max |Δprob| against ONNX Runtime, relative to the largest probability
+# fp32 against ONNX Runtime: float rounding moves a random-weight ResNeSt50's peaked softmax by up to ~4e-4
+# (logits of ~70 differ by ~4e-4 between engines); a wrong kernel moves it far more, or changes the top-1.
+FP32_TOLERANCE = 1e-3
 
 
 def check_model(model_dir: Path, max_batch: int, threads: int = 1) -> list[dict]:
@@ -52,13 +54,24 @@ def check_model(model_dir: Path, max_batch: int, threads: int = 1) -> list[dict]
             if precision == "fp32":
                 if reference is None:
                     reference = out
-                delta = float(np.abs(out - reference).max() / np.abs(reference).max())
-                if delta > FP32_TOLERANCE:
-                    rows.append({**row, "status": "failed", "why": f"differs from onnxruntime fp32 by {delta:.2g} "
-                                 f"(relative), more than {FP32_TOLERANCE:g}"})
+                why = fp32_difference(out, reference)
+                if why:
+                    rows.append({**row, "status": "failed", "why": why})
                     continue
             rows.append({**row, "status": "ok"})
     return rows
+
+
+def fp32_difference(out: np.ndarray, reference: np.ndarray) -> str | None:
+    """Why `out` is not the reference's answer up to float rounding, or None."""
+    delta = float(np.abs(out - reference).max())
+    if delta > FP32_TOLERANCE:
+        return f"differs from onnxruntime fp32 by {delta:.2g} (max |Δprob|), more than {FP32_TOLERANCE:g}"
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * FP32_TOLERANCE  # rows whose top-1 rounding cannot flip
+    if (out.argmax(1) != reference.argmax(1))[clear].any():
+        return "a different top-1 class than onnxruntime fp32"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ import numpy as np
 
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
-from pipeline.engines.base import EngineError, StartReport
+from pipeline.engines.base import EngineError, EngineUnavailable, StartReport
 from pipeline.engines.choose import log_event, open_runtime
 
 log = logging.getLogger(__name__)
@@ -131,23 +131,29 @@ class ProcessEngine:
                 return report
             else:
                 await self.close()
-                raise EngineError(message[1])
+                raise (EngineUnavailable if message[2] else EngineError)(message[1])
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
         async with self._lock:
+            if self._unanswered:  # a cancelled call's batch may still be running on the shared rows
+                try:
+                    await self._reply(self._unanswered)
+                except EngineError:
+                    pass  # that batch's caller is gone; a dead worker is replaced below
             if self._proc is None or self._proc.poll() is not None:
                 if self.report is None:
                     raise EngineError(f"{self.name} is not started")
-                log.warning("%s: restarting the worker process (%s)", self.name, self.report.kind)
+                log.warning("%s: the worker process is gone; starting a new one (%s)", self.name, self.report.kind)
                 self.report = await self._spawn((self.report.kind,))
-            if self._unanswered:  # a cancelled call's batch may still be running on the shared rows
-                await self._reply(self._unanswered)
             out = np.empty((batch.shape[0], self._classes), np.float32)
             for start in range(0, batch.shape[0], self.max_batch):
                 rows = min(self.max_batch, batch.shape[0] - start)
                 self._inputs[:rows] = batch[start:start + rows]
                 seq = next(self._seq)
-                self._conn.send(("infer", seq, rows))
+                try:
+                    self._conn.send(("infer", seq, rows))
+                except OSError:  # the worker is gone; _reply reads why
+                    pass
                 self._unanswered = seq
                 await self._reply(seq)
                 out[start:start + rows] = self._outputs[:rows]
@@ -208,6 +214,7 @@ class ProcessEngine:
         if self._conn is not None:
             self._conn.close()
         self._conn = self._proc = None
+        self._unanswered = 0
         self._inputs = self._outputs = None  # views into the block: drop them before closing it
         if self._shm is not None:
             self._shm.close()
@@ -274,7 +281,7 @@ def worker_main(fd: int) -> None:
                                            on_event=lambda *event: conn.send(("event", *event)))
         except Exception as exc:
             conn.send(("error", native.explain(str(exc) if isinstance(exc, EngineError) else
-                                               f"{type(exc).__name__}: {exc}")))
+                                               f"{type(exc).__name__}: {exc}"), isinstance(exc, EngineUnavailable)))
             return
         conn.send(("ready", report))
         while True:
