@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
+from pipeline.engines.cpu import precision_unsupported
 
 WARM_UP_SEED = 20261201
 # Same image, different batch size: answers may differ by float rounding only (kernels change with the
@@ -64,6 +67,10 @@ class Runtime:
     thread at a time. Subclasses: Paddle Inference, ONNX Runtime, OpenVINO."""
 
     kind = ""
+    label = ""  # the engine's name in messages
+    package = ""  # the Python package it needs
+    cpu_precisions: tuple[str, ...] = ("fp32",)
+    on_onednn = True  # runs on oneDNN, so ONEDNN_MAX_CPU_ISA applies
     advice = ""  # what to try when this engine fails its start-up check
 
     def __init__(self, bundle: ModelBundle, options: EngineOptions):
@@ -73,7 +80,22 @@ class Runtime:
 
     @classmethod
     def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
-        """Why this engine cannot run `bundle` with `options` here, or None; cheap (nothing is loaded)."""
+        """Why this engine cannot run `bundle` with `options` here, or None; cheap (nothing is loaded).
+        The default is for CPU-only engines reading a model file (`model_path`)."""
+        precision = options.precision.lower()
+        if options.device_type in (1, 2):
+            return f"this server runs {cls.label} on CPU only; use engine: paddle for GPU"
+        if importlib.util.find_spec(cls.package) is None:
+            return f"the {cls.package} package is not installed (pip install {cls.package})"
+        if precision not in cls.cpu_precisions:
+            others = [k for k in ("openvino", "paddle", "onnxruntime") if k != cls.kind]
+            return (f"{cls.label} runs {' or '.join(cls.cpu_precisions)} on CPU, not {precision}; for {precision} "
+                    f"use engine {' or '.join(others)}")
+        return cls.model_path(bundle, precision)[1] or precision_unsupported(precision, cls.on_onednn)
+
+    @classmethod
+    def model_path(cls, bundle: ModelBundle, precision: str) -> tuple[Path | None, str | None]:
+        """(the model file for `precision`, None) or (None, why there is none)."""
         raise NotImplementedError
 
     @property

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import numpy as np
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
 from pipeline.engines.base import Runtime
-from pipeline.engines.cpu import precision_unsupported
 
 
 def onnx_model(bundle: ModelBundle, precision: str) -> tuple[Path | None, str | None]:
@@ -27,18 +25,15 @@ def onnx_model(bundle: ModelBundle, precision: str) -> tuple[Path | None, str | 
 
 class OnnxRuntime(Runtime):
     kind = "onnxruntime"
+    label = "ONNX Runtime"
+    package = "onnxruntime"
+    cpu_precisions = ("fp32", "int8")
+    on_onednn = False  # its own kernels (MLAS)
     advice = "use engine: openvino or paddle (or auto)"
 
     @classmethod
-    def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
-        precision = options.precision.lower()
-        if options.device_type in (1, 2):
-            return "this server runs ONNX Runtime on CPU only; use engine: paddle for GPU"
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "the onnxruntime package is not installed (pip install onnxruntime)"
-        if precision not in ("fp32", "int8"):
-            return f"ONNX Runtime has no {precision} kernels on CPU; use engine openvino or paddle for {precision}"
-        return onnx_model(bundle, precision)[1] or precision_unsupported(precision, onednn=False)
+    def model_path(cls, bundle: ModelBundle, precision: str) -> tuple[Path | None, str | None]:
+        return onnx_model(bundle, precision)
 
     def __init__(self, bundle: ModelBundle, options: EngineOptions):
         super().__init__(bundle, options)

@@ -4,7 +4,6 @@ model of `resnest export --int8`. OpenVINO releases the GIL while it runs."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,41 +11,33 @@ import numpy as np
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
 from pipeline.engines.base import EngineError, Runtime
-from pipeline.engines.cpu import precision_unsupported
 from pipeline.engines.onnx_runtime import onnx_model
-
-
-def _model_path(bundle: ModelBundle, precision: str) -> tuple[Path | None, str | None]:
-    path, why = onnx_model(bundle, precision)
-    if path is None and precision != "int8" and bundle.model_file.suffix == ".pdmodel":
-        return bundle.model_file, None
-    return path, why
 
 
 class OpenVinoRuntime(Runtime):
     kind = "openvino"
+    label = "OpenVINO"
+    package = "openvino"
+    cpu_precisions = ("fp32", "bf16", "int8")
     advice = "use engine: onnxruntime or paddle (or auto)"
 
     @classmethod
-    def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
-        precision = options.precision.lower()
-        if options.device_type in (1, 2):
-            return "this server runs OpenVINO on CPU only; use engine: paddle for GPU"
-        if importlib.util.find_spec("openvino") is None:
-            return "the openvino package is not installed (pip install openvino)"
-        if precision not in ("fp32", "bf16", "int8"):
-            return f"OpenVINO on this CPU runs fp32, bf16 or int8, not {precision}"
-        return _model_path(bundle, precision)[1] or precision_unsupported(precision)
+    def model_path(cls, bundle: ModelBundle, precision: str) -> tuple[Path | None, str | None]:
+        path, why = onnx_model(bundle, precision)
+        if path is None and precision != "int8" and bundle.model_file.suffix == ".pdmodel":
+            return bundle.model_file, None  # OpenVINO reads legacy Paddle models (not Paddle 3's PIR .json)
+        return path, why
 
     def __init__(self, bundle: ModelBundle, options: EngineOptions):
         super().__init__(bundle, options)
         import openvino as ov
 
-        self.path, _ = _model_path(bundle, self.precision)
+        self.path, _ = self.model_path(bundle, self.precision)
         core = ov.Core()
         model = core.read_model(str(self.path))
         hint = "bf16" if self.precision == "bf16" else "f32"  # f32 must be asked for: AMX CPUs default to bf16
         config = {"INFERENCE_NUM_THREADS": options.thread_num, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                  "ENABLE_CPU_PINNING": False,
                   "INFERENCE_PRECISION_HINT": hint}
         self.compiled = core.compile_model(model, "CPU", config)
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")

@@ -17,6 +17,8 @@ from pipeline.engines.cpu import precision_unsupported
 
 class PaddleRuntime(Runtime):
     kind = "paddle"
+    label = "Paddle Inference"
+    package = "paddle"
     advice = ("use engine: openvino or onnxruntime (or auto), or use_mkldnn: false (several times slower), or "
               "start the server with ONEDNN_MAX_CPU_ISA=AVX2")
 
