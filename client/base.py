@@ -10,6 +10,7 @@ from typing import Any
 
 from client.codec import DEFAULT_METHOD, Classification, build_request, parse_classifications
 from client.images import encode_image, named_images
+from protocol.endpoints import split_host_port
 from protocol.pipeline_service_pb2 import Request, Response
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClassifier", "Classifier", "is_loopback", "parse_endpoint"]
@@ -18,14 +19,7 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds allowed for one whole call unless the client or the call says otherwise."""
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` → ``(host, port)``."""
-    host, sep, port = endpoint.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"endpoint must be HOST:PORT, got {endpoint!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+parse_endpoint = split_host_port  # ``"host:port"`` or ``"[v6]:port"`` → ``(host, port)``
 
 
 def is_loopback(host: str) -> bool:

@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-__all__ = ["BadResponseError", "ClientError", "ServingError", "TransportError"]
+from protocol.wire import ErrorCode
 
-_ERR_NAMES = {
-    50: "PRODUCT_ERROR", 3000: "NOT_IMPLEMENTED", 3001: "CLOSED_ERROR", 3002: "NO_SERVICE",
-    3003: "INIT_ERROR", 4000: "CONF_ERROR", 5000: "INPUT_PARAMS_ERROR", 6000: "TIMEOUT",
-    7000: "TYPE_ERROR", 8000: "RPC_PACKAGE_ERROR", 9000: "CLIENT_ERROR", 10000: "UNKNOW",
-}
-"""Paddle Serving 0.9 err_no names (python/pipeline/error_catch.py), for messages only."""
+__all__ = ["BadResponseError", "ClientError", "ServingError", "TransportError"]
 
 
 class ClientError(Exception):
@@ -25,7 +20,7 @@ class ServingError(ClientError):
     def __init__(self, err_no: int, err_msg: str) -> None:
         self.err_no = int(err_no)
         self.err_msg = err_msg
-        name = _ERR_NAMES.get(self.err_no, "error")
+        name = ErrorCode(self.err_no).name if self.err_no in ErrorCode._value2member_map_ else "error"
         super().__init__(f"[err_no {self.err_no} {name}] {err_msg}")
 
     @property

@@ -8,6 +8,7 @@ import grpc
 
 from client.base import AsyncClassifier, Classifier
 from client.errors import TransportError
+from protocol.endpoints import join_host_port
 from protocol.pipeline_service_pb2 import Request, Response
 from protocol.pipeline_service_pb2_grpc import PipelineServiceStub
 
@@ -24,8 +25,7 @@ _CLASSIFIER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.enable_http_proxy", 0)]
 "no result comes back" FAQ, and a model server is never reached through an HTTP CONNECT proxy."""
 
 
-def grpc_target(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+grpc_target = join_host_port
 
 
 def _transport_error(exc: grpc.RpcError, target: str) -> TransportError:

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 
 from client.base import AsyncClassifier, Classifier
 from client.errors import BadResponseError, TransportError
+from protocol.endpoints import join_host_port
 from protocol.pipeline_service_pb2 import Request, Response
 
 __all__ = ["AsyncHttpClassifier", "HttpClassifier", "decode_http_response", "encode_http_request"]
@@ -56,8 +57,7 @@ class HttpClassifier(Classifier):
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
         self.path = f"/{quote(self.service_name, safe='')}/{quote(self.method, safe='')}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}{self.path}"
+        self.url = f"http://{join_host_port(self.host, self.port)}{self.path}"
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -123,8 +123,7 @@ class AsyncHttpClassifier(AsyncClassifier):
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
         path = f"/{quote(self.service_name, safe='')}/{quote(self.method, safe='')}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}{path}"
+        self.url = f"http://{join_host_port(self.host, self.port)}{path}"
         self._session: Any = None
 
     async def infer(self, request: Request, *, timeout: float | None = None) -> Response:

@@ -22,15 +22,15 @@ import numpy as np
 
 from client.base import parse_endpoint
 from client.grpc_client import CHANNEL_OPTIONS
+from protocol.endpoints import join_host_port
 from protocol.pipeline_service_pb2 import Request, Response, Tensor
 from protocol.pipeline_service_pb2_grpc import PipelineServiceStub
-from protocol.wire import ElemType
+from protocol.wire import PROFILE_KEY, ElemType
 
 __all__ = ["PipelineClient", "PipelinePredictFuture", "pack_request"]
 
 log = logging.getLogger(__name__)
 
-_PROFILE_KEY = "pipeline.profile"
 _PROFILE_VALUE = "1"
 
 # numpy dtype -> (Tensor field, pipeline elem_type), reference §5 "Tensor mode" (bf16 travels as uint16).
@@ -66,7 +66,7 @@ class PipelineClient:
     def __init__(self) -> None:
         self._channel: grpc.Channel | None = None
         self._stub: PipelineServiceStub | None = None
-        self._profile_key = _PROFILE_KEY
+        self._profile_key = PROFILE_KEY
         self._profile_value = _PROFILE_VALUE
 
     def connect(self, endpoints: list[str]) -> None:
@@ -140,7 +140,7 @@ def pack_request(feed_dict: dict, *, pack_tensor_format: bool = False, use_tenso
                 else:
                     raise TypeError(f"only str and np.ndarray type is supported: {type(value)}")
             if profile:
-                req.key.append(_PROFILE_KEY)
+                req.key.append(PROFILE_KEY)
                 req.value.append(_PROFILE_VALUE)
             return req
     for key, value in feed.items():
@@ -191,10 +191,7 @@ def _channel_target(endpoints: list[str]) -> str:
             addr = ipaddress.ip_address(host)
         except ValueError:
             addr = ipaddress.ip_address(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
-        if addr.version == 4:
-            v4.append(f"{addr}:{port}")
-        else:
-            v6.append(f"[{addr}]:{port}")
+        (v4 if addr.version == 4 else v6).append(join_host_port(str(addr), port))
     if v4 and v6:
         raise ValueError(f"cannot mix IPv4 and IPv6 endpoints in one channel: {endpoints}")
     return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)

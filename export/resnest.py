@@ -86,10 +86,10 @@ class SplatConv(nn.Layer):
 
 
 class BottleneckBlock(nn.Layer):
-    def __init__(self, inplanes: int, planes: int, stride: int, spec: ArchSpec, is_first: bool):
+    def __init__(self, inplanes: int, planes: int, stride: int, spec: ArchSpec):
         super().__init__()
         group_width = int(planes * spec.bottleneck_width / 64) * spec.groups
-        avd = stride > 1 or is_first
+        avd = stride > 1  # ResNeSt's is_first, which would also enable it, is False for every block
         pool = dict(kernel_size=3, stride=stride, padding=1, exclusive=spec.avg_pool_exclusive)
         self.conv1 = ConvBNLayer(inplanes, group_width, 1, act="relu")
         self.avg_pool2d_1 = nn.AvgPool2D(**pool) if avd and spec.avd_first else None
@@ -116,13 +116,12 @@ class BottleneckBlock(nn.Layer):
 
 
 class ResNeStLayer(nn.Layer):
-    def __init__(self, name: str, inplanes: int, planes: int, blocks: int, stride: int, spec: ArchSpec,
-                 is_first: bool = False):
+    def __init__(self, name: str, inplanes: int, planes: int, blocks: int, stride: int, spec: ArchSpec):
         super().__init__()
         self.blocks = []
         for i in range(blocks):
             block = BottleneckBlock(inplanes if i == 0 else planes * 4, planes, stride if i == 0 else 1,
-                                    spec, is_first and i == 0)
+                                    spec)
             self.blocks.append(self.add_sublayer(f"{name}_bottleneck_{i}", block))
 
     def forward(self, x):

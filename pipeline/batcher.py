@@ -51,9 +51,8 @@ class QueueFull(Exception):
 class DynamicBatcher:
     """Feeds engine instances from one queue; `submit` returns the request's own output rows."""
 
-    def __init__(self, engines: list[Engine], batch_size: int = 1, timeout_ms: float = -1,
-                 max_queue_images: int = 1024, observer: BatchObserver | None = None,
-                 wait_for_arrivals: bool = False):
+    def __init__(self, engines: list[Engine], batch_size: int, timeout_ms: float, max_queue_images: int,
+                 observer: BatchObserver | None = None, wait_for_arrivals: bool = False):
         self.engines = engines
         self.batch_size = max(1, batch_size)
         self.timeout_s = timeout_ms / 1000.0 if timeout_ms > 0 and batch_size > 1 else 0.0

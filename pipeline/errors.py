@@ -1,24 +1,10 @@
-"""Paddle Serving 0.9 pipeline error codes (python/pipeline/error_catch.py) and the exception that carries one."""
+"""The exception that carries a Paddle Serving 0.9 err_no (the codes are a wire fact: protocol/wire.py)."""
 
 from __future__ import annotations
 
-from enum import IntEnum
+from protocol.wire import ErrorCode
 
-
-class ErrorCode(IntEnum):
-    OK = 0
-    PRODUCT_ERROR = 50
-    NOT_IMPLEMENTED = 3000
-    CLOSED_ERROR = 3001
-    NO_SERVICE = 3002
-    INIT_ERROR = 3003
-    CONF_ERROR = 4000
-    INPUT_PARAMS_ERROR = 5000
-    TIMEOUT = 6000
-    TYPE_ERROR = 7000
-    RPC_PACKAGE_ERROR = 8000
-    CLIENT_ERROR = 9000
-    UNKNOW = 10000  # sic: Paddle Serving's spelling
+__all__ = ["ErrorCode", "PipelineError"]
 
 
 class PipelineError(Exception):

@@ -18,25 +18,26 @@ from pipeline.errors import ErrorCode, PipelineError
 from pipeline.postprocess import Postprocessor
 from pipeline.preprocess import Preprocessor, PreprocessSpec
 from pipeline.types import Request, Response
+from protocol.wire import PROFILE_KEY
 
 log = logging.getLogger(__name__)
 
-PROFILE_KEY = "pipeline.profile"  # Paddle Serving: value "1" asks for stage timings in the response
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Op-level behaviour, in Paddle Serving's vocabulary where it has one."""
+    """Op-level behaviour, in Paddle Serving's vocabulary where it has one. No defaults here: they are the
+    config schema's (serving/config_schema.py), the one place each is declared and documented."""
 
-    service_name: str = "imagenet"
-    topk: int = 1
-    batch_size: int = 1
-    auto_batching_timeout_ms: float = -1
-    timeout_ms: float = -1  # > 0: a request taking longer gets err_no 6000
-    max_images_per_request: int = 32
-    max_image_pixels: int = 40_000_000
-    max_queue_images: int = 1024
-    preprocess_threads: int = 2
+    service_name: str
+    topk: int
+    batch_size: int
+    auto_batching_timeout_ms: float
+    timeout_ms: float  # > 0: a request taking longer gets err_no 6000
+    max_images_per_request: int
+    max_image_pixels: int
+    max_queue_images: int
+    preprocess_threads: int
 
 
 class StageObserver(BatchObserver):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.errors import ErrorCode, PipelineError
+from pipeline.errors import PipelineError
 
 
 @dataclass
@@ -32,7 +32,3 @@ class Response:
     @classmethod
     def from_error(cls, error: PipelineError) -> Response:
         return cls(err_no=int(error.code), err_msg=error.message)
-
-    @property
-    def ok(self) -> bool:
-        return self.err_no == ErrorCode.OK

@@ -1,6 +1,6 @@
 """Regenerate the committed protobuf/gRPC stubs from the .proto files in this folder.
 
-Run `make proto` (or `python -m protocol.generate`). tests/test_protocol_stubs.py fails when the
+Run `make proto` (or `python -m protocol.generate`). tests/protocol/test_stubs.py fails when the
 committed stubs differ from what this produces, so a .proto edit cannot land without its stubs.
 """
 

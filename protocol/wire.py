@@ -1,11 +1,32 @@
-"""Wire facts shared by the server, the clients and the exporter, stated once: Paddle Serving's element-type
-codes and the full names of the two RPC services (taken from the .proto files)."""
+"""Wire facts shared by the server, the clients and the exporter, stated once: Paddle Serving's err_no codes,
+element-type codes, the profile key, and the full names of the two RPC services (from the .proto files)."""
 
 from __future__ import annotations
 
 from enum import IntEnum
 
 from protocol import general_model_service_pb2, pipeline_service_pb2
+
+
+class ErrorCode(IntEnum):
+    """Paddle Serving 0.9 pipeline err_no codes (python/pipeline/error_catch.py)."""
+
+    OK = 0
+    PRODUCT_ERROR = 50
+    NOT_IMPLEMENTED = 3000
+    CLOSED_ERROR = 3001
+    NO_SERVICE = 3002
+    INIT_ERROR = 3003
+    CONF_ERROR = 4000
+    INPUT_PARAMS_ERROR = 5000
+    TIMEOUT = 6000
+    TYPE_ERROR = 7000
+    RPC_PACKAGE_ERROR = 8000
+    CLIENT_ERROR = 9000
+    UNKNOW = 10000  # sic: Paddle Serving's spelling
+
+
+PROFILE_KEY = "pipeline.profile"  # a request key with value "1" asks for stage timings in the response
 
 
 class ElemType(IntEnum):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from protocol.baidu_std import (
     DEFAULT_MAX_BODY_SIZE,
@@ -51,7 +51,6 @@ class RequestContext:
     peer: str
     compress_type: int  # the request payload's compression (already undone)
     attachment: bytes = b""
-    received_at: float = field(default_factory=time.monotonic)
 
 
 Handler = Callable[[bytes, RequestContext], Awaitable[bytes]]

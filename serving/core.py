@@ -49,10 +49,6 @@ class ServingCore:
         self.pipeline = pipeline
         self.metrics = metrics
 
-    @property
-    def service_name(self) -> str:
-        return self.pipeline.settings.service_name
-
     async def infer(self, request: Request) -> Response:
         started = time.perf_counter()
         response = await self.pipeline.infer(request)

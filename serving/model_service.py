@@ -77,9 +77,8 @@ def _bad_input(detail: str) -> BrpcError:
 class ModelService:
     """One model behind GeneralModelService: ``await start()``, ``infer``/``handle`` calls, ``await stop()``."""
 
-    def __init__(self, bundle: ModelBundle, engines: list[Engine], *, batch_size: int = 1,
-                 auto_batching_timeout_ms: float = -1, max_queue_images: int = 1024,
-                 max_images_per_request: int = 32) -> None:
+    def __init__(self, bundle: ModelBundle, engines: list[Engine], *, batch_size: int,
+                 auto_batching_timeout_ms: float, max_queue_images: int, max_images_per_request: int) -> None:
         self.bundle = bundle
         self.max_images_per_request = max_images_per_request
         self.input_shape = (3, bundle.meta.crop_size, bundle.meta.crop_size)
@@ -190,9 +189,9 @@ class ModelService:
         return gm.Response(outputs=[output], log_id=log_id)
 
 
-def register_model_service(server: BrpcServer, bundle: ModelBundle, engines: list[Engine], *, batch_size: int = 1,
-                           auto_batching_timeout_ms: float = -1, max_queue_images: int = 1024,
-                           max_images_per_request: int = 32, timeout_s: float | None = None) -> ModelService:
+def register_model_service(server: BrpcServer, bundle: ModelBundle, engines: list[Engine], *, batch_size: int,
+                           auto_batching_timeout_ms: float, max_queue_images: int, max_images_per_request: int,
+                           timeout_s: float | None = None) -> ModelService:
     """Serve GeneralModelService.inference and .debug on ``server`` (gzip responses, as C++ Serving).
 
     Returns the ModelService: ``await service.start()`` before serving (or let the first call start it)

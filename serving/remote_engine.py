@@ -31,6 +31,7 @@ from pipeline.engines import EngineError, StartReport
 from protocol import general_model_service_pb2 as gm
 from protocol.baidu_std import BrpcError, Errno
 from protocol.brpc_client import BrpcClient
+from protocol.endpoints import split_host_port
 from protocol.general_model import encode_request, tensor_values
 from protocol.wire import GENERAL_MODEL_SERVICE
 
@@ -75,7 +76,7 @@ class RemoteModel:
         self.pool_size = max(1, pool_size)
         self.backoff_s = backoff_s
         self.use_tensor_content = use_tensor_content
-        self.endpoints = [_Endpoint(e, *_split(e)) for e in endpoints]
+        self.endpoints = [_Endpoint(e, *split_host_port(e)) for e in endpoints]
         self._turn = itertools.count()
         self._log_ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,13 +173,6 @@ class RemoteModel:
             ep.client = None
         for client in clients:
             await client.close()
-
-
-def _split(endpoint: str) -> tuple[str, int]:
-    host, sep, port = endpoint.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"endpoint {endpoint!r}: expected \"host:port\"")
-    return host.strip("[]"), int(port)
 
 
 class RemoteEngine:

@@ -37,7 +37,7 @@ def test_each_request_gets_its_own_rows(tiny_model_dir):
     recorder = Recorder()
 
     async def main():
-        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=8, timeout_ms=50, observer=recorder)
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=8, timeout_ms=50, max_queue_images=1024, observer=recorder)
         await batcher.start()
         got = await asyncio.gather(*(batcher.submit(x) for x in requests))
         await batcher.stop()
@@ -54,7 +54,7 @@ def test_batch_closes_at_size_and_timeout(tiny_model_dir):
     recorder = Recorder()
 
     async def main():
-        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=2, timeout_ms=200, observer=recorder)
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=2, timeout_ms=200, max_queue_images=1024, observer=recorder)
         await batcher.start()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -73,7 +73,7 @@ def test_batch_closes_at_size_and_timeout(tiny_model_dir):
 def test_queue_limit(tiny_model_dir):
 
     async def main():
-        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=1, max_queue_images=2)
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=1, timeout_ms=-1, max_queue_images=2)
         await batcher.start()
         try:
             first = asyncio.ensure_future(batcher.submit(inputs(2, 0)))
@@ -94,7 +94,7 @@ def test_waits_only_for_announced_arrivals(tiny_model_dir):
     recorder = Recorder()
 
     async def main():
-        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=4, timeout_ms=1000, observer=recorder,
+        batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=4, timeout_ms=1000, max_queue_images=1024, observer=recorder,
                                  wait_for_arrivals=True)
         await batcher.start()
         loop = asyncio.get_running_loop()

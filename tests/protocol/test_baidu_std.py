@@ -168,7 +168,7 @@ def test_corrupt_meta() -> None:
 
 
 def test_brpc_error_and_errno_values() -> None:
-    err = bs.BrpcError(bs.ERPCTIMEDOUT, "too slow")
+    err = bs.BrpcError(bs.Errno.ERPCTIMEDOUT, "too slow")
     assert (err.code, err.text) == (1008, "too slow")
     assert "ERPCTIMEDOUT" in str(err) and "too slow" in str(err)
     assert str(bs.BrpcError(-5000, "Paddle Serving Framework Internal Error.")).startswith("[error -5000]")

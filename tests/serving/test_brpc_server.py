@@ -89,7 +89,7 @@ async def expect_error(code: int | set[int], call: Awaitable[Any]) -> bs.BrpcErr
     return err.value
 
 
-DROPPED = {bs.EEOF, bs.EFAILEDSOCKET}  # EOF, or a reset when the server closed with unread bytes
+DROPPED = {bs.Errno.EEOF, bs.Errno.EFAILEDSOCKET}  # EOF, or a reset when the server closed with unread bytes
 
 
 async def raw_call(port: int, data: bytes, n_responses: int = 1) -> list[bs.Frame]:
@@ -201,12 +201,12 @@ def test_pool_spreads_calls_over_connections() -> None:
 def test_unknown_service_and_method() -> None:
     async def main() -> None:
         async with serving() as server, BrpcClient(HOST, server.port) as client:
-            err = await expect_error(bs.ENOSERVICE, client.call("no.such.Service", "echo", b""))
+            err = await expect_error(bs.Errno.ENOSERVICE, client.call("no.such.Service", "echo", b""))
             assert "no.such.Service" in err.text
-            await expect_error(bs.ENOSERVICE, client.call("other.pkg.EchoService", "echo", b""))
-            err = await expect_error(bs.ENOMETHOD, client.call(SVC, "nope", b""))
+            await expect_error(bs.Errno.ENOSERVICE, client.call("other.pkg.EchoService", "echo", b""))
+            err = await expect_error(bs.Errno.ENOMETHOD, client.call(SVC, "nope", b""))
             assert "nope" in err.text
-            await expect_error(bs.ENOMETHOD, client.call("EchoService", "nope", b""))
+            await expect_error(bs.Errno.ENOMETHOD, client.call("EchoService", "nope", b""))
             assert await client.call(SVC, "echo", b"still fine") == b"still fine"
     run(main)
 
@@ -214,7 +214,7 @@ def test_unknown_service_and_method() -> None:
 def test_handler_errors() -> None:
     async def main() -> None:
         async with serving() as server, BrpcClient(HOST, server.port) as client:
-            err = await expect_error(bs.EINTERNAL, client.call(SVC, "boom", b""))
+            err = await expect_error(bs.Errno.EINTERNAL, client.call(SVC, "boom", b""))
             assert err.text == "image 'a' is not a JPEG"
             err = await expect_error(-5000, client.call(SVC, "own_error", b""))
             assert err.text == "Paddle Serving Framework Internal Error."
@@ -227,8 +227,8 @@ def test_handler_errors() -> None:
 def test_server_side_timeout() -> None:
     async def main() -> None:
         async with serving(timeout_s=0.1) as server, BrpcClient(HOST, server.port) as client:
-            await expect_error(bs.ERPCTIMEDOUT, client.call(SVC, "sleep_short_deadline", b"1"))
-            await expect_error(bs.ERPCTIMEDOUT, client.call(SVC, "sleep", b"1"))  # server-wide default
+            await expect_error(bs.Errno.ERPCTIMEDOUT, client.call(SVC, "sleep_short_deadline", b"1"))
+            await expect_error(bs.Errno.ERPCTIMEDOUT, client.call(SVC, "sleep", b"1"))  # server-wide default
             assert await client.call(SVC, "sleep", b"0.01") == b"0.01"
     run(main)
 
@@ -236,7 +236,7 @@ def test_server_side_timeout() -> None:
 def test_client_side_timeout_then_connection_still_usable() -> None:
     async def main() -> None:
         async with serving() as server, BrpcClient(HOST, server.port, timeout=5) as client:
-            err = await expect_error(bs.ERPCTIMEDOUT, client.call(SVC, "sleep", b"0.3", timeout=0.05))
+            err = await expect_error(bs.Errno.ERPCTIMEDOUT, client.call(SVC, "sleep", b"0.3", timeout=0.05))
             assert "timed out after 50 ms" in err.text
             await asyncio.sleep(0.35)  # the late answer arrives and is dropped
             assert await client.call(SVC, "echo", b"next") == b"next"
@@ -251,13 +251,13 @@ def test_bad_request_payloads_are_erequest() -> None:
             for ctype, payload in ((2, b"not gzip"), (3, b"not zlib"), (1, b"snappy?"), (4, b"lz4?")):
                 meta.compress_type = ctype
                 [frame] = await raw_call(server.port, bs.encode_frame(meta, payload))
-                assert frame.meta.response.error_code == bs.EREQUEST, ctype
+                assert frame.meta.response.error_code == bs.Errno.EREQUEST, ctype
                 assert frame.meta.correlation_id == 4
             meta.compress_type = 0
             meta.attachment_size = 100  # more than the body holds
             data = bs.encode_frame(meta, b"abc")
             [frame] = await raw_call(server.port, data)
-            assert frame.meta.response.error_code == bs.EREQUEST
+            assert frame.meta.response.error_code == bs.Errno.EREQUEST
             assert "attachment_size" in frame.meta.response.error_text
     run(main)
 
@@ -266,7 +266,7 @@ def test_body_over_limit_is_answered_then_connection_closed() -> None:
     async def main() -> None:
         async with serving(max_body_size=1024) as server, BrpcClient(HOST, server.port) as client:
             assert await client.call(SVC, "echo", b"x" * 500) == b"x" * 500
-            err = await expect_error(bs.EREQUEST, client.call(SVC, "echo", b"x" * 2000))
+            err = await expect_error(bs.Errno.EREQUEST, client.call(SVC, "echo", b"x" * 2000))
             assert "max_body_size=1024" in err.text
             await asyncio.sleep(0.05)  # let the client see the close that follows the answer
             assert await client.call(SVC, "echo", b"ok") == b"ok"  # reconnects
@@ -278,7 +278,7 @@ def test_body_over_limit_is_answered_then_connection_closed() -> None:
             reader, writer = await asyncio.open_connection(HOST, server.port)
             writer.write(b"PRPC" + struct.pack(">II", 10**9, len(raw)) + raw)
             frame = bs.decode_frame(await asyncio.wait_for(reader.read(65536), 2))
-            assert frame.meta.correlation_id == 11 and frame.meta.response.error_code == bs.EREQUEST
+            assert frame.meta.correlation_id == 11 and frame.meta.response.error_code == bs.Errno.EREQUEST
             assert await closed_by_server(reader)
             writer.close()
 
@@ -334,7 +334,7 @@ def test_max_concurrency_is_elimit() -> None:
         async with serving(max_concurrency=1) as server, BrpcClient(HOST, server.port) as client:
             slow = asyncio.create_task(client.call(SVC, "sleep", b"0.2"))
             await asyncio.sleep(0.05)
-            await expect_error(bs.ELIMIT, client.call(SVC, "echo", b"x"))
+            await expect_error(bs.Errno.ELIMIT, client.call(SVC, "echo", b"x"))
             assert await slow == b"0.2"
             assert await client.call(SVC, "echo", b"x") == b"x"
     run(main)
@@ -350,13 +350,13 @@ def test_client_reconnects_after_server_restart_on_same_port() -> None:
             client = BrpcClient(HOST, port, connect_timeout=1)
             assert await client.call(SVC, "echo", b"one") == b"one"
         await asyncio.sleep(0.01)
-        err = await expect_error(bs.EFAILEDSOCKET, client.call(SVC, "echo", b"down"))
+        err = await expect_error(bs.Errno.EFAILEDSOCKET, client.call(SVC, "echo", b"down"))
         assert f"{HOST}:{port}" in err.text
         async with serving(port) as again:
             assert again.port == port
             assert await client.call(SVC, "echo", b"two") == b"two"
         await client.close()
-        await expect_error(bs.ECLOSE, client.call(SVC, "echo", b"closed"))
+        await expect_error(bs.Errno.ECLOSE, client.call(SVC, "echo", b"closed"))
     run(main)
 
 
@@ -378,7 +378,7 @@ def test_stop_lets_calls_finish_refuses_new_ones_and_drops_stragglers() -> None:
         await started.wait()
         stopping = asyncio.create_task(server.stop(grace_s=5))
         await asyncio.sleep(0)  # stop() has begun: no more accepting, new calls get ELOGOFF
-        await expect_error(bs.ELOGOFF, client.call(SVC, "echo", b"late"))  # same connection, while stopping
+        await expect_error(bs.Errno.ELOGOFF, client.call(SVC, "echo", b"late"))  # same connection, while stopping
         release.set()
         assert await finishing == b"done"
         await stopping
@@ -415,13 +415,13 @@ def test_sync_client_from_many_threads() -> None:
             assert results == [str(i).encode() for i in range(64)]
             with pytest.raises(bs.BrpcError) as err:
                 client.call(SVC, "sleep", b"0.5", timeout=0.05)
-            assert err.value.code == bs.ERPCTIMEDOUT
+            assert err.value.code == bs.Errno.ERPCTIMEDOUT
             with pytest.raises(bs.BrpcError) as err:
                 client.call(SVC, "boom", b"")
-            assert err.value.code == bs.EINTERNAL
+            assert err.value.code == bs.Errno.EINTERNAL
         with pytest.raises(bs.BrpcError) as err:
             client.call(SVC, "echo", b"after close")
-        assert err.value.code == bs.ECLOSE
+        assert err.value.code == bs.Errno.ECLOSE
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(0.5), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)

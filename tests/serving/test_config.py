@@ -23,6 +23,7 @@ from serving.config import (
     load_config,
     parse_config,
     parse_override,
+    to_dict,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_paddleclas_config_loads_with_only_model_config_changed(tmp_path: Path, 
     assert op.name == "imagenet" and op.concurrency == 1
     lsc = op.local_service_conf
     assert lsc.model_config == model_dir  # relative to the config file's folder, absolute
-    assert lsc.device_type == 1 and lsc.devices == (0,) and lsc.device == "gpu" and lsc.use_gpu
+    assert lsc.device_type == 1 and lsc.devices == (0,) and lsc.device == "gpu"
     assert lsc.client_type == "local_predictor"
     assert lsc.fetch_list == ("prediction",) and op.effective_fetch_list == ("prediction",)
     assert config.config_file == (tmp_path / "config.yml").resolve()
@@ -140,7 +141,7 @@ def test_defaults_filled(cpus) -> None:
     assert op.use_encryption_model is False and op.encryption_key is None
     assert (op.topk, op.label_file, op.engine) == (1, None, "auto")
     assert (op.max_images_per_request, op.max_image_pixels, op.max_queue_images) == (32, 40_000_000, 1024)
-    assert op.timeout_s is None and op.auto_batching_timeout_s is None and not op.is_remote
+    assert op.timeout_s is None and not op.is_remote
 
     lsc = op.local_service_conf
     assert lsc.model_config == Path("/srv/conf/model")
@@ -148,7 +149,7 @@ def test_defaults_filled(cpus) -> None:
     assert (lsc.mem_optim, lsc.ir_optim, lsc.precision, lsc.use_calib) == (True, True, "fp32", False)
     assert (lsc.use_mkldnn, lsc.mkldnn_cache_capacity, lsc.min_subgraph_size) == (True, 0, 3)  # ours: oneDNN on by default
     assert lsc.mkldnn_op_list is None and lsc.mkldnn_bf16_op_list is None and lsc.fetch_list is None
-    assert lsc.rpc_timeout_ms == 20000 and lsc.device == "cpu" and not lsc.use_gpu
+    assert lsc.rpc_timeout_ms == 20000 and lsc.device == "cpu"
     assert lsc.thread_num == 8  # 8 cores // concurrency 1
 
 
@@ -172,7 +173,7 @@ def test_values_read_and_derived(cpus) -> None:
         rpc_port=9993, brpc_port=9994, service_name="classify", log_level="debug", shutdown_grace_s=2.5,
         dag={"tracer": {"interval_s": 10}, "enable_prometheus": True, "prometheus_port": 9995}))
     op = config.op
-    assert op.timeout_s == 3.0 and op.auto_batching_timeout_s == 0.005
+    assert op.timeout_s == 3.0 and op.auto_batching_timeout == 5
     assert op.topk == 5 and op.label_file == Path("/srv/conf/labels.txt") and op.engine == "onnxruntime"
     assert op.effective_fetch_list == ("b",)
     lsc = op.local_service_conf
@@ -192,7 +193,7 @@ def test_device_type_auto_from_devices() -> None:
 
 def test_to_dict_round_trips(cpus) -> None:
     config = parse(with_op(op={"server_endpoints": ["127.0.0.1:9292"]}, lsc={"devices": "0,1"}, rpc_port=0))
-    as_dict = config.to_dict()
+    as_dict = to_dict(config)
     assert as_dict["op"]["imagenet"]["local_service_conf"]["devices"] == "0,1"
     yaml.safe_dump(as_dict)  # plain types only
     assert parse_config(as_dict, Path("/elsewhere")) == config
@@ -601,3 +602,25 @@ def test_parse_override() -> None:
     assert parse_override("brpc_port=") == ("brpc_port", None)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("no-equals")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The documentation is written from the schema
+
+
+def test_configuration_doc_tables_are_current() -> None:
+    from serving.config_docs import DOC, render
+
+    text = DOC.read_text()
+    assert render(text) == text, "docs/configuration.md is out of date: run python -m serving.config_docs"
+
+
+def test_every_schema_key_is_documented_and_parsed() -> None:
+    from serving.config_docs import DOC
+    from serving.config_schema import settings_of
+
+    text = DOC.read_text()
+    for schema, prefix in ((ServerConfig, ""), (DagConfig, ""), (OpConfig, ""), (LocalServiceConf, "")):
+        for f, spec in settings_of(schema):
+            assert f"| `{prefix}{f.name}` |" in text or spec.kind == "section", f.name
+            assert spec.doc or spec.origin == "compat", f"{f.name} has no meaning written down"

@@ -73,9 +73,12 @@ class LoopThread:
         self.loop.close()
 
 
+LIMITS = {"batch_size": 1, "auto_batching_timeout_ms": -1, "max_queue_images": 1024, "max_images_per_request": 32}
+
+
 async def _start(bundle: ModelBundle, engines: list, **kwargs) -> SimpleNamespace:
     brpc = BrpcServer()
-    service = register_model_service(brpc, bundle, engines, **kwargs)
+    service = register_model_service(brpc, bundle, engines, **{**LIMITS, **kwargs})
     await service.start()
     await brpc.start(HOST, 0)
     runner, http_port = await start_model_http(service, HOST, 0, 1 << 24)
@@ -282,11 +285,11 @@ def test_input_errors_are_5100_with_a_reason_and_the_server_keeps_serving(client
 
 
 def test_malformed_payload_is_erequest_and_unknown_method_enomethod(client, batch):
-    expect_error(client, b"\xff\xff\xff\xff", bs.EREQUEST, "Fail to parse request message as "
+    expect_error(client, b"\xff\xff\xff\xff", bs.Errno.EREQUEST, "Fail to parse request message as "
                  "baidu.paddle_serving.predictor.general_model.Request")
     with pytest.raises(bs.BrpcError) as err:
         client.call(GM, "predict", b"")
-    assert err.value.code == bs.ENOMETHOD
+    assert err.value.code == bs.Errno.ENOMETHOD
     assert probs_of(call(client, gm.Request(tensor=[fp32_tensor(batch[:1])]))).shape == (1, 10)
 
 
@@ -315,17 +318,17 @@ def test_engine_failure_queue_full_and_internal_error(bundle, batch, monkeypatch
     request = gm.Request(tensor=[fp32_tensor(batch[:1])])
 
     async def main() -> None:
-        failing = ModelService(bundle, [_FailingEngine()])
+        failing = ModelService(bundle, [_FailingEngine()], **LIMITS)
         with pytest.raises(bs.BrpcError) as err:
             await failing.infer(request)
         assert err.value.code == -5100 and "engine error: RuntimeError: CUDA out of memory" in err.value.text
         await failing.stop()
 
-        slow = ModelService(bundle, [_SlowEngine()], max_queue_images=1)
+        slow = ModelService(bundle, [_SlowEngine()], **{**LIMITS, "max_queue_images": 1})
         await slow.start()
         results = await asyncio.gather(*(slow.infer(request) for _ in range(3)), return_exceptions=True)
         codes = [r.code for r in results if isinstance(r, bs.BrpcError)]
-        assert bs.ELIMIT in codes and any(isinstance(r, gm.Response) for r in results)
+        assert bs.Errno.ELIMIT in codes and any(isinstance(r, gm.Response) for r in results)
         monkeypatch.setattr(slow, "_response", lambda *a: 1 / 0)
         with pytest.raises(bs.BrpcError) as err:
             await slow.infer(request)

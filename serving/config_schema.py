@@ -1,0 +1,266 @@
+"""The config.yml schema, each key declared once: its default, allowed values and meaning live in the field's
+`Setting`, from which `serving.config` parses and checks it and `serving.config_docs` writes the tables of
+docs/configuration.md. Paddle Serving 0.9's keys and defaults (`ServerYamlConfChecker`, `Op.init_from_dict`),
+then ours."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.engines.choose import ENGINE_CHOICES
+
+MIB = 1024 * 1024
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CLIENT_TYPES = ("local_predictor", "brpc")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one config key is read and documented.
+
+    kind: int | number | bool | str | port | path | str_list | section | custom (parsed by hand in
+    serving.config, because it depends on other keys). `origin`: "paddle" (Paddle Serving's key), "ours" or
+    "compat" (Paddle Serving's, accepted and type-checked, no effect here)."""
+
+    kind: str
+    doc: str
+    origin: str = "paddle"
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    normalize: Callable[[str], str] | None = None
+    non_empty: bool = False
+    type_doc: str = ""  # the type column, where the kind does not say it (custom keys)
+    default_doc: str = ""  # the default column, where the default is computed or absent
+
+
+def setting(default: Any = MISSING, doc: str = "", kind: str = "", **options: Any) -> Any:
+    """A dataclass field with its Setting (kind defaults to the default's type)."""
+    if not kind:
+        kind = {bool: "bool", int: "int", float: "number", str: "str"}[type(default)]
+    meta = {"setting": Setting(kind, doc, **options)}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use a tuple or a default_factory")
+    return field(default=default, metadata=meta) if default is not MISSING else field(metadata=meta)
+
+
+def section(factory: Callable[[], Any], doc: str) -> Any:
+    return field(default_factory=factory, metadata={"setting": Setting("section", doc)})
+
+
+def settings_of(cls: type) -> list[tuple[Field, Setting]]:
+    """(field, Setting) of every config key of a schema class, in declaration order."""
+    return [(f, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata]
+
+
+@dataclass(frozen=True)
+class TracerConfig:
+    """`dag.tracer`."""
+
+    interval_s: int = setting(-1, "When ≥ 1, throughput and latency statistics are logged every `interval_s` "
+                                  "seconds.")
+
+
+@dataclass(frozen=True)
+class DagConfig:
+    """`dag:` section."""
+
+    is_thread_op: bool = setting(True, "Ops always run in threads of the worker process. PaddleClas sets it to "
+                                       "false.", origin="compat")
+    retry: int = setting(1, "DAG-level retries. In Paddle Serving only timeouts are retried.", minimum=1)
+    client_type: str = setting("brpc", "Paddle Serving's DAG client type.", origin="compat",
+                               choices=("brpc", "grpc"))
+    use_profile: bool = setting(False, "Logs a per-request timing profile.")
+    channel_size: int = setting(0, "Paddle Serving's channel bound, where 0 means unbounded. Our queue bound is "
+                                   "`op.<name>.max_queue_images`.", origin="compat", minimum=0)
+    tracer: TracerConfig = section(TracerConfig, "See `tracer.interval_s`.")
+    channel_recv_frist_arrive: bool = setting(False, "The misspelling is Paddle Serving's own.", origin="compat")
+    enable_prometheus: bool = setting(False, "Also serve Prometheus metrics on `prometheus_port`. `GET /metrics` "
+                                             "on `http_port` is always available.")
+    prometheus_port: int | None = setting(None, "A separate metrics port. Required when `enable_prometheus` is "
+                                                "true.", kind="port")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalServiceConf:
+    """`op.<name>.local_service_conf`: the model and how to run it. `client_type` is the effective one (op
+    level or here); `server_endpoints` given here is moved to `OpConfig.server_endpoints`."""
+
+    model_config: Path = setting(
+        doc="The `serving_server` folder: model and params files plus `serving_server_conf.prototxt`. It is "
+            "resolved **relative to the config file's folder** (see below). It is read in remote mode too, for "
+            "the feed/fetch names, the input size and the labels.", kind="custom", type_doc="str (path)",
+        default_doc="— (**required**)")
+    client_type: str = setting(
+        "local_predictor", "`local_predictor` runs the engine in this server. `brpc` calls a remote model server "
+        "(`GeneralModelService`) at `server_endpoints`. `grpc` (and `pipeline_grpc`) are Paddle Serving client "
+        "types that this server rejects with \"not supported, use brpc\".", kind="custom",
+        type_doc="`local_predictor` \\| `brpc`", default_doc="see below")
+    workdir: str = setting("", "", origin="compat")
+    thread_num: int = setting(
+        2, "Math threads per engine instance (any engine). Paddle Serving's default is 2. See below.", kind="custom",
+        type_doc="int ≥ 1", default_doc="**cores // (concurrency × worker_num)**, at least 1")
+    device_type: int = setting(
+        -1, "-1: CPU if `devices` is empty, else GPU. 0: CPU. 1: GPU. 2: GPU with TensorRT. The Paddle Serving "
+        "codes 3–6 (ARM, Kunlun XPU, Ascend 310/910) are rejected as \"not supported by this server\".",
+        kind="custom", type_doc="int")
+    devices: tuple[int, ...] = setting(
+        (), "`\"\"` means CPU. `\"0\"` or `\"0,1\"` are GPU ids. An unquoted single id such as `devices: 0` is "
+        "accepted. `device_type` 1 and 2 need at least one id. With `device_type: 0`, `devices` is ignored (with "
+        "a warning), as in Paddle Serving.", kind="custom", type_doc="str", default_doc="`\"\"`")
+    mem_optim: bool = setting(True, "Paddle Inference memory optimisation. Applied on GPU only: Paddle 3.3.1's PIR "
+                                    "CPU predictor fails to build with it, so on CPU it is accepted and ignored.")
+    ir_optim: bool = setting(
+        True, "Paddle Inference IR (graph) optimisation passes. Deliberately on by default: for legacy `.pdmodel` "
+        "models it is the difference between ~3 and ~14 req/s for ResNeSt50 on 2 cores (reference perf anchors); "
+        "for Paddle 3 `.json` models it makes no measurable difference.", default_doc="**true** (Paddle Serving: false)")
+    precision: str = setting(
+        "fp32", "Case-insensitive; stored lowercase. CPU: `bf16` on OpenVINO or Paddle Inference (needs a CPU with "
+        "avx512_bf16 or AMX, and for Paddle `use_mkldnn`); `int8` on OpenVINO or ONNX Runtime with a model exported "
+        "with `--int8` (needs VNNI). A CPU without the instructions is refused at start-up rather than emulated. "
+        "GPU: fp16, and int8 with TensorRT.", choices=PRECISIONS, normalize=str.lower)
+    use_calib: bool = setting(False, "TensorRT int8 calibration mode.")
+    use_mkldnn: bool = setting(
+        True, "Paddle Inference only: use oneDNN kernels on CPU. Deliberately on by default: 3–4× faster than "
+        "Paddle's native CPU kernels for ResNeSt.", default_doc="**true** (Paddle Serving: false)")
+    mkldnn_cache_capacity: int = setting(0, "oneDNN shape cache. 0 means no limit.", minimum=0)
+    mkldnn_op_list: tuple[str, ...] | None = setting(None, "Restrict oneDNN to these ops.", kind="str_list")
+    mkldnn_bf16_op_list: tuple[str, ...] | None = setting(None, "The ops to run in bf16.", kind="str_list")
+    min_subgraph_size: int = setting(3, "The smallest subgraph that is handed to TensorRT.", minimum=0)
+    fetch_list: tuple[str, ...] | None = setting(None, "Fetch aliases. Overrides the op-level `fetch_list`.",
+                                                 kind="custom", type_doc="non-empty list of str")
+    server_endpoints: tuple[str, ...] = setting(
+        (), "Same as the op-level key, which is Paddle Serving's place for it. Either place may be used. If both "
+        "are given, they must be equal.", origin="ours, in this place", kind="custom",
+        type_doc="list of `\"host:port\"`", default_doc="[]")
+    rpc_timeout_ms: int = setting(20000, "Timeout of each remote model call (`client_type: brpc`).", origin="ours",
+                                  minimum=1)
+
+    @property
+    def device(self) -> str:
+        """"cpu", "gpu" or "tensorrt", resolving device_type -1 from `devices` as Paddle Serving does."""
+        if self.device_type == 2:
+            return "tensorrt"
+        if self.device_type == 1 or (self.device_type == -1 and self.devices):
+            return "gpu"
+        return "cpu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpConfig:
+    """`op.<name>`: the one model op (PaddleClas: `imagenet`) with batching, limits and post-processing."""
+
+    name: str
+    concurrency: int = setting(1, "Number of engine instances, each in its own worker process. With GPUs, instance "
+                                  "*i* uses `devices[i % n]`.", minimum=1)
+    timeout: int = setting(-1, "Timeout for each inference call. ≤ 0 means no timeout. Exceeding it gives err_no "
+                               "6000.", type_doc="int (ms)")
+    retry: int = setting(1, "Paddle Serving also ignores it in practice.", origin="compat", minimum=1)
+    batch_size: int = setting(
+        1, "Dynamic batching: the largest number of images in one engine call. Every engine instance runs each "
+        "batch size 1..`batch_size` at start-up (the start-up check); a request with more images than this runs "
+        "alone, in engine calls of `batch_size`.", minimum=1)
+    auto_batching_timeout: int = setting(
+        -1, "How long a batch waits to fill. A batch closes at `batch_size` images or after this time, whichever "
+        "comes first. ≤ 0, or `batch_size: 1`, means no wait. Paddle Serving instead blocks until the batch is "
+        "full in that case.", type_doc="int (ms)")
+    server_endpoints: tuple[str, ...] = setting(
+        (), "Remote model servers, called over bRPC with `client_type: brpc`. May also be given in "
+        "`local_service_conf` (see below).", kind="custom", type_doc="list of `\"host:port\"`", default_doc="[]")
+    fetch_list: tuple[str, ...] | None = setting(None, "Fetch aliases. `local_service_conf.fetch_list` overrides "
+                                                       "it.", kind="custom", type_doc="list of str",
+                                                 default_doc="all outputs")
+    client_config: Path | None = setting(None, "Client prototxt of the remote model, for remote mode. Resolved "
+                                               "relative to the config file's folder.", kind="path")
+    client_type: str = setting(
+        "local_predictor", "Paddle Serving reads the client type here in remote mode. Accepted here or in "
+        "`local_service_conf` (the effective value is in both).", kind="custom", type_doc="str", default_doc="—")
+    use_encryption_model: bool = setting(False, "Encrypted models are **not supported**: `true` is an error.",
+                                         kind="custom", type_doc="bool")
+    encryption_key: str | None = setting(None, "", origin="compat", kind="str")
+    local_service_conf: LocalServiceConf = setting(doc="See below.", kind="section")
+    topk: int = setting(1, "1 gives PaddleClas's response (`label`, `prob`). A value > 1 adds the keys "
+                           "`class_ids`, `scores` and `label_names`, with the top-k per image.", origin="ours",
+                        minimum=1)
+    label_file: Path | None = setting(
+        None, "Class-name file used for `label` / `label_names`: PaddleClas's `<id> <name>` list or one name per "
+        "line (Paddle Serving's `imagenet.label`). Resolved relative to the config file's folder.", origin="ours",
+        kind="path", default_doc="the bundle's label file")
+    engine: str = setting(
+        "auto", "The inference engine. `auto`: the first of openvino > onnxruntime > paddle that can run this model "
+        "at this `precision` here and passes its start-up check (each one passed over is logged with why; a "
+        "failure is a WARNING). `openvino` and `onnxruntime` run the bundle's `inference.onnx` "
+        "(`inference.int8.onnx` for int8); OpenVINO also reads a legacy `.pdmodel`. Case-insensitive. See README "
+        "\"Engines and precision\".", origin="ours", choices=ENGINE_CHOICES, normalize=str.lower)
+    max_images_per_request: int = setting(32, "A request with more images (keys) than this gets err_no 5000.",
+                                          origin="ours", minimum=1)
+    max_image_pixels: int = setting(40_000_000, "Limit on decoded width × height per image, as a guard against "
+                                                "decompression bombs.", origin="ours", minimum=1)
+    max_queue_images: int = setting(1024, "The number of images that may wait for the engine (backpressure). "
+                                          "Requests beyond it are refused.", origin="ours", minimum=1,
+                                    type_doc="int ≥ `max_images_per_request`")
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the model runs on another process/host (client_type brpc + server_endpoints)."""
+        return self.local_service_conf.client_type == "brpc"
+
+    @property
+    def timeout_s(self) -> float | None:
+        """Per-call timeout in seconds, None when disabled (timeout <= 0), as Paddle Serving reads it."""
+        return self.timeout / 1000.0 if self.timeout > 0 else None
+
+    @property
+    def effective_fetch_list(self) -> tuple[str, ...] | None:
+        """local_service_conf.fetch_list overrides the op-level one (Paddle Serving's rule)."""
+        lsc = self.local_service_conf.fetch_list
+        return lsc if lsc is not None else self.fetch_list
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The whole config.yml, validated. Ports are None when that front door is off (0 = OS picks)."""
+
+    rpc_port: int | None = setting(None, "gRPC `PipelineService` port. Absent means no gRPC front door.", kind="port")
+    http_port: int | None = setting(None, "REST port: `POST /{service_name}/{method}`, health, `GET /metrics`. "
+                                          "Absent means no HTTP front door.", kind="port")
+    worker_num: int = setting(1, "Number of worker processes. Each is a full copy of the server, and they share "
+                                 "the ports through `SO_REUSEPORT`.", minimum=1)
+    build_dag_each_worker: bool = setting(False, "Every worker always builds its own pipeline.", origin="compat")
+    grpc_gateway_port: int | None = setting(None, "Type-checked only; Paddle Serving does not use it either.",
+                                            origin="compat", kind="int")
+    dag: DagConfig = section(DagConfig, "See [`dag`](#dag).")
+    op: OpConfig = setting(doc="Exactly one op. See [`op.<name>`](#opname).", kind="custom", type_doc="mapping",
+                           default_doc="— (required)")
+    host: str = setting("127.0.0.1", "Bind address for every port. Use `0.0.0.0` (or `\"::\"`, quoted) to listen "
+                                     "on all interfaces.", origin="ours", normalize=str.strip, non_empty=True)
+    brpc_port: int | None = setting(None, "bRPC `baidu_std` front door (`PipelineService.inference`). Absent means "
+                                          "no bRPC front door.", origin="ours", kind="port")
+    service_name: str = setting(
+        "", "The name checked against `request.name` (err_no 3002 when they differ) and used in REST URLs. Paddle "
+        "Serving takes it from `WebService(name=...)`, which PaddleClas sets to `\"imagenet\"`, its op name. Allowed "
+        "characters: letters, digits, `_ - .`.", origin="ours", kind="custom", type_doc="str",
+        default_doc="the op's name")
+    max_request_bytes: int = setting(64 * MIB, "Largest HTTP body, gRPC message and bRPC body accepted.",
+                                     origin="ours", minimum=1024, maximum=2**31 - 1,
+                                     type_doc="int, 1024 – 2³¹−1", default_doc="67108864 (64 MiB)")
+    shutdown_grace_s: float = setting(10.0, "After SIGTERM/SIGINT, the number of seconds in which in-flight "
+                                            "requests may finish.", origin="ours", minimum=0)
+    log_level: str = setting("INFO", "Case-insensitive.", origin="ours", choices=LOG_LEVELS, normalize=str.upper)
+    config_file: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.service_name:
+            object.__setattr__(self, "service_name", self.op.name)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The front doors that are on: key name -> port (0 = ephemeral)."""
+        named = {"rpc_port": self.rpc_port, "http_port": self.http_port, "brpc_port": self.brpc_port}
+        if self.dag.enable_prometheus:
+            named["dag.prometheus_port"] = self.dag.prometheus_port
+        return {k: v for k, v in named.items() if v is not None}
