@@ -20,16 +20,24 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from client.base import DEFAULT_TIMEOUT, AsyncClassifier, is_loopback, parse_endpoint
-from client.codec import Classification, build_request, parse_classifications
+from client.base import AsyncClassifier
+from client.bench_results import (
+    DEFAULT_DURATION,
+    AnswerChecker,
+    BenchAborted,
+    BenchConfig,
+    BenchReport,
+    Sample,
+    SweepReport,
+)
+from client.codec import build_request, parse_classifications
 from client.errors import ClientError
-from client.factory import PROTOCOLS, connect_async
-from client.stats import find_knee, histogram_totals, latency_summary, stage_means
+from client.factory import connect_async
+from client.stats import find_knee, histogram_totals, stage_means
 
 __all__ = [
     "DEFAULT_DURATION",
@@ -46,187 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DURATION = 10.0
-"""Seconds of load when neither a duration nor a request count is given."""
-
-LATE_START_S = 0.010
-"""Open loop: a request sent more than this after its scheduled time counts as a late start (the
-in-flight cap was full, or the client could not keep up)."""
-
 STAGE_METRIC = "resnest_stage_seconds"
 BATCH_METRIC = "resnest_batch_images"
-
-
-class BenchAborted(RuntimeError):
-    """Every warm-up request failed: the server is down, wrong or not this service; nothing measured."""
-
-
-@dataclass
-class BenchConfig:
-    """One load-test run. ``duration`` and ``requests`` bound it (whichever comes first; with neither,
-    ``DEFAULT_DURATION``); ``rate`` switches to open loop with ``concurrency`` as the in-flight cap."""
-
-    protocol: str
-    endpoint: str
-    images: list[Path]
-    service_name: str = "imagenet"
-    concurrency: int = 1
-    rate: float | None = None
-    duration: float | None = None
-    requests: int | None = None
-    images_per_request: int = 1
-    warmup: int = 0
-    timeout: float = DEFAULT_TIMEOUT
-    metrics_url: str | None = None
-    allow_remote: bool = False
-    check_answers: bool = True
-    seed: int = 0
-    progress: bool = False
-
-    def validate(self) -> None:
-        """Refuse unbounded, nonsensical or (without ``allow_remote``) non-loopback runs."""
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
-        host, _ = parse_endpoint(self.endpoint)
-        if self.duration is None and self.requests is None:
-            self.duration = DEFAULT_DURATION
-        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
-            raise ValueError(f"--duration must be a positive number of seconds, got {self.duration} "
-                             "(the load is always bounded)")
-        if self.requests is not None and self.requests < 1:
-            raise ValueError(f"--requests must be >= 1, got {self.requests} (the load is always bounded)")
-        if self.concurrency < 1:
-            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
-        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
-            raise ValueError(f"--rate must be a positive number of requests/s, got {self.rate}")
-        if self.images_per_request < 1:
-            raise ValueError(f"--images-per-request must be >= 1, got {self.images_per_request}")
-        if self.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
-        if not self.timeout > 0:
-            raise ValueError(f"--timeout must be > 0, got {self.timeout}")
-        if not self.images:
-            raise ValueError("no images to send (the folder has no .jpg/.jpeg/.png/... files)")
-        if not self.allow_remote:
-            targets = [host] + ([urlsplit(self.metrics_url).hostname or ""] if self.metrics_url else [])
-            for target in targets:
-                if not is_loopback(target):
-                    raise ValueError(f"refusing to load non-loopback host {target!r}; pass --allow-remote "
-                                     "if you really mean to load another machine")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["images"] = [str(p) for p in self.images]
-        out["mode"] = "open" if self.rate else "closed"
-        return out
-
-
-@dataclass
-class Sample:
-    """One measured request: ``start`` = seconds from the run's start to the send, ``latency`` = send
-    to answer (s), ``wait`` = open loop only, scheduled time to send (s), ``error`` = kind or None."""
-
-    start: float
-    latency: float
-    images: int
-    error: str | None = None
-    wait: float = 0.0
-
-
-class AnswerChecker:
-    """Remembers the first top-1 seen per image and flags later answers that disagree."""
-
-    def __init__(self) -> None:
-        self.first: dict[int, tuple[str, int | None]] = {}
-
-    def check(self, image_ids: list[int], results: list[Classification]) -> str | None:
-        """None if consistent, else a message naming the first image whose top-1 changed."""
-        problem = None
-        for image_id, result in zip(image_ids, results, strict=True):
-            answer = (result.label, result.class_id)
-            seen = self.first.setdefault(image_id, answer)
-            if seen != answer and problem is None:
-                problem = f"image #{image_id}: top-1 {answer} but earlier {seen}"
-        return problem
-
-
-@dataclass
-class BenchReport:
-    """Outcome of one run; ``to_dict()`` is the JSON report (with raw samples)."""
-
-    config: dict[str, Any]
-    started_at: float
-    elapsed: float
-    samples: list[Sample]
-    server: dict[str, Any] = field(default_factory=dict)
-    error_examples: dict[str, str] = field(default_factory=dict)
-    warmup_errors: int = 0
-
-    @property
-    def ok(self) -> list[Sample]:
-        return [s for s in self.samples if s.error is None]
-
-    @property
-    def errors(self) -> Counter[str]:
-        return Counter(s.error for s in self.samples if s.error is not None)
-
-    @property
-    def qps(self) -> float:
-        """Successful requests per second."""
-        return len(self.ok) / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def images_per_s(self) -> float:
-        """Successfully classified images per second."""
-        return sum(s.images for s in self.ok) / self.elapsed if self.elapsed > 0 else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "requests": len(self.samples),
-            "successes": len(self.ok),
-            "errors": sum(self.errors.values()),
-            "errors_by_kind": dict(self.errors.most_common()),
-            "elapsed_s": self.elapsed,
-            "qps": self.qps,
-            "images_per_s": self.images_per_s,
-            "latency_ms": latency_summary(s.latency for s in self.ok),
-        }
-        if self.config.get("rate"):
-            out["response_time_ms"] = latency_summary(s.wait + s.latency for s in self.ok)
-            out["late_starts"] = sum(1 for s in self.samples if s.wait > LATE_START_S)
-        return out
-
-    def to_dict(self, raw: bool = True) -> dict[str, Any]:
-        out = {"config": self.config, "started_at": self.started_at, "summary": self.summary(),
-               "server": self.server, "error_examples": self.error_examples,
-               "warmup_errors": self.warmup_errors}
-        if raw:
-            out["samples"] = [
-                {"t_s": round(s.start, 6), "latency_ms": round(s.latency * 1000, 4), "images": s.images,
-                 "error": s.error, **({"wait_ms": round(s.wait * 1000, 4)} if self.config.get("rate") else {})}
-                for s in self.samples
-            ]
-        return out
-
-
-@dataclass
-class SweepReport:
-    """One ``BenchReport`` per concurrency level and the knee (see ``client.stats.find_knee``)."""
-
-    levels: list[tuple[int, BenchReport]]
-    knee_fraction: float
-
-    @property
-    def knee(self) -> int | None:
-        return find_knee([(c, r.images_per_s) for c, r in self.levels], self.knee_fraction)
-
-    def to_dict(self, raw: bool = True) -> dict[str, Any]:
-        return {
-            "knee": self.knee,
-            "knee_rule": f"lowest concurrency reaching {self.knee_fraction:.0%} of the best images/s",
-            "levels": [{"concurrency": c, **r.to_dict(raw)} for c, r in self.levels],
-        }
-
 
 def default_metrics_url(protocol: str, endpoint: str) -> str | None:
     """``http://<endpoint>/metrics`` for HTTP targets (the REST port serves /metrics), else None."""

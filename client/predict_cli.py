@@ -11,6 +11,7 @@ from pathlib import Path
 from client.errors import ClientError
 from client.factory import PROTOCOLS, connect
 from client.images import list_images
+from client.text_table import text_table
 
 DEFAULT_PORTS = {"grpc": 9993, "http": 18080, "brpc": 9994}
 """The ports of configs/config.yml (PaddleClas's rpc_port and http_port, and our brpc_port)."""
@@ -111,8 +112,4 @@ def format_table(rows: list[dict]) -> str:
             line.append("; ".join(f"{name} {score:.4f}" for name, score in zip(r["labels"], r["scores"],
                                                                                  strict=True)))
         table.append(line)
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
-           "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
-    return "\n".join(out)
+    return text_table(headers, table)

@@ -9,6 +9,7 @@ from typing import Any
 
 from client.bench import BenchReport, SweepReport
 from client.stats import PERCENTILES
+from client.text_table import text_table
 
 __all__ = ["format_report", "format_sweep", "plot_report", "plot_sweep", "write_json"]
 
@@ -16,14 +17,7 @@ _LAT_KEYS = ("mean", *(f"p{p}" for p in PERCENTILES), "max")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths,
-                                                                                             strict=True)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-    return "\n".join(lines)
+    return text_table(headers, rows, right=range(1, len(headers)))
 
 
 def _ms(value: float) -> str:

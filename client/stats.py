@@ -6,44 +6,31 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 __all__ = [
     "PERCENTILES",
     "find_knee",
     "histogram_totals",
     "latency_summary",
-    "percentile",
     "stage_means",
 ]
 
 PERCENTILES = (50, 90, 95, 99)
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of already-sorted values, by linear interpolation between the
-    closest ranks (numpy's default ``linear`` method). Monotone in ``q``; NaN for no values."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {q}")
-    n = len(sorted_values)
-    if n == 0:
-        return math.nan
-    pos = (n - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
-
-
 def latency_summary(latencies_s: Iterable[float]) -> dict[str, float]:
-    """``count``, ``mean``, ``min``, ``p50``/``p90``/``p95``/``p99`` and ``max`` in milliseconds."""
-    values = sorted(v * 1000.0 for v in latencies_s)
+    """``count``, ``mean``, ``min``, ``p50``/``p90``/``p95``/``p99`` (numpy's linear interpolation) and
+    ``max`` in milliseconds."""
+    values = np.fromiter((v * 1000.0 for v in latencies_s), dtype=np.float64)
     out: dict[str, float] = {"count": len(values)}
-    if not values:
+    if not len(values):
         return out | {k: math.nan for k in ("mean", "min", *(f"p{p}" for p in PERCENTILES), "max")}
-    out["mean"] = math.fsum(values) / len(values)
-    out["min"] = values[0]
-    for p in PERCENTILES:
-        out[f"p{p}"] = percentile(values, p)
-    out["max"] = values[-1]
+    out["mean"] = float(values.mean())
+    out["min"] = float(values.min())
+    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
+        out[f"p{p}"] = float(v)
+    out["max"] = float(values.max())
     return out
 
 

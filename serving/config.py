@@ -8,7 +8,6 @@ key path, the value and what is allowed, so a bad config stops start-up before a
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.endpoints import split_host_port
+from serving.config_reader import Section, read_bool, read_int, read_path, read_plain, read_str, read_str_list
 from serving.config_schema import (
     CLIENT_TYPES,
     DagConfig,
@@ -26,7 +26,6 @@ from serving.config_schema import (
     ServerConfig,
     Setting,
     TracerConfig,
-    settings_of,
 )
 from serving.config_yaml import ConfigError, apply_overrides, parse_override, read_yaml, type_name
 
@@ -51,149 +50,6 @@ SUPPORTED_DEVICE_TYPES = {-1: "auto: CPU if devices is empty, else GPU", 0: "CPU
 UNSUPPORTED_DEVICE_TYPES = {3: "ARM CPU (Paddle-Lite)", 4: "Kunlun XPU", 5: "Ascend 310", 6: "Ascend 910"}
 SERVER_CONF_FILES = ("serving_server_conf.prototxt", "serving_server_conf.stream.prototxt")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")  # op / service names appear in REST URLs: /{name}/{method}
-_MISSING = object()
-
-
-class _Section:
-    """One mapping of the config being read, with its dotted path for messages; reads keys by their Setting."""
-
-    def __init__(self, data: Any, path: str, schema: type):
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"[CONF] {path}: expected a mapping (nested key: value lines), "
-                              f"got {type_name(data)} {data!r}")
-        self.data = data
-        self.path = path
-        self.schema = schema
-        known = [f.name for f, _ in settings_of(schema)]
-        for key in data:
-            if not isinstance(key, str):
-                raise ConfigError(f"[CONF] {self.key(str(key))}: keys must be strings, got {type_name(key)} {key!r}")
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-                raise ConfigError(f"[CONF] {self.key(key)}: unknown key {key!r}; {hint}")
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def has(self, name: str) -> bool:
-        return self.data.get(name) is not None
-
-    def raw(self, name: str) -> Any:
-        return self.data.get(name)
-
-    def sub(self, name: str, schema: type) -> _Section:
-        return _Section(self.raw(name), self.key(name), schema)
-
-    def fail(self, name: str, value: Any, allowed: str) -> ConfigError:
-        return ConfigError(f"[CONF] {self.key(name)}: got {value!r}; {allowed}")
-
-    def type_error(self, name: str, value: Any, expected: str) -> ConfigError:
-        hint = ""
-        if isinstance(value, bool) and "integer" in expected:
-            hint = " (YAML true/false/yes/no/on/off are booleans, not integers)"
-        elif isinstance(value, str) and "integer" in expected and value.strip().lstrip("+-").isdigit():
-            hint = " (remove the quotes)"
-        elif isinstance(value, str) and "boolean" in expected:
-            hint = " (write true or false without quotes)"
-        return ConfigError(f"[CONF] {self.key(name)}: expected {expected}, got {type_name(value)} {value!r}{hint}")
-
-    def get(self, name: str, default: Any = _MISSING) -> tuple[Any, bool]:
-        """(value, given). None in the file counts as not given, as in Paddle Serving; defaults are logged."""
-        value = self.data.get(name)
-        if value is None:
-            if default is not _MISSING and default is not None and default != ():
-                _LOGGER.debug("[CONF] %s not set, use default: %s", self.key(name), default)
-            return (None if default is _MISSING else default), False
-        return value, True
-
-    def read(self, name: str, spec: Setting, default: Any = _MISSING, base_dir: Path | None = None) -> Any:
-        """The key's value checked against its Setting, or the default when it is not given."""
-        value, given = self.get(name, default)
-        if not given:
-            return value
-        reader = _READERS[spec.kind]
-        return reader(self, name, value, spec, base_dir)
-
-
-def _read_int(section: _Section, name: str, value: Any, spec: Setting, _base: Path | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise section.type_error(name, value, "an integer")
-    _check_range(section, name, value, spec)
-    return value
-
-
-def _read_number(section: _Section, name: str, value: Any, spec: Setting, _base: Path | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise section.type_error(name, value, "a number")
-    _check_range(section, name, value, spec)
-    return float(value)
-
-
-def _check_range(section: _Section, name: str, value: float, spec: Setting) -> None:
-    low, high = spec.minimum, spec.maximum
-    if (low is not None and value < low) or (high is not None and value > high):
-        if low is not None and high is not None:
-            raise section.fail(name, value, f"allowed: {low} to {high}")
-        raise section.fail(name, value, f"must be >= {low}" if low is not None else f"must be <= {high}")
-
-
-def _read_bool(section: _Section, name: str, value: Any, _spec: Setting, _base: Path | None) -> bool:
-    if not isinstance(value, bool):
-        raise section.type_error(name, value, "a boolean (true or false)")
-    return value
-
-
-def _read_str(section: _Section, name: str, value: Any, spec: Setting, _base: Path | None) -> str:
-    if not isinstance(value, str):
-        raise section.type_error(name, value, "a string")
-    if spec.normalize is not None:
-        value = spec.normalize(value)
-    if spec.non_empty and not value.strip():
-        raise section.fail(name, value, "must not be empty")
-    if spec.choices is not None and value not in spec.choices:
-        raise section.fail(name, value, "allowed: " + ", ".join(repr(c) for c in spec.choices))
-    return value
-
-
-def _read_port(section: _Section, name: str, value: Any, _spec: Setting, _base: Path | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise section.type_error(name, value, "an integer port")
-    if value != 0 and not 1024 <= value <= 65535:
-        raise section.fail(name, value, "allowed: 1024-65535, or 0 to let the OS pick a free port")
-    return value
-
-
-def _read_path(section: _Section, name: str, value: Any, spec: Setting, base_dir: Path | None) -> Path:
-    text = _read_str(section, name, value, Setting("str", "", non_empty=True), base_dir)
-    path = Path(text).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    return Path(os.path.normpath(path.absolute()))
-
-
-def _read_str_list(section: _Section, name: str, value: Any, _spec: Setting, _base: Path | None) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise section.type_error(name, value, "a list of strings, e.g. [\"a\", \"b\"]")
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            raise ConfigError(f"[CONF] {section.key(name)}[{i}]: expected a non-empty string, got "
-                              f"{type_name(item)} {item!r}")
-    return tuple(value)
-
-
-_READERS: dict[str, Callable[[_Section, str, Any, Setting, Path | None], Any]] = {
-    "int": _read_int, "number": _read_number, "bool": _read_bool, "str": _read_str, "port": _read_port,
-    "path": _read_path, "str_list": _read_str_list,
-}
-
-
-def _read_plain(section: _Section, base_dir: Path) -> dict[str, Any]:
-    """Every key of the section's schema that its Setting alone describes (not sections, not custom)."""
-    return {f.name: section.read(f.name, spec, f.default, base_dir) for f, spec in settings_of(section.schema)
-            if spec.kind in _READERS}
 
 
 def _cpu_count() -> int:
@@ -222,14 +78,14 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> ServerConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"[CONF] the top level must be a mapping, got {type_name(data)}")
     base_dir = Path(base_dir).expanduser().absolute()
-    top = _Section(dict(data), "", ServerConfig)
-    values = _read_plain(top, base_dir)
+    top = Section(dict(data), "", ServerConfig)
+    values = read_plain(top, base_dir)
     if all(values[k] is None for k in ("rpc_port", "http_port", "brpc_port")):
         raise ConfigError("[CONF] Failed to prepare_server: rpc_port or http_port can not be None. "
                           "Set rpc_port (gRPC), http_port (REST) and/or brpc_port (bRPC).")
     dag = _parse_dag(top.sub("dag", DagConfig), base_dir)
     op = _parse_op(top, base_dir, values["worker_num"])
-    service_name = _read_str(top, "service_name", top.raw("service_name"), Setting("str", "", non_empty=True),
+    service_name = read_str(top, "service_name", top.raw("service_name"), Setting("str", "", non_empty=True),
                              None) if top.has("service_name") else op.name
     if not _NAME_RE.match(service_name):
         raise top.fail("service_name", service_name, "allowed characters: letters, digits, '_', '-', '.'")
@@ -252,15 +108,15 @@ def _check_ports(ports: dict[str, int], worker_num: int) -> None:
         seen[port] = name
 
 
-def _parse_dag(dag: _Section, base_dir: Path) -> DagConfig:
-    values = _read_plain(dag, base_dir)
+def _parse_dag(dag: Section, base_dir: Path) -> DagConfig:
+    values = read_plain(dag, base_dir)
     if values["enable_prometheus"] and values["prometheus_port"] is None:
         raise ConfigError("[CONF] dag.prometheus_port: not set, but dag.enable_prometheus is true; give a port "
                           "(Prometheus metrics are also always served at GET /metrics on http_port)")
-    return DagConfig(tracer=TracerConfig(**_read_plain(dag.sub("tracer", TracerConfig), base_dir)), **values)
+    return DagConfig(tracer=TracerConfig(**read_plain(dag.sub("tracer", TracerConfig), base_dir)), **values)
 
 
-def _parse_op(top: _Section, base_dir: Path, worker_num: int) -> OpConfig:
+def _parse_op(top: Section, base_dir: Path, worker_num: int) -> OpConfig:
     ops = top.raw("op")
     if ops is None or ops == {}:
         raise ConfigError("[CONF] op: not set; this server needs exactly one op, e.g. "
@@ -274,10 +130,10 @@ def _parse_op(top: _Section, base_dir: Path, worker_num: int) -> OpConfig:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"[CONF] op: op name {name!r} is not allowed; use letters, digits, '_', '-', '.' "
                           "(it is also the service name in REST URLs)")
-    op = _Section(ops[name], f"op.{name}", OpConfig)
+    op = Section(ops[name], f"op.{name}", OpConfig)
     lsc = op.sub("local_service_conf", LocalServiceConf)
-    values = _read_plain(op, base_dir)
-    if op.has("use_encryption_model") and _read_bool(op, "use_encryption_model", op.raw("use_encryption_model"),
+    values = read_plain(op, base_dir)
+    if op.has("use_encryption_model") and read_bool(op, "use_encryption_model", op.raw("use_encryption_model"),
                                                      Setting("bool", ""), None):
         raise op.fail("use_encryption_model", True, "encrypted models are not supported by this server; use "
                       "false (or leave it out)")
@@ -302,7 +158,7 @@ def _parse_op(top: _Section, base_dir: Path, worker_num: int) -> OpConfig:
                     fetch_list=_fetch_list(op), **values)
 
 
-def _parse_local(lsc: _Section, base_dir: Path, client_type: str, endpoints: tuple[str, ...],
+def _parse_local(lsc: Section, base_dir: Path, client_type: str, endpoints: tuple[str, ...],
                  processes: int) -> LocalServiceConf:
     if not lsc.has("model_config"):
         raise ConfigError(f"[CONF] {lsc.key('model_config')}: not set; give the serving_server folder written "
@@ -315,18 +171,18 @@ def _parse_local(lsc: _Section, base_dir: Path, client_type: str, endpoints: tup
         if device_type == 0 and devices:
             _LOGGER.warning("[CONF] %s is ignored because device_type is 0 (CPU)", lsc.key("devices"))
     if lsc.has("thread_num"):
-        thread_num = _read_int(lsc, "thread_num", lsc.raw("thread_num"), Setting("int", "", minimum=1), None)
+        thread_num = read_int(lsc, "thread_num", lsc.raw("thread_num"), Setting("int", "", minimum=1), None)
     else:
         thread_num = max(1, _cpu_count() // processes)
         _LOGGER.debug("[CONF] %s not set, use default: %s (cores %d // (concurrency x worker_num %d))",
                       lsc.key("thread_num"), thread_num, _cpu_count(), processes)
     return LocalServiceConf(
-        model_config=_read_path(lsc, "model_config", lsc.raw("model_config"), Setting("path", ""), base_dir),
+        model_config=read_path(lsc, "model_config", lsc.raw("model_config"), Setting("path", ""), base_dir),
         client_type=client_type, thread_num=thread_num, device_type=device_type, devices=devices,
-        fetch_list=_fetch_list(lsc), server_endpoints=endpoints, **_read_plain(lsc, base_dir))
+        fetch_list=_fetch_list(lsc), server_endpoints=endpoints, **read_plain(lsc, base_dir))
 
 
-def _merged(op: _Section, lsc: _Section, name: str, read: Callable[[_Section, str], Any]) -> Any:
+def _merged(op: Section, lsc: Section, name: str, read: Callable[[Section, str], Any]) -> Any:
     """A key accepted at op level (Paddle Serving's place) or in local_service_conf; both must agree."""
     at_op = read(op, name) if op.has(name) else None
     at_lsc = read(lsc, name) if lsc.has(name) else None
@@ -336,7 +192,7 @@ def _merged(op: _Section, lsc: _Section, name: str, read: Callable[[_Section, st
     return at_op or at_lsc
 
 
-def _endpoints(section: _Section, name: str) -> tuple[str, ...]:
+def _endpoints(section: Section, name: str) -> tuple[str, ...]:
     value = section.raw(name)
     if isinstance(value, str):  # tolerate a single "host:port" or a comma-separated string
         value = [v.strip() for v in value.split(",") if v.strip()]
@@ -356,8 +212,8 @@ def _endpoints(section: _Section, name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _client_type(section: _Section, name: str) -> str:
-    value = _read_str(section, name, section.raw(name), Setting("str", "", normalize=str.strip), None)
+def _client_type(section: Section, name: str) -> str:
+    value = read_str(section, name, section.raw(name), Setting("str", "", normalize=str.strip), None)
     if value in ("grpc", "pipeline_grpc"):
         raise section.fail(name, value, "gRPC model clients are not supported by this server; use 'brpc' "
                            "(a remote model server, with server_endpoints) or 'local_predictor' (in-process)")
@@ -367,9 +223,9 @@ def _client_type(section: _Section, name: str) -> str:
     return value
 
 
-def _device_type(lsc: _Section) -> int:
+def _device_type(lsc: Section) -> int:
     value, _ = lsc.get("device_type", -1)
-    value = _read_int(lsc, "device_type", value, Setting("int", ""), None)
+    value = read_int(lsc, "device_type", value, Setting("int", ""), None)
     if value in UNSUPPORTED_DEVICE_TYPES:
         raise lsc.fail("device_type", value, f"{UNSUPPORTED_DEVICE_TYPES[value]} is not supported by this "
                        "server; supported: " + _device_choices())
@@ -382,7 +238,7 @@ def _device_choices() -> str:
     return ", ".join(f"{k} ({v})" for k, v in SUPPORTED_DEVICE_TYPES.items())
 
 
-def _devices(lsc: _Section) -> tuple[int, ...]:
+def _devices(lsc: Section) -> tuple[int, ...]:
     value = lsc.raw("devices")
     if value is None:
         _LOGGER.debug("[CONF] %s not set, use default: ''", lsc.key("devices"))
@@ -404,10 +260,10 @@ def _devices(lsc: _Section) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _fetch_list(section: _Section) -> tuple[str, ...] | None:
+def _fetch_list(section: Section) -> tuple[str, ...] | None:
     if not section.has("fetch_list"):
         return None
-    value = _read_str_list(section, "fetch_list", section.raw("fetch_list"), Setting("str_list", ""), None)
+    value = read_str_list(section, "fetch_list", section.raw("fetch_list"), Setting("str_list", ""), None)
     if not value:
         raise section.fail("fetch_list", [], "list at least one fetch alias (e.g. [\"prediction\"]) or leave it "
                            "out to fetch every output")

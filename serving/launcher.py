@@ -1,49 +1,62 @@
-"""Start `resnest serve` as a child process and learn its bound ports from its start-up log line
-(`service '<name>' listening grpc=H:P http=H:P brpc=H:P (pid N)`): for the demo, benchmarks and tests."""
+"""Start `resnest serve` (or `resnest serve --model-server`) as a child process and learn its bound ports from
+the JSON file it writes once every port listens (`--ready-file`), for the demo, the benchmarks and the tests."""
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"service '[^']*' listening")
 
 
 class ServerProcess:
-    """`resnest serve` as a real subprocess on loopback with ephemeral ports, parsed from its start-up log."""
+    """A real server subprocess; `ports` maps each front door ("grpc", "http", "brpc", ...) to its port.
+    With `wait=False` the constructor returns at once (start several, then `wait_ready()` each)."""
 
     def __init__(self, config_path: Path, overrides: dict | None = None, timeout: float = 60.0,
-                 extra_args: list[str] | None = None, echo: bool = False):
-        args = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path)]
+                 extra_args: list[str] | None = None, echo: bool = False, wait: bool = True):
+        self._dir = tempfile.TemporaryDirectory(prefix="resnest-ready-")
+        self.ready_file = Path(self._dir.name) / "ready.json"
+        args = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path),
+                "--ready-file", str(self.ready_file)]
         for key, value in (overrides or {}).items():
             args += ["--set", f"{key}={value}"]
         args += extra_args or []
         self.echo = echo
+        self.timeout = timeout
         self.lines: list[str] = []
         self.ports: dict[str, int] = {}
-        self._ready = threading.Event()
+        self.info: dict = {}
         self.proc = subprocess.Popen(args, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(timeout) or not self.ports:
-            self.stop()
-            raise RuntimeError("server did not start:\n" + self.log)
+        if wait:
+            self.wait_ready()
 
     def _read(self) -> None:
         for line in self.proc.stderr:
             self.lines.append(line)
             if self.echo:
                 sys.stderr.write(line)
-            if LISTENING.search(line):
-                self.ports = {k: int(v) for k, v in re.findall(r"(\w+)=[\w.:\[\]]+:(\d+)", line)}
-                self._ready.set()
-        self._ready.set()
+
+    def wait_ready(self) -> ServerProcess:
+        """Block until the server wrote its ready file; RuntimeError with its log if it exits or times out."""
+        deadline = time.monotonic() + self.timeout
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start (exit code {self.proc.returncode}):\n" + self.log)
+            time.sleep(0.05)
+        self.info = json.loads(self.ready_file.read_text())
+        self.ports = self.info["ports"]
+        return self
 
     @property
     def log(self) -> str:
@@ -57,9 +70,11 @@ class ServerProcess:
             self.proc.send_signal(sig or signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
-        except Exception:
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+        finally:
+            self._dir.cleanup()
 
 
 def write_config(path: Path, model_dir: Path, op: dict | None = None, top: dict | None = None,

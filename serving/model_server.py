@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 from protocol.baidu_std import short_service_name
 from protocol.wire import GENERAL_MODEL_SERVICE
 from serving.config import ConfigError, ServerConfig, check_paths
 from serving.model_service import register_model_service, start_model_http
-from serving.server import load_bundle, start_op_engines
+from serving.server import load_bundle, start_op_engines, write_ready_file
 
 __all__ = ["check_model_server_config", "run_model_server", "serve_model"]
 
@@ -37,7 +38,7 @@ def check_model_server_config(config: ServerConfig) -> None:
                           "the model itself: use client_type: local_predictor and no server_endpoints")
 
 
-async def serve_model(config: ServerConfig) -> int:
+async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> int:
     """Load the model, serve GeneralModelService until SIGTERM/SIGINT, stop gracefully; returns 0."""
     from serving.brpc_server import BrpcServer
 
@@ -69,6 +70,7 @@ async def serve_model(config: ServerConfig) -> int:
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in ports.items())
         log.info("model server %s: service %r listening %s (pid %d)", bundle.directory,
                  short_service_name(GENERAL_MODEL_SERVICE), listening, os.getpid())
+        write_ready_file(ready_file, short_service_name(GENERAL_MODEL_SERVICE), config.host, ports)
         # After the model is loaded: importing paddle installs its own SIGTERM handler, which must not win.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -86,11 +88,11 @@ async def serve_model(config: ServerConfig) -> int:
     return 0
 
 
-def run_model_server(config: ServerConfig) -> int:
+def run_model_server(config: ServerConfig, ready_file: Path | None = None) -> int:
     """Serve ``config``'s model in this process (one worker; ``worker_num`` > 1 is refused)."""
     check_model_server_config(config)
     check_paths(config)
     if config.worker_num != 1:
         raise ConfigError(f"[CONF] worker_num: got {config.worker_num}; a model server runs one process (use "
                           f"op.{config.op.name}.concurrency for more engine instances)")
-    return asyncio.run(serve_model(config))
+    return asyncio.run(serve_model(config, ready_file))

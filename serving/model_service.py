@@ -242,7 +242,7 @@ def _numbers_for_int64(message: Message, data: dict) -> dict:
     return data
 
 
-def response_json(message: Message) -> bytes:
+def brpc_json(message: Message) -> bytes:
     """brpc pb2json style: proto field names, default/empty fields left out, bytes base64, int64 numbers."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return json.dumps(_numbers_for_int64(message, data), separators=(",", ":")).encode()
@@ -271,7 +271,7 @@ class _ModelHttp:
             response = await self.service.infer(message, log_id)
         except BrpcError as exc:
             return _http_error(exc)
-        body = response.SerializeToString() if proto else response_json(response)
+        body = response.SerializeToString() if proto else brpc_json(response)
         headers = {}
         if len(body) >= _GZIP_MIN_BYTES and "gzip" in request.headers.get("Accept-Encoding", "").lower():
             body = gzip.compress(body, compresslevel=6)
@@ -302,8 +302,6 @@ def model_http_app(service: ModelService, max_request_bytes: int) -> web.Applica
 async def start_model_http(service: ModelService, host: str, port: int, max_request_bytes: int,
                            reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start GeneralModelService over HTTP on its own port; returns the runner (for cleanup) and the port."""
-    runner = web.AppRunner(model_http_app(service, max_request_bytes), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
+    from serving.rest_adapter import serve_app
+
+    return await serve_app(model_http_app(service, max_request_bytes), host, port, reuse_port)

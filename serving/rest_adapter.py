@@ -71,7 +71,8 @@ def parse_request_json(body: bytes) -> pb.Request:
     return message
 
 
-def response_json(message: pb.Response) -> bytes:
+def grpc_gateway_json(message: pb.Response) -> bytes:
+    """grpc-gateway v1 JSON: proto field names, every field emitted in field-number order (as jsonpb)."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
     ordered = {f.name: data[f.name] for f in message.DESCRIPTOR.fields}  # field-number order, as jsonpb
@@ -118,7 +119,7 @@ class RestAdapter:
                 return gateway_error(400, GRPC_INVALID_ARGUMENT, f"malformed JSON request body: {exc}")
         message.name, message.method = name, method
         answer = await self.core.infer_proto(message, "http")
-        return web.Response(body=response_json(answer), content_type="application/json")
+        return web.Response(body=grpc_gateway_json(answer), content_type="application/json")
 
     def health(self, kind: str) -> web.Response:
         ready = self.core.pipeline.ready
@@ -142,9 +143,12 @@ async def start_rest(core: ServingCore, host: str, port: int, max_request_bytes:
         app.router.add_get("/metrics", lambda _request: adapter.metrics())
     else:
         app = adapter.app()
+    return await serve_app(app, host, port, reuse_port)
+
+
+async def serve_app(app: web.Application, host: str, port: int, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp app on host:port (0 = any free port); returns the runner (for cleanup) and the port."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]
-    return runner, bound
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    return runner, runner.addresses[0][1]

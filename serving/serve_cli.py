@@ -21,6 +21,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-server", action="store_true",
                    help="run only the model: C++ Serving's GeneralModelService over bRPC on brpc_port (required) "
                         "and HTTP on http_port, for pipelines with client_type: brpc + server_endpoints")
+    p.add_argument("--ready-file", type=Path, metavar="PATH",
+                   help="once every port listens, write {pid, service, host, ports} there as JSON (for scripts "
+                        "that start the server)")
     p.set_defaults(func=run)
 
 
@@ -34,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     if args.model_server:
         from serving.model_server import run_model_server
 
-        return run_model_server(config)
-    return run_server(config)
+        return run_model_server(config, args.ready_file)
+    return run_server(config, args.ready_file)

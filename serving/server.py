@@ -8,12 +8,14 @@ share the ports (SO_REUSEPORT), each a full copy of the server.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from export.model_files import EngineOptions
 from pipeline.accuracy import recorded_check
@@ -150,10 +152,24 @@ class Server:
         log.info("stopped")
 
 
-async def serve(config: ServerConfig, reuse_port: bool = False) -> int:
+def write_ready_file(path: Path | None, service: str, host: str, ports: dict[str, int], engine: str = "") -> None:
+    """Announce that every front door is listening: JSON {"pid", "service", "host", "ports": {door: port},
+    "engine"}, written atomically (what `serving.launcher` waits for; logs are for people, not programs)."""
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "service": service, "host": host, "ports": ports,
+                               "engine": engine}))
+    tmp.replace(path)
+
+
+async def serve(config: ServerConfig, reuse_port: bool = False, ready_file: Path | None = None) -> int:
     """Run one server until SIGTERM/SIGINT."""
     server = Server(config, reuse_port=reuse_port)
     await server.start()
+    report = getattr(server.pipeline.batcher.engines[0], "report", None)
+    write_ready_file(ready_file, config.service_name, config.host, server.ports,
+                     f"{report.kind} {report.precision}" if report else "remote")
     # After start: importing paddle installs its own SIGTERM handler, which must not win.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -164,21 +180,22 @@ async def serve(config: ServerConfig, reuse_port: bool = False) -> int:
     return 0
 
 
-def _worker_main(config: ServerConfig, index: int) -> None:
+def _worker_main(config: ServerConfig, index: int, ready_file: Path | None) -> None:
     from serving.cli import setup_logging
 
     setup_logging(config.log_level)
     log.info("worker %d starting", index)
-    raise SystemExit(asyncio.run(serve(config, reuse_port=True)))
+    raise SystemExit(asyncio.run(serve(config, reuse_port=True, ready_file=ready_file if index == 0 else None)))
 
 
-def run(config: ServerConfig) -> int:
-    """Serve `config` in this process, or in `worker_num` processes sharing the ports."""
+def run(config: ServerConfig, ready_file: Path | None = None) -> int:
+    """Serve `config` in this process, or in `worker_num` processes sharing the ports; `ready_file`: see
+    write_ready_file (with several workers, the first one writes it)."""
     check_paths(config)
     if config.worker_num == 1:
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, ready_file=ready_file))
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker_main, args=(config, i), name=f"resnest-worker-{i}")
+    workers = [ctx.Process(target=_worker_main, args=(config, i, ready_file), name=f"resnest-worker-{i}")
                for i in range(config.worker_num)]
     for worker in workers:
         worker.start()

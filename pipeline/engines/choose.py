@@ -1,7 +1,7 @@
 """Which engine runs the model: the one asked for, or under `engine: auto` the first of `AUTO_ORDER` that can
 run this model at this precision here and passes its start-up check.
 
-The order is the engine benchmark's (README "Engines"; `python -m pipeline.bench_engines`): on the project's
+The order is the engine benchmark's (README "Engines"; `python -m bench.engines`): on the project's
 AVX-512 machines OpenVINO was the fastest for ResNeSt50 in fp32 and bf16, ONNX Runtime next, Paddle
 Inference + oneDNN last; on the tiny demo net ONNX Runtime and OpenVINO tie and Paddle's per-call overhead
 dominates. GPU devices run Paddle Inference only.

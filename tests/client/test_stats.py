@@ -6,26 +6,14 @@ import asyncio
 import math
 import random
 
-import numpy as np
 import pytest
 
 from client.base import AsyncClassifier
 from client.bench import AnswerChecker, BenchConfig, BenchReport, Sample, _Load
 from client.codec import Classification
 from client.errors import TransportError
-from client.stats import find_knee, histogram_totals, latency_summary, percentile, stage_means
+from client.stats import find_knee, histogram_totals, latency_summary, stage_means
 from protocol.pipeline_service_pb2 import Response
-
-
-def test_percentile_matches_numpy_linear():
-    rng = random.Random(1)
-    for n in (1, 2, 3, 10, 101):
-        values = sorted(rng.random() for _ in range(n))
-        for q in (0, 1, 50, 90, 95, 99, 99.9, 100):
-            assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
-    assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError):
-        percentile([1.0], 101)
 
 
 def test_latency_summary_is_ordered_and_in_ms():

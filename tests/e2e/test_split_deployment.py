@@ -7,11 +7,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,34 +26,12 @@ HOST = "127.0.0.1"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
 PIPELINE_YML = REPO_ROOT / "configs" / "split_pipeline.yml"
 MODEL_SERVER_YML = REPO_ROOT / "configs" / "split_model_server.yml"
-LAUNCH = ("import json, sys; from serving.cli import setup_logging; from serving.config import load_config; "
-          "from serving.model_server import run_model_server; "
-          "config = load_config(sys.argv[1], json.loads(sys.argv[2])); "
-          "setup_logging(config.log_level); sys.exit(run_model_server(config))")
-
-
 class ModelServerProcess(ServerProcess):
-    """serving.model_server as a subprocess; ports parsed from its `service ... listening` log line.
-    `wait=False` returns at once (start several in parallel, then `wait_ready()`)."""
+    """`resnest serve --model-server` as a subprocess. `wait=False` returns at once (start several in
+    parallel, then `wait_ready()`)."""
 
-    def __init__(self, config_path: Path, overrides: dict, timeout: float = 60.0, wait: bool = True):
-        self.echo = False
-        self.lines: list[str] = []
-        self.ports: dict[str, int] = {}
-        self.timeout = timeout
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(config_path), json.dumps(overrides)],
-                                     cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        threading.Thread(target=self._read, daemon=True).start()
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> ModelServerProcess:
-        if not self._ready.wait(self.timeout) or not self.ports:
-            self.stop()
-            raise RuntimeError("model server did not start:\n" + self.log)
-        return self
+    def __init__(self, config_path: Path, overrides: dict, wait: bool = True):
+        super().__init__(config_path, overrides, extra_args=["--model-server"], wait=wait)
 
     @property
     def endpoint(self) -> str:

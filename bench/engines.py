@@ -2,7 +2,7 @@
 (one engine's OpenMP threads keep spinning after a run and would slow the next one in the same process),
 in alternating rounds so that every alternative sees the same background load.
 
-    python -m pipeline.bench_engines [--archs ResNeSt50] [--batches 1 4] [--rounds 3] [--seconds 3]
+    python -m bench.engines [--archs ResNeSt50] [--batches 1 4] [--rounds 3] [--seconds 3]
 
 Prints ms/image and images/s per batch size, the share of the machine's fp32 peak that the model's
 multiply-adds reach (the peak from a fused-multiply-add loop in its own process, same thread count), the
@@ -152,7 +152,7 @@ def _timed(fn) -> float:
 def in_child(job: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "OPENBLAS_NUM_THREADS": str(job["threads"]),
            "MKL_NUM_THREADS": str(job["threads"])}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench_engines", "--job", json.dumps(job)],
+    proc = subprocess.run([sys.executable, "-m", "bench.engines", "--job", json.dumps(job)],
                           capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

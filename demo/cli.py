@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     server = ServerProcess(config)
     failures = []
     try:
-        say("   " + next(line.split(" INFO serving.server: ")[-1].strip() for line in server.lines
-                         if "listening" in line and "service" in line))
+        doors = " ".join(f"{door}=127.0.0.1:{port}" for door, port in server.ports.items())
+        say(f"   service {server.info['service']!r} listening {doors} (pid {server.info['pid']})")
         for protocol in PROTOCOLS:
             preds, labels, seconds = classify_over(protocol, server.ports[protocol], images)
             acc = accuracy(preds, truth)

@@ -7,7 +7,7 @@
 and prints images/s, × bound, latency, and × the same server running Paddle Inference fp32 (what Paddle
 Serving 0.9's pipeline runs in its best configuration).
 
-    python -m serving.bench_served [--arch ResNeSt50 | --model-dir DIR] [--configs auto:fp32 paddle:fp32 auto:bf16]
+    python -m bench.served [--arch ResNeSt50 | --model-dir DIR] [--configs auto:fp32 paddle:fp32 auto:bf16]
 
 Not a test: the machines are shared and noisy; compare the ratios within one run.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from bench.engines import ensure_export, in_child
 from client.images import list_images
-from pipeline.bench_engines import ensure_export, in_child
 from pipeline.bundle import ModelBundle
 from pipeline.preprocess import Preprocessor, PreprocessSpec
 
@@ -82,8 +82,7 @@ def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Name
     config = write_config(workdir / f"bench_{engine}_{precision}.yml", model_dir, op=op,
                           lsc={"thread_num": args.threads, "precision": precision})
     server = ServerProcess(config, timeout=300)
-    results: dict = {"engine": next((line.split("INFO pipeline.engines: ")[-1].strip() for line in server.lines
-                                     if " chosen, " in line), "?")}
+    results: dict = {"engine": server.info["engine"]}
     try:
         for protocol, concurrency in POINTS:
             bench = BenchConfig(protocol=protocol, endpoint=f"127.0.0.1:{server.ports[protocol]}",
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         for (protocol, concurrency), s in served.items():
             base = rows.get(BASELINE, {}).get((protocol, concurrency))
             ratio = f"×{s['images_per_s'] / base['images_per_s']:.2f}" if base else "-"
-            out.append(f"| {spec} | {health[spec][0].split(',')[0]} | {protocol} | {concurrency} | "
+            out.append(f"| {spec} | {health[spec][0]} | {protocol} | {concurrency} | "
                        f"{s['images_per_s']:.2f} | {s['images_per_s'] / bounds[spec]:.2f} | {ratio} | "
                        f"{s['latency_ms']['p50']:.1f} | {s['latency_ms']['p99']:.1f} |")
     out += ["", "bound = 1 / (preprocessing + engine at its best batch size, alone in its own process):"]

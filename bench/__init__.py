@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `python -m bench.engines` and `python -m bench.served`, run from the repository root."""
