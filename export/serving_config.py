@@ -58,20 +58,27 @@ def write_config_files(config: GeneralModelConfig, server_dir: Path, client_dir:
     (client_dir / CLIENT_STREAM).write_bytes(binary)
 
 
-def read_config(directory: Path) -> GeneralModelConfig:
-    """Read a server or client dir's config: the text file if present, else the binary stream file."""
+def read_config(path: Path) -> GeneralModelConfig:
+    """Read a server or client config: a dir (the text file if present, else the binary stream file) or
+    one `.prototxt` file (`.stream.prototxt`: binary)."""
+    if path.is_file():
+        return _parse_config_file(path)
     for text_name, stream_name in ((SERVER_CONF, SERVER_STREAM), (CLIENT_CONF, CLIENT_STREAM)):
-        text_path, stream_path = directory / text_name, directory / stream_name
-        config = GeneralModelConfig()
-        if text_path.is_file():
-            try:
-                return text_format.Parse(text_path.read_text(), config)
-            except text_format.ParseError as exc:
-                raise ValueError(f"{text_path}: not a valid GeneralModelConfig text: {exc}") from exc
-        if stream_path.is_file():
-            try:
-                config.ParseFromString(stream_path.read_bytes())
-            except Exception as exc:  # protobuf raises DecodeError subclasses
-                raise ValueError(f"{stream_path}: not a valid GeneralModelConfig binary: {exc}") from exc
-            return config
-    raise FileNotFoundError(f"{directory}: no {SERVER_CONF} or {CLIENT_CONF} (is this a Paddle Serving dir?)")
+        for candidate in (path / text_name, path / stream_name):
+            if candidate.is_file():
+                return _parse_config_file(candidate)
+    raise FileNotFoundError(f"{path}: no {SERVER_CONF} or {CLIENT_CONF} (is this a Paddle Serving dir?)")
+
+
+def _parse_config_file(path: Path) -> GeneralModelConfig:
+    config = GeneralModelConfig()
+    if path.name.endswith(".stream.prototxt"):
+        try:
+            config.ParseFromString(path.read_bytes())
+        except Exception as exc:  # protobuf raises DecodeError subclasses
+            raise ValueError(f"{path}: not a valid GeneralModelConfig binary: {exc}") from exc
+        return config
+    try:
+        return text_format.Parse(path.read_text(), config)
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid GeneralModelConfig text: {exc}") from exc

@@ -38,6 +38,8 @@ class PipelineSettings:
     max_image_pixels: int
     max_queue_images: int
     preprocess_threads: int
+    retry: int  # attempts for a request that timed out (err_no 6000), as Paddle Serving's dag.retry
+    log_profile: bool  # one log line per request with its stage timings (dag.use_profile)
 
 
 class StageObserver(BatchObserver):
@@ -78,14 +80,7 @@ class Pipeline:
         """Classify every image of the request; errors become a Response with a Paddle Serving err_no."""
         started = time.perf_counter()
         try:
-            if self.settings.timeout_ms > 0:
-                try:
-                    response = await asyncio.wait_for(self._infer(request), self.settings.timeout_ms / 1000)
-                except TimeoutError:
-                    raise PipelineError(ErrorCode.TIMEOUT, f"request took longer than the op timeout of "
-                                        f"{self.settings.timeout_ms:g} ms") from None
-            else:
-                response = await self._infer(request)
+            response = await self._attempts(request)
         except PipelineError as exc:
             log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, exc.code, exc.message)
             response = Response.from_error(exc)
@@ -103,6 +98,30 @@ class Pipeline:
             log.debug("logid=%d protocol=%s ok images=%d %.1f ms", request.logid, request.protocol,
                       len(request.keys), seconds * 1000)
         return response
+
+    async def _attempts(self, request: Request) -> Response:
+        """Up to `retry` attempts while the request times out (err_no 6000), as Paddle Serving's DAG does."""
+        for attempt in range(1, self.settings.retry + 1):
+            try:
+                return await self._attempt(request)
+            except PipelineError as exc:
+                if exc.code != ErrorCode.TIMEOUT or attempt == self.settings.retry:
+                    if exc.code == ErrorCode.TIMEOUT and self.settings.retry > 1:
+                        raise PipelineError(exc.code, f"{exc.message}; exceeded retry count "
+                                            f"({self.settings.retry} attempts)") from None
+                    raise
+                log.info("logid=%d protocol=%s attempt %d/%d timed out: %s; retrying", request.logid,
+                         request.protocol, attempt, self.settings.retry, exc.message)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, request: Request) -> Response:
+        if self.settings.timeout_ms <= 0:
+            return await self._infer(request)
+        try:
+            return await asyncio.wait_for(self._infer(request), self.settings.timeout_ms / 1000)
+        except TimeoutError:
+            raise PipelineError(ErrorCode.TIMEOUT, f"request took longer than the op timeout of "
+                                f"{self.settings.timeout_ms:g} ms") from None
 
     async def _infer(self, request: Request) -> Response:
         if request.name and request.name != self.settings.service_name:
@@ -134,8 +153,12 @@ class Pipeline:
         values = self.postprocess(probs)
         profile["postprocess"] = time.perf_counter() - t2
         self.observer.stage("postprocess", profile["postprocess"])
+        timings = " ".join(f"{k}:{v * 1000:.3f}ms" for k, v in profile.items())
         if PROFILE_KEY in request.keys:
-            values[PROFILE_KEY] = " ".join(f"{k}:{v * 1000:.3f}ms" for k, v in profile.items())
+            values[PROFILE_KEY] = timings
+        if self.settings.log_profile:
+            log.info("logid=%d protocol=%s profile images:%d %s", request.logid, request.protocol,
+                     len(images), timings)
         return Response(keys=list(values), values=list(values.values()))
 
     def _images(self, request: Request) -> list[tuple[str, str]]:

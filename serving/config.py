@@ -153,6 +153,9 @@ def _parse_op(top: Section, base_dir: Path, worker_num: int) -> OpConfig:
         raise ConfigError(f"[CONF] {op.key('server_endpoints')}: not set, but client_type is 'brpc'; give the "
                           "model server(s) as [\"host:port\", ...] (this server does not start a local C++ "
                           "Serving as Paddle Serving does), or use client_type: local_predictor")
+    if values["client_config"] is not None and client_type != "brpc":
+        raise op.fail("client_config", op.raw("client_config"), "it names the remote model's client prototxt and "
+                      "is used only with client_type: brpc (server_endpoints); remove it for an in-process model")
     local = _parse_local(lsc, base_dir, client_type, endpoints, values["concurrency"] * worker_num)
     return OpConfig(name=name, local_service_conf=local, server_endpoints=endpoints, client_type=client_type,
                     fetch_list=_fetch_list(op), **values)

@@ -61,8 +61,8 @@ def settings_of(cls: type) -> list[tuple[Field, Setting]]:
 class TracerConfig:
     """`dag.tracer`."""
 
-    interval_s: int = setting(-1, "When ≥ 1, throughput and latency statistics are logged every `interval_s` "
-                                  "seconds.")
+    interval_s: int = setting(-1, "When ≥ 1, one line on the `pipeline.tracer` logger every `interval_s` seconds: "
+                                  "requests, QPS, err_no counts, mean and max latency over the interval.")
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,13 @@ class DagConfig:
 
     is_thread_op: bool = setting(True, "Ops always run in threads of the worker process. PaddleClas sets it to "
                                        "false.", origin="compat")
-    retry: int = setting(1, "DAG-level retries. In Paddle Serving only timeouts are retried.", minimum=1)
+    retry: int = setting(1, "Attempts per request while it times out (err_no 6000: op `timeout` or a full queue), "
+                            "as Paddle Serving's DAG retries only timeouts; when they run out the err_msg says "
+                            "\"exceeded retry count\".", minimum=1)
     client_type: str = setting("brpc", "Paddle Serving's DAG client type.", origin="compat",
                                choices=("brpc", "grpc"))
-    use_profile: bool = setting(False, "Logs a per-request timing profile.")
+    use_profile: bool = setting(False, "Log one line per request with its stage timings (`logid=... profile "
+                                       "images:N preprocess:..ms inference:..ms postprocess:..ms`).")
     channel_size: int = setting(0, "Paddle Serving's channel bound, where 0 means unbounded. Our queue bound is "
                                    "`op.<name>.max_queue_images`.", origin="compat", minimum=0)
     tracer: TracerConfig = section(TracerConfig, "See `tracer.interval_s`.")
@@ -174,8 +177,10 @@ class OpConfig:
     fetch_list: tuple[str, ...] | None = setting(None, "Fetch aliases. `local_service_conf.fetch_list` overrides "
                                                        "it.", kind="custom", type_doc="list of str",
                                                  default_doc="all outputs")
-    client_config: Path | None = setting(None, "Client prototxt of the remote model, for remote mode. Resolved "
-                                               "relative to the config file's folder.", kind="path")
+    client_config: Path | None = setting(
+        None, "Remote mode only (`client_type: brpc`): the remote model's `serving_client_conf.prototxt` (or its "
+        "folder); its feed and fetch names are what the pipeline sends to and asks of the model server, instead "
+        "of `model_config`'s. Resolved relative to the config file's folder.", kind="path")
     client_type: str = setting(
         "local_predictor", "Paddle Serving reads the client type here in remote mode. Accepted here or in "
         "`local_service_conf` (the effective value is in both).", kind="custom", type_doc="str", default_doc="—")

@@ -1,7 +1,13 @@
 """Prometheus metrics for one server process: requests by protocol and err_no, latency per stage,
-batch sizes and queue depth. Exposed at GET /metrics on the HTTP port."""
+batch sizes and queue depth. Exposed at GET /metrics on the HTTP port. With `dag.tracer.interval_s`, a
+`Tracer` also logs throughput and latency every interval (Paddle Serving's PerformanceTracer)."""
 
 from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -33,6 +39,7 @@ class Metrics(StageObserver):
                                         buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_images = Gauge("resnest_queue_images", "Images waiting for an engine instance",
                                   registry=self.registry)
+        self.window: list[tuple[int, float]] = []  # (err_no, seconds) since the tracer's last line
 
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)
@@ -49,6 +56,45 @@ class Metrics(StageObserver):
     def request_done(self, protocol: str, err_no: int, seconds: float) -> None:
         self.requests.labels(protocol, str(err_no)).inc()
         self.request_seconds.labels(protocol).observe(seconds)
+        self.window.append((err_no, seconds))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class Tracer:
+    """Every `interval_s` seconds, one line on the `pipeline.tracer` logger: requests, QPS, err_no counts and
+    latency (mean, max) over the interval; `await stop()` ends it."""
+
+    def __init__(self, metrics: Metrics, interval_s: float):
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.log = logging.getLogger("pipeline.tracer")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tracer")
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.interval_s)
+            now = time.monotonic()
+            window, self.metrics.window = self.metrics.window, []
+            self.log.info("%s", describe_window(window, now - last))
+            last = now
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def describe_window(window: list[tuple[int, float]], seconds: float) -> str:
+    """'tracer: N requests in S s (Q qps), err_no {0: n, ...}, latency mean M ms, max X ms'."""
+    if not window:
+        return f"tracer: 0 requests in {seconds:.1f} s"
+    codes = dict(sorted(collections.Counter(code for code, _ in window).items()))
+    latencies = [s for _, s in window]
+    return (f"tracer: {len(window)} requests in {seconds:.1f} s ({len(window) / seconds:.2f} qps), err_no {codes}, "
+            f"latency mean {1000 * sum(latencies) / len(latencies):.1f} ms, max {1000 * max(latencies):.1f} ms")

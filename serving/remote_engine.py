@@ -21,11 +21,13 @@ import asyncio
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from export.serving_config import read_config
 from pipeline.bundle import ModelBundle
 from pipeline.engines import EngineError, StartReport
 from protocol import general_model_service_pb2 as gm
@@ -191,6 +193,20 @@ class RemoteEngine:
 
     async def close(self) -> None:
         await self.model.close()
+
+
+def with_client_config(bundle: ModelBundle, client_config: Path) -> ModelBundle:
+    """The bundle with the remote model's feed and fetch names from its client prototxt (Paddle Serving's
+    `client_config`): what the remote engine sends and asks for."""
+    config = read_config(client_config)
+    if len(config.feed_var) != 1 or len(config.fetch_var) != 1:
+        raise ValueError(f"{client_config}: expected one feed and one fetch var (an image classifier), got "
+                         f"{len(config.feed_var)} and {len(config.fetch_var)}")
+    feed, fetch = config.feed_var[0], config.fetch_var[0]
+    log.info("remote model names from %s: feed %r (alias %r), fetch %r (alias %r)", client_config, feed.name,
+             feed.alias_name, fetch.name, fetch.alias_name)
+    return replace(bundle, feed_name=feed.name, feed_alias=feed.alias_name, fetch_name=fetch.name,
+                   fetch_alias=fetch.alias_name)
 
 
 def create_remote_engines(bundle: ModelBundle, endpoints: tuple[str, ...], concurrency: int, timeout_s: float,

@@ -24,7 +24,7 @@ from pipeline.engines import Engine, start_engines
 from pipeline.pipeline import Pipeline, PipelineSettings
 from serving.config import ServerConfig, check_paths
 from serving.core import ServingCore
-from serving.metrics import Metrics
+from serving.metrics import Metrics, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def pipeline_settings(config: ServerConfig) -> PipelineSettings:
                             auto_batching_timeout_ms=op.auto_batching_timeout, timeout_ms=op.timeout,
                             max_images_per_request=op.max_images_per_request,
                             max_image_pixels=op.max_image_pixels, max_queue_images=op.max_queue_images,
-                            preprocess_threads=max(1, min(4, os.cpu_count() or 1)))
+                            preprocess_threads=max(1, min(4, os.cpu_count() or 1)), retry=config.dag.retry,
+                            log_profile=config.dag.use_profile)
 
 
 def load_bundle(config: ServerConfig) -> ModelBundle:
@@ -66,8 +67,10 @@ async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[En
     local engines in worker processes, or the remote model server(s) of `client_type: brpc`."""
     op = config.op
     if op.is_remote:
-        from serving.remote_engine import create_remote_engines
+        from serving.remote_engine import create_remote_engines, with_client_config
 
+        if op.client_config is not None:
+            bundle = with_client_config(bundle, op.client_config)
         return create_remote_engines(bundle, op.server_endpoints, op.concurrency,
                                      op.local_service_conf.rpc_timeout_ms / 1000.0)
     engines = await start_engines(bundle, op.engine, engine_options(config), op.concurrency, op.batch_size,
@@ -134,6 +137,9 @@ class Server:
                 self.core, config.host, config.dag.prometheus_port, 0, self.reuse_port, metrics_only=True)
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in self.ports.items())
         log.info("service %r listening %s (pid %d)", config.service_name, listening, os.getpid())
+        self._tracer = Tracer(self.metrics, config.dag.tracer.interval_s) if config.dag.tracer.interval_s >= 1 else None
+        if self._tracer is not None:
+            self._tracer.start()
 
     async def stop(self) -> None:
         """Stop accepting on every front door, finish requests in flight, then stop the pipeline."""
@@ -148,6 +154,8 @@ class Server:
         if self._brpc is not None:
             stops.append(self._brpc.stop(grace))
         await asyncio.gather(*stops, return_exceptions=True)
+        if self._tracer is not None:
+            await self._tracer.stop()
         await self.pipeline.stop()
         log.info("stopped")
 

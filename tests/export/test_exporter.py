@@ -147,3 +147,40 @@ def test_ceil_mode_shortcut_dropped_only_where_it_is_a_no_op(tmp_path):
     assert_close(run_predictor(tmp_path, x), want)
     pools = [m for m in model.sublayers() if isinstance(m, paddle.nn.AvgPool2D) and m.ksize == m.stride]
     assert pools and not any(p.ceil_mode for p in pools)
+
+
+def test_paddle3_json_model_dir_as_checkpoint(tiny_export, tmp_path):
+    """An exported (Paddle 3 `.json` + `.pdiparams`) model dir is a valid --checkpoint: copied, same outputs."""
+    out = tmp_path / "again"
+    rc = resnest_main(["--log-level", "WARNING", "export", "--arch", "ResNeSt_tiny", "--checkpoint",
+                       str(tiny_export.server_dir), "--out", str(out), "--no-onnx"])
+    assert rc == 0
+    x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    assert_close(run_predictor(out / "serving_server", x), run_predictor(tiny_export.server_dir, x))
+    assert not (out / "serving_server" / "inference.onnx").exists()  # --no-onnx
+
+
+def test_resize_short_and_crop_size_options(tmp_path):
+    rc = resnest_main(["--log-level", "WARNING", "export", "--arch", "ResNeSt_tiny", "--random-init", "--out",
+                       str(tmp_path / "b"), "--crop-size", "96", "--resize-short", "110", "--no-onnx"])
+    assert rc == 0
+    meta = json.loads((tmp_path / "b" / "serving_server" / "resnest_meta.json").read_text())
+    assert (meta["crop_size"], meta["resize_short"]) == (96, 110)
+    feed = read_config(tmp_path / "b" / "serving_server").feed_var[0]
+    assert list(feed.shape) == [3, 96, 96]
+
+
+def test_serving_dir_without_meta_serves_with_feed_shape_defaults(tiny_export, tmp_path, image_paths):
+    """A serving_server made by Paddle Serving's own convert has no resnest_meta.json: sizes come from the
+    feed shape (crop 64 → resize 64, PaddleClas's rule for sizes other than 224/256)."""
+    import shutil
+
+    from pipeline.local import LocalClassifier
+
+    foreign = tmp_path / "serving_server"
+    shutil.copytree(tiny_export.server_dir, foreign)
+    (foreign / "resnest_meta.json").unlink()
+    local = LocalClassifier(foreign, engine="paddle")
+    assert (local.bundle.meta.crop_size, local.bundle.meta.resize_short, local.bundle.labels) == (64, 64, None)
+    predictions = local.classify_files(image_paths, k=2)
+    assert len(predictions) == len(image_paths) and all(len(p.class_ids) == 2 for p in predictions)

@@ -38,6 +38,7 @@ def start_matrix(models, isa: str, max_batch: int = 8) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_every_engine_runs_every_variant_at_batch_1_to_8(variant_dirs, demo_export):
     """Under each ISA cap in its own process, side by side (model loading is mostly single-threaded)."""
     models = [demo_export.server_dir, *variant_dirs.values()]

@@ -72,6 +72,11 @@ def test_pixel_limit_checked_before_decoding():
 
 
 def test_tiny_image_is_upscaled_like_paddleclas():
-    ok, png = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))
+    """An 8x8 image is enlarged to the short side (72, bilinear) and centre-cropped (64), as PaddleClas's
+    ResizeImage(resize_short) + CropImage + NormalizeImage + ToCHWImage do, computed here step by step."""
+    bgr = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", bgr)
     out = Preprocessor(PreprocessSpec(72, 64))("d", base64.b64encode(png.tobytes()))
-    assert out.shape == (3, 64, 64)
+    big = cv2.resize(bgr, (72, 72), interpolation=cv2.INTER_LINEAR)[4:68, 4:68, ::-1].astype(np.float32)
+    want = ((big / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).transpose(2, 0, 1)
+    assert out.shape == (3, 64, 64) and np.abs(out - want).max() < 1e-5
