@@ -122,3 +122,19 @@ def test_predict_in_process_matches_local_classifier(tiny_model_dir, image_paths
     want = LocalClassifier(tiny_model_dir).classify_files(image_paths, 3)
     assert [r["class_ids"] for r in rows] == [w.class_ids for w in want]
     assert [r["label"] for r in rows] == [w.labels[0].replace(",", "") for w in want]
+
+
+def test_bench_knee_fraction_and_timeout(topk_server, tmp_path, capsys):
+    report = tmp_path / "knee.json"
+    rc = main(["--log-level", "WARNING", "bench", "--protocol", "grpc", "--endpoint", ep(topk_server, "grpc"),
+               "--concurrency", "1,2", "--requests", "6", "--knee-fraction", "0.01", "--json", str(report),
+               "--quiet"])
+    assert rc == 0
+    assert json.loads(report.read_text())["knee"] == 1  # any positive throughput reaches 1 % of the best
+
+    report = tmp_path / "timeout.json"
+    rc = main(["--log-level", "ERROR", "bench", "--protocol", "grpc", "--endpoint", ep(topk_server, "grpc"),
+               "--requests", "3", "--warmup", "0", "--timeout", "0.0005", "--json", str(report), "--quiet"])
+    summary = json.loads(report.read_text())["summary"]
+    assert rc == 1 and summary["errors_by_kind"] == {"timeout": 3}  # 0.5 ms: no answer can make it
+    capsys.readouterr()

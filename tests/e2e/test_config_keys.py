@@ -159,3 +159,16 @@ def test_pickled_byte_tensors_are_refused(tiny_server):
 def test_sigint_stops_gracefully(server_factory):
     server = server_factory()
     assert server.stop(signal.SIGINT) == 0 and "stopped" in server.log
+
+
+def test_default_thread_num_gives_every_core_to_one_engine(tmp_path, tiny_model_dir):
+    import os
+
+    from serving.launcher import ServerProcess, write_config  # no thread_num: the server's own default
+
+    server = ServerProcess(write_config(tmp_path / "c.yml", tiny_model_dir, op={"engine": "onnxruntime"}))
+    try:
+        cores = len(os.sched_getaffinity(0))
+        assert re.search(rf"engine-0 \(pid \d+\): onnxruntime fp32 \({cores} thread\(s\)", server.log), server.log
+    finally:
+        server.stop()
