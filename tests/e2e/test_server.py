@@ -168,25 +168,30 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
     assert 'resnest_requests_total{err_no="5000",protocol="brpc"}' in metrics
 
 
-def test_startup_log_sigterm_finishes_in_flight(server_factory, image_paths, tiny_model_dir):
-    server = server_factory(op={"batch_size": 8, "auto_batching_timeout": 1500},
+def test_startup_log_sigterm_finishes_in_flight(server_factory, image_paths, tiny_model_dir, variant_dirs):
+    server = server_factory(op={"engine": "paddle", "batch_size": 2}, model_dir=variant_dirs["ResNeSt50"],
                             top={"dag": {"enable_prometheus": True, "prometheus_port": free_port()}})
     metrics = requests.get(f"http://127.0.0.1:{server.ports['prometheus']}/metrics", timeout=10)
     assert metrics.status_code == 200 and "resnest_requests_total" in metrics.text
     log = server.log
-    assert str(tiny_model_dir) in log and "engine openvino fp32 chosen, auto" in log and "loaded in" in log
+    assert "ResNeSt50" in log and "engine paddle fp32 chosen, as configured" in log and "loaded in" in log
     assert "grpc=127.0.0.1:" in log and "http=127.0.0.1:" in log and "brpc=127.0.0.1:" in log
     result = {}
 
-    def slow_call():  # waits ~1.5 s in the batcher for companions that never come
-        result["answer"] = grpc_call(server, pb.Request(key=["image"], value=[b64(image_paths[0].read_bytes())]))
+    def slow_call():  # 8 images of ResNeSt50 on 1 thread: seconds of engine time after preprocessing
+        images = [b64(image_paths[i % len(image_paths)].read_bytes()) for i in range(8)]
+        result["answer"] = grpc_call(server, pb.Request(key=[f"k{i}" for i in range(8)], value=images))
 
     thread = threading.Thread(target=slow_call)
     thread.start()
-    time.sleep(0.5)
+    while 'resnest_stage_seconds_count{stage="preprocess"} 1.0' not in requests.get(server.url("/metrics"),
+                                                                                    timeout=10).text:
+        assert thread.is_alive(), "the request finished before SIGTERM could be sent"
+        time.sleep(0.01)
+    assert thread.is_alive()  # preprocessed, now with the engine: in flight
     assert server.stop(signal.SIGTERM) == 0
-    thread.join(10)
-    assert result["answer"].err_no == 0
+    thread.join(30)
+    assert result["answer"].err_no == 0 and len(ast.literal_eval(result["answer"].value[0])) == 8
     assert "stopped" in server.log
 
 
