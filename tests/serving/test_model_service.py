@@ -304,9 +304,14 @@ class _FailingEngine:
 
 
 class _SlowEngine:
-    """Stands in for an engine that takes 0.3 s per batch (to fill the queue and to die mid-call)."""
+    """Stands in for an engine that takes 0.3 s per batch (to fill the queue and to die mid-call);
+    `entered` is set once a batch is inside."""
+
+    def __init__(self):
+        self.entered = asyncio.Event()
 
     async def infer(self, batch):
+        self.entered.set()
         await asyncio.sleep(0.3)
         return np.zeros((batch.shape[0], 10), np.float32)
 
@@ -476,10 +481,11 @@ def test_remote_engine_skips_dead_endpoints_and_names_them(server, bundle, batch
 def test_remote_engine_retries_a_call_whose_server_died_mid_call(server, bundle, batch, caplog):
     """The connection drops while the call is in flight (EEOF): the same batch goes to the next endpoint."""
     async def main() -> np.ndarray:
-        dying = await _start(bundle, [_SlowEngine()])
+        slow = _SlowEngine()
+        dying = await _start(bundle, [slow])
         engine = create_remote_engines(bundle, (f"{HOST}:{dying.port}", f"{HOST}:{server.port}"), 1, 10.0)[0]
         call = asyncio.create_task(engine.infer(batch[:1]))
-        await asyncio.sleep(0.1)  # in the slow engine now
+        await asyncio.wait_for(slow.entered.wait(), 10)  # in the slow engine now
         await dying.brpc.stop(0)  # cancels the call, closes the connection
         try:
             return await asyncio.wait_for(call, 10)
