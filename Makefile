@@ -16,13 +16,21 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # Test extras: torch (a CPU wheel on local disk) and the authors' resnest package for checkpoint parity.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,ray]'
 	$(PIP) install torch==2.13.0
 	$(PIP) install --no-deps resnest==0.0.5
 	touch $@
 
+# tritonclient pins protobuf < 7 while this project needs >= 7.35: the Open Inference Protocol tests run
+# the unchanged tritonclient from a second environment of its own (RESNEST_TRITON_PYTHON points at it).
+TRITON_VENV ?= .venv-triton
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install 'tritonclient[http,grpc]==2.73.0' numpy
+	touch $@
+
 venv: $(VENV)/.installed
-venv-test: $(VENV)/.installed-test
+venv-test: $(VENV)/.installed-test $(TRITON_VENV)/.installed
 
 demo: venv
 	$(PY) -m serving.cli demo --shared $(SHARED) $(DEMO_ARGS)
@@ -32,11 +40,11 @@ lint: venv-test
 
 test: venv-test
 	$(VENV)/bin/ruff check .
-	RESNEST_SHARED=$(SHARED) $(PY) -m pytest -q
+	RESNEST_SHARED=$(SHARED) RESNEST_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m pytest -q
 
 # Regenerate the committed protobuf/gRPC stubs in protocol/ (a test fails when they are stale).
 proto: venv-test
 	$(PY) -m protocol.generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache *.egg-info
