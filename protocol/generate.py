@@ -12,8 +12,9 @@ from pathlib import Path
 
 PROTOCOL_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTOCOL_DIR.parent
-PROTOS = ["pipeline_service.proto", "general_model_config.proto", "general_model_service.proto", "brpc_meta.proto"]
-WITH_GRPC = {"pipeline_service.proto", "general_model_service.proto"}
+PROTOS = ["pipeline_service.proto", "general_model_config.proto", "general_model_service.proto", "brpc_meta.proto",
+          "grpc_predict_v2.proto"]
+WITH_GRPC = {"pipeline_service.proto", "general_model_service.proto", "grpc_predict_v2.proto"}
 
 
 def generate(out_root: Path) -> list[Path]:
