@@ -135,7 +135,10 @@ class Pipeline:
         t0 = time.perf_counter()
         self.batcher.announce()
         try:
-            batch = await self._preprocess_all(images)
+            if request.tensor is not None:
+                batch = self._check_tensor(request.tensor)
+            else:
+                batch = await self._preprocess_all(images)
         finally:
             self.batcher.withdraw()
         profile["preprocess"] = time.perf_counter() - t0
@@ -159,14 +162,20 @@ class Pipeline:
         if self.settings.log_profile:
             log.info("logid=%d protocol=%s profile images:%d %s", request.logid, request.protocol,
                      len(images), timings)
-        return Response(keys=list(values), values=list(values.values()))
+        return Response(keys=list(values), values=list(values.values()), probs=probs)
 
-    def _images(self, request: Request) -> list[tuple[str, str]]:
-        """(key, value) pairs that are images: every key except Paddle Serving's profile key."""
-        if len(request.keys) != len(request.values):
+    def _images(self, request: Request) -> list[tuple[str, str | bytes | np.ndarray]]:
+        """(key, value) pairs that are images: every key except Paddle Serving's profile key. A value is
+        base64 text, or encoded bytes (`request.images`), or a preprocessed row (`request.tensor`)."""
+        values: list = request.values
+        if request.images is not None:
+            values = request.images
+        elif request.tensor is not None:
+            values = list(request.tensor)
+        if len(request.keys) != len(values):
             raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, f"request has {len(request.keys)} keys but "
-                                f"{len(request.values)} values; they must pair up")
-        images = [(k, v) for k, v in zip(request.keys, request.values, strict=True) if k != PROFILE_KEY]
+                                f"{len(values)} values; they must pair up")
+        images = [(k, v) for k, v in zip(request.keys, values, strict=True) if k != PROFILE_KEY]
         if not images:
             raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, "request has no images: send each image as a "
                                 "key with a base64 value, e.g. {\"key\": [\"image\"], \"value\": [\"<b64>\"]}")
@@ -175,11 +184,29 @@ class Pipeline:
                                 f"takes at most {self.settings.max_images_per_request} per request")
         return images
 
+    def _prepare(self, key: str, value: str | bytes) -> np.ndarray:
+        """One image → the model's input: base64 text (Paddle Serving) or encoded bytes (Open Inference
+        Protocol, no base64 round trip)."""
+        if isinstance(value, bytes):
+            return self.preprocess.from_bytes(key, value)
+        return self.preprocess(key, value)
+
+    def _check_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """A preprocessed batch exactly as the engines take it: finite float32 [N, 3, crop, crop]."""
+        crop = self.preprocess.spec.crop_size
+        if tensor.dtype != np.float32 or tensor.ndim != 4 or tensor.shape[1:] != (3, crop, crop):
+            raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, f"tensor is {tensor.dtype} {list(tensor.shape)}; "
+                                f"this model takes float32 [N, 3, {crop}, {crop}] (RGB, /255, mean/std "
+                                "normalized, CHW)")
+        if not np.isfinite(tensor).all():
+            raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, "tensor has NaN or infinite values")
+        return np.ascontiguousarray(tensor)
+
     async def _preprocess_all(self, images: list[tuple[str, str]]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         if len(images) == 1:
-            return (await loop.run_in_executor(self._pool, self.preprocess, *images[0]))[None]
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self.preprocess, k, v)
+            return (await loop.run_in_executor(self._pool, self._prepare, *images[0]))[None]
+        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self._prepare, k, v)
                                          for k, v in images), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:

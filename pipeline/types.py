@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pipeline.errors import PipelineError
 
 
@@ -17,7 +19,11 @@ class Request:
     name: str = ""  # service name from the URL or the gRPC message; "" skips the name check
     method: str = ""
     clientip: str = ""
-    protocol: str = ""  # "grpc" | "http" | "brpc" | "inproc": for logs and metrics only
+    protocol: str = ""  # "grpc" | "http" | "brpc" | "v2-http" | "v2-grpc" | "inproc": for logs and metrics only
+    # Instead of base64 `values` (Open Inference Protocol): the encoded image files, one per key, or a
+    # preprocessed float32 [N, 3, H, W] batch, one row per key.
+    images: list[bytes] | None = None
+    tensor: np.ndarray | None = None
 
 
 @dataclass
@@ -28,6 +34,7 @@ class Response:
     err_msg: str = ""
     keys: list[str] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
+    probs: np.ndarray | None = None  # the model's output rows [N, classes], in request order (when err_no 0)
 
     @classmethod
     def from_error(cls, error: PipelineError) -> Response:

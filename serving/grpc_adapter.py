@@ -6,6 +6,7 @@ import grpc
 
 from protocol import pipeline_service_pb2 as pb
 from protocol import pipeline_service_pb2_grpc as pb_grpc
+from serving import v2_grpc
 from serving.core import ServingCore
 
 
@@ -25,6 +26,7 @@ async def start_grpc(core: ServingCore, host: str, port: int, max_message_bytes:
                ("grpc.so_reuseport", 1 if reuse_port else 0)]
     server = grpc.aio.server(options=options)
     pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(core), server)
+    v2_grpc.add_to_server(core, server)  # Open Inference Protocol (KServe V2) beside it
     bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
     if bound == 0:
         raise OSError(f"gRPC could not bind {host}:{port} (port in use?)")

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from pipeline.errors import ErrorCode
 from protocol import pipeline_service_pb2 as pb
+from serving import v2_rest
 from serving.core import ServingCore
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class RestAdapter:
             if request.method not in ("GET", "HEAD"):
                 return plain(405)
             return self.health(HEALTH_PATHS[path]) if path in HEALTH_PATHS else self.metrics()
+        if path == "/v2" or path.startswith("/v2/"):  # Open Inference Protocol (KServe V2): serving/v2_rest.py
+            return await v2_rest.handle(self.core, request, self.max_request_bytes)
         segments = path.strip("/").split("/") if path.strip("/") else []
         if len(segments) != 2 or path.count("/") != 2 or not all(segments):
             return plain(404)

@@ -1,0 +1,151 @@
+"""Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService` on the rpc_port beside
+Paddle Serving's PipelineService. Inputs in `raw_input_contents` (what tritonclient sends) or typed
+`contents`; outputs always in `raw_output_contents` (tritonclient's `as_numpy` reads only those). Errors
+are gRPC status codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL) with the message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from protocol import grpc_predict_v2_pb2 as pb
+from protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.core import ServingCore
+from serving.v2_adapter import (
+    MODEL_VERSION,
+    NUMERIC_DTYPES,
+    RequestedOutput,
+    Tensor,
+    V2Error,
+    V2Model,
+    check_datatype,
+    decode_raw,
+    encode_raw,
+    invalid,
+)
+
+PROTOCOL = "v2-grpc"
+
+CONTENTS_FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+                   "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+                   "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+                   "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+"""V2 datatype → the InferTensorContents field that carries it (FP16/BF16 have none: raw only)."""
+
+
+def parameters(params: Any) -> dict[str, Any]:
+    """A map<string, InferParameter> as plain Python values."""
+    out = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, which) if which else None
+    return out
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> list[Tensor]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send all "
+                      "inputs raw or none")
+    inputs = []
+    for i, item in enumerate(request.inputs):
+        name = item.name
+        datatype = check_datatype(name, item.datatype)
+        shape = [int(d) for d in item.shape]
+        if any(d < 0 for d in shape):
+            raise invalid(f"input {name!r}: shape must be non-negative, got {shape}")
+        if raw:
+            data = decode_raw(name, datatype, shape, raw[i])
+        else:
+            data = _typed(name, datatype, shape, item.contents)
+        inputs.append(Tensor(name, datatype, shape, data, parameters(item.parameters)))
+    return inputs
+
+
+def _typed(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray | list[bytes]:
+    field = CONTENTS_FIELDS.get(datatype)
+    if field is None:
+        raise invalid(f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents")
+    values = getattr(contents, field)
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(values) != count:
+        raise invalid(f"input {name!r}: shape {shape} needs {count} elements, contents.{field} has {len(values)}")
+    if datatype == "BYTES":
+        return list(values)
+    return np.asarray(values, NUMERIC_DTYPES[datatype]).reshape(shape)
+
+
+class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    """GRPCInferenceService over the served pipeline."""
+
+    def __init__(self, core: ServingCore):
+        self.core = core
+        self._model: V2Model | None = None
+
+    @property
+    def model(self) -> V2Model:
+        if self._model is None:
+            self._model = V2Model(self.core)
+        return self._model
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: V2Error) -> None:
+        await context.abort(getattr(grpc.StatusCode, error.kind.value[1]), error.message)
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:  # noqa: N802
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:  # noqa: N802
+        return pb.ServerReadyResponse(ready=self.model.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:  # noqa: N802
+        try:
+            self.model.check(request.name, request.version)
+        except V2Error as exc:
+            await self._abort(context, exc)
+        return pb.ModelReadyResponse(ready=self.model.ready)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:  # noqa: N802
+        return json_format.ParseDict(self.model.server_metadata(), pb.ServerMetadataResponse())
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:  # noqa: N802
+        try:
+            self.model.check(request.name, request.version)
+        except V2Error as exc:
+            await self._abort(context, exc)
+        return json_format.ParseDict(self.model.metadata(), pb.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:  # noqa: N802
+        try:
+            self.model.check(request.name, request.version)
+        except V2Error as exc:
+            await self._abort(context, exc)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(self.model.config(), pb.ModelConfig()))
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:  # noqa: N802
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m)
+                                                  for m in self.model.repository_index()])
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:  # noqa: N802
+        model = self.model
+        try:
+            model.check(request.model_name, request.model_version)
+            inputs = decode_inputs(request)
+            outputs = [RequestedOutput(o.name, parameters(o.parameters)) for o in request.outputs]
+            result = await model.infer(inputs, outputs, request.id, PROTOCOL)
+        except V2Error as exc:
+            if not exc.counted:
+                model.reject(PROTOCOL, request.id, exc)
+            await self._abort(context, exc)
+        response = pb.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
+        for tensor in result:
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            response.raw_output_contents.append(encode_raw(tensor))
+        return response
+
+
+def add_to_server(core: ServingCore, server: grpc.aio.Server) -> None:
+    """Register GRPCInferenceService on `server` (beside PipelineService)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(core), server)

@@ -1,0 +1,245 @@
+"""Open Inference Protocol (KServe V2) over REST, on the HTTP port beside Paddle Serving's routes:
+`GET /v2`, `GET /v2/models/{m}[/versions/{v}]`, `.../ready`, `.../config`, `POST .../infer`,
+`POST /v2/repository/index` (`/v2/health/*` are answered by serving/rest_adapter.py). Errors are HTTP
+4xx/5xx with `{"error": "..."}`.
+
+Binary tensor extension both ways: `Inference-Header-Content-Length` splits the body into the JSON header
+and the inputs' raw bytes (`parameters.binary_data_size`, in input order); outputs asked for with
+`parameters.binary_data: true` (or request `parameters.binary_data_output: true`) come back the same way.
+Request bodies compressed with `Content-Encoding: gzip|deflate` are inflated up to max_request_bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from typing import Any
+
+from aiohttp import web
+
+from serving.core import ServingCore
+from serving.v2_adapter import (
+    ErrorKind,
+    RequestedOutput,
+    Tensor,
+    V2Error,
+    V2Model,
+    check_datatype,
+    check_shape,
+    decode_json,
+    decode_raw,
+    encode_raw,
+    invalid,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "v2-http"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+THREAD_JSON_BYTES = 256 * 1024  # JSON bodies larger than this are parsed off the event loop
+
+_models: dict[int, V2Model] = {}
+
+
+def error(kind: ErrorKind, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=kind.value[0])
+
+
+def model_of(core: ServingCore) -> V2Model:
+    """The V2 view of `core`'s pipeline (built once per core)."""
+    model = _models.get(id(core))
+    if model is None or model.core is not core:
+        model = _models[id(core)] = V2Model(core)
+    return model
+
+
+async def handle(core: ServingCore, request: web.Request, max_request_bytes: int) -> web.StreamResponse:
+    """Answer any `/v2` or `/v2/...` request."""
+    model = model_of(core)
+    parts = request.path.strip("/").split("/")[1:]
+    method = request.method
+    try:
+        if not parts:
+            return _get(method) or web.json_response(model.server_metadata())
+        if parts == ["repository", "index"]:
+            if method != "POST":
+                return error(ErrorKind.INVALID, f"{method} not allowed on /v2/repository/index; use POST")
+            return web.json_response(model.repository_index())
+        if len(parts) < 2 or parts[0] != "models":
+            return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
+        name, rest = parts[1], parts[2:]
+        version = ""
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2:
+                return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
+            version, rest = rest[1], rest[2:]
+        if rest == ["infer"]:
+            if method != "POST":
+                return error(ErrorKind.INVALID, f"{method} not allowed on {request.path}; use POST")
+            return await infer(model, request, name, version, max_request_bytes)
+        if len(rest) > 1 or rest not in ([], ["ready"], ["config"]):
+            return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
+        not_get = _get(method)
+        if not_get is not None:
+            return not_get
+        model.check(name, version)
+        if rest == ["ready"]:
+            ready = model.ready
+            return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+        return web.json_response(model.config() if rest == ["config"] else model.metadata())
+    except V2Error as exc:
+        return error(exc.kind, exc.message)
+
+
+def _get(method: str) -> web.Response | None:
+    if method in ("GET", "HEAD"):
+        return None
+    return error(ErrorKind.INVALID, f"{method} not allowed here; use GET")
+
+
+async def infer(model: V2Model, request: web.Request, name: str, version: str,
+                max_request_bytes: int) -> web.Response:
+    """POST .../infer: JSON (and binary) body → pipeline → JSON (and binary) answer."""
+    request_id = ""
+    try:
+        model.check(name, version)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise V2Error(ErrorKind.TOO_LARGE, f"request body over the limit of {max_request_bytes} bytes "
+                          "(max_request_bytes)") from None
+        body = _inflate(body, request.headers.get("Content-Encoding", ""), max_request_bytes)
+        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        data = await (asyncio.to_thread(_parse_json, header) if len(header) > THREAD_JSON_BYTES
+                      else _immediate(_parse_json(header)))
+        request_id = data.get("id", "")
+        if not isinstance(request_id, str):
+            raise invalid(f"'id' must be a string, got {request_id!r}")
+        inputs, outputs, binary_output = _read_request(data, binary)
+        result = await model.infer(inputs, outputs, request_id, PROTOCOL)
+    except V2Error as exc:
+        if not exc.counted:
+            model.reject(PROTOCOL, request_id, exc)
+        return error(exc.kind, exc.message)
+    return _respond(model, result, request_id, binary_output)
+
+
+async def _immediate(value: Any) -> Any:
+    return value
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise invalid(f"Content-Encoding {encoding!r} not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise invalid(f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit:
+        raise V2Error(ErrorKind.TOO_LARGE, f"inflated request body over the limit of {limit} bytes "
+                      "(max_request_bytes)")
+    return out
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON header, binary tail) by Inference-Header-Content-Length; no header = all JSON."""
+    if header_length is None:
+        return body, b""
+    text = header_length.strip()
+    if not text.isdigit() or int(text) > len(body):
+        raise invalid(f"{HEADER_LENGTH} {header_length!r} must be an integer between 0 and the body length "
+                      f"({len(body)} bytes)")
+    n = int(text)
+    return body[:n], body[n:]
+
+
+def _parse_json(header: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(header)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(f"malformed JSON request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid(f"the JSON request must be an object, got {type(data).__name__}")
+    return data
+
+
+def _params(where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"{where}: 'parameters' must be an object, got {type(value).__name__}")
+    return value
+
+
+def _read_request(data: dict[str, Any], binary: bytes) -> tuple[list[Tensor], list[RequestedOutput], bool]:
+    """Decoded inputs, requested outputs, and whether outputs default to binary."""
+    params = _params("request", data.get("parameters"))
+    raw_inputs = data.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise invalid("'inputs' must be a non-empty list of tensors")
+    inputs, offset = [], 0
+    for i, item in enumerate(raw_inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid(f"inputs[{i}] must be an object with a string 'name'")
+        name = item["name"]
+        datatype = check_datatype(name, item.get("datatype"))
+        shape = check_shape(name, item.get("shape"))
+        iparams = _params(f"input {name!r}", item.get("parameters"))
+        size = iparams.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise invalid(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+            if offset + size > len(binary):
+                raise invalid(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                              f"({len(binary) - offset} binary bytes left)")
+            tensor = decode_raw(name, datatype, shape, binary[offset:offset + size])
+            offset += size
+        elif "data" in item:
+            b64 = iparams.get("content_type", params.get("content_type")) == "base64"
+            tensor = decode_json(name, datatype, shape, item["data"], b64)
+        else:
+            raise invalid(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        inputs.append(Tensor(name, datatype, shape, tensor, iparams))
+    if offset != len(binary):
+        raise invalid(f"{len(binary) - offset} bytes after the JSON header are not claimed by any input's "
+                      f"binary_data_size ({HEADER_LENGTH} wrong?)")
+    outputs = []
+    raw_outputs = data.get("outputs", [])
+    if not isinstance(raw_outputs, list):
+        raise invalid("'outputs' must be a list")
+    for i, item in enumerate(raw_outputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid(f"outputs[{i}] must be an object with a string 'name'")
+        outputs.append(RequestedOutput(item["name"], _params(f"output {item['name']!r}", item.get("parameters"))))
+    return inputs, outputs, params.get("binary_data_output") is True
+
+
+def _respond(model: V2Model, result: list[Tensor], request_id: str, binary_output: bool) -> web.Response:
+    outputs, blobs = [], []
+    for tensor in result:
+        out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if tensor.parameters.get("binary_data", binary_output) is True:
+            blob = encode_raw(tensor)
+            blobs.append(blob)
+            out["parameters"] = {"binary_data_size": len(blob)}
+        elif tensor.datatype == "BYTES":
+            out["data"] = [item.decode("utf-8", "replace") for item in tensor.data]
+        else:
+            out["data"] = tensor.data.reshape(-1).tolist()
+        outputs.append(out)
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": "1"}
+    if request_id:
+        answer["id"] = request_id
+    answer["outputs"] = outputs
+    header = json.dumps(answer, ensure_ascii=False).encode()
+    if not blobs:
+        return web.Response(body=header, content_type="application/json")
+    response = web.Response(body=header + b"".join(blobs), content_type="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(len(header))
+    return response
