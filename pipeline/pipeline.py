@@ -36,6 +36,7 @@ class PipelineSettings:
     timeout_ms: float  # > 0: a request taking longer gets err_no 6000
     max_images_per_request: int
     max_image_pixels: int
+    max_aspect_ratio: float
     max_queue_images: int
     preprocess_threads: int
     retry: int  # attempts for a request that timed out (err_no 6000), as Paddle Serving's dag.retry
@@ -58,7 +59,7 @@ class Pipeline:
         self.observer = observer or StageObserver()
         meta = bundle.meta
         self.preprocess = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std,
-                                                      settings.max_image_pixels))
+                                                      settings.max_image_pixels, settings.max_aspect_ratio))
         self.postprocess = Postprocessor(bundle.labels, settings.topk)
         self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
                                       settings.max_queue_images, self.observer, wait_for_arrivals=True)
@@ -203,16 +204,26 @@ class Pipeline:
         return np.ascontiguousarray(tensor)
 
     async def _preprocess_all(self, images: list[tuple[str, str]]) -> np.ndarray:
+        """Preprocess every image in the thread pool. At the first bad image the ones not yet started are
+        cancelled and the error is raised without its traceback, so no decoded pixels outlive it."""
         loop = asyncio.get_running_loop()
-        if len(images) == 1:
-            return (await loop.run_in_executor(self._pool, self._prepare, *images[0]))[None]
-        results = await asyncio.gather(*(loop.run_in_executor(self._pool, self._prepare, k, v)
-                                         for k, v in images), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            first = errors[0]
-            if not isinstance(first, PipelineError):
-                raise first
-            more = f" (and {len(errors) - 1} more bad images)" if len(errors) > 1 else ""
-            raise PipelineError(first.code, first.message + more)
-        return np.stack(results)
+        futures = [loop.run_in_executor(self._pool, self.preprocess, k, v) for k, v in images]
+        try:
+            done, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
+        if not errors:
+            return np.stack([f.result() for f in futures])
+        for future in pending:
+            future.cancel()
+        if pending:  # let the images already in a thread finish, so memory is back when we answer
+            await asyncio.wait(pending)
+        first = errors[0]
+        if not isinstance(first, PipelineError):
+            raise first
+        failed = sum(1 for f in futures if not f.cancelled() and f.exception() is not None)
+        more = f" (and {failed - 1} more bad images)" if failed > 1 else ""
+        raise PipelineError(first.code, first.message + more) from None

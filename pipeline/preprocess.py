@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
 
 from export.bundle_meta import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.errors import ErrorCode, PipelineError
@@ -28,6 +31,7 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     max_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
+    max_aspect_ratio: float = 20.0  # long side / short side, also checked before decoding
 
 
 def _bad(key: str, why: str) -> PipelineError:
@@ -49,29 +53,72 @@ def b64decode_image(key: str, value: str | bytes) -> bytes:
     return data
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header without decoding pixels; None if Pillow cannot tell."""
-    from PIL import Image, UnidentifiedImageError
+# Formats whose headers are read (dimensions checked) before any pixel is decoded. Everything else that
+# OpenCV could decode (TIFF, HDR, EXR, PNM, JPEG 2000, ...) is refused: their headers are not checked here.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
+Image.MAX_IMAGE_PIXELS = None  # this module applies its own limits, with a specific error, before decoding
 
+# EXIF orientation → the flips/rotation that bring the stored pixels upright (as cv2.imdecode does).
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: a.transpose(1, 0, 2)[::-1]}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding its pixels."""
+
+    format: str
+    width: int
+    height: int
+    orientation: int = 1  # EXIF orientation (JPEG)
+
+
+def read_header(key: str, data: bytes) -> ImageHeader:
+    """The format and size of an encoded image, from its header alone; unknown or refused formats and
+    unreadable headers are errors (err_no 5000)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
+            fmt, (width, height) = img.format or "", img.size
+            orientation = int(img.getexif().get(0x0112, 1)) if fmt == "JPEG" else 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise _bad(key, f"not a decodable image ({len(data)} bytes starting {data[:8].hex()}: "
+                        f"{str(exc)[:120] or type(exc).__name__})") from None
+    if fmt not in ACCEPTED_FORMATS:
+        raise _bad(key, f"{fmt} images are not accepted; send {', '.join(ACCEPTED_FORMATS)}")
+    if width < 1 or height < 1:
+        raise _bad(key, f"{fmt} header says {width}x{height}")
+    return ImageHeader(fmt, width, height, orientation if orientation in _ORIENT else 1)
 
 
-def decode_image(key: str, data: bytes, max_pixels: int) -> np.ndarray:
-    """Encoded bytes → BGR uint8 HWC, refusing non-images, truncated JPEGs and oversized images."""
-    size = _header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise _bad(key, f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels exceeds the limit of {max_pixels}")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
-        raise _bad(key, f"truncated JPEG: no end-of-image marker ({len(data)} bytes)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise _bad(key, f"not a decodable image ({len(data)} bytes starting {data[:8].hex()})")
-    if img.shape[0] * img.shape[1] > max_pixels:
-        raise _bad(key, f"{img.shape[1]}x{img.shape[0]} pixels exceeds the limit of {max_pixels}")
+def check_limits(key: str, header: ImageHeader, max_pixels: int, max_aspect_ratio: float) -> None:
+    """Refuse, before decoding, an image whose pixel count or aspect ratio is over the limits."""
+    w, h = header.width, header.height
+    if w * h > max_pixels:
+        raise _bad(key, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (max_image_pixels)")
+    if max(w, h) > max_aspect_ratio * min(w, h):
+        raise _bad(key, f"{w}x{h} has an aspect ratio of {max(w, h) / min(w, h):.4g}, over the limit of "
+                        f"{max_aspect_ratio:g} (max_aspect_ratio)")
+
+
+def decode_image(key: str, data: bytes, max_pixels: int, max_aspect_ratio: float = 20.0) -> np.ndarray:
+    """Encoded bytes → BGR uint8 HWC (upright, as cv2.imdecode gives). Headers are checked against the
+    limits first; JPEGs are decoded strictly (any corrupt or missing data is an error), PNGs by libpng,
+    which checks every chunk's CRC."""
+    header = read_header(key, data)
+    check_limits(key, header, max_pixels, max_aspect_ratio)
+    if header.format == "JPEG":
+        try:
+            img = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+        except ValueError as exc:
+            raise _bad(key, f"corrupt JPEG ({len(data)} bytes): {exc}") from None
+        img = np.ascontiguousarray(_ORIENT[header.orientation](img)) if header.orientation != 1 else img
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise _bad(key, f"corrupt {header.format} ({len(data)} bytes): the decoder gave up")
+    if (img.shape[1], img.shape[0]) not in ((header.width, header.height), (header.height, header.width)):
+        raise _bad(key, f"decoded {img.shape[1]}x{img.shape[0]}, but the header says {header.width}x{header.height}")
     return img
 
 
@@ -103,7 +150,7 @@ class Preprocessor:
 
     def from_bytes(self, key: str, data: bytes) -> np.ndarray:
         """Encoded image bytes → the model's input."""
-        return self.from_bgr(key, decode_image(key, data, self.spec.max_pixels))
+        return self.from_bgr(key, decode_image(key, data, self.spec.max_pixels, self.spec.max_aspect_ratio))
 
     def from_bgr(self, key: str, img: np.ndarray) -> np.ndarray:
         """A decoded BGR uint8 image → normalized RGB CHW float32."""

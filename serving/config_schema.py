@@ -205,6 +205,9 @@ class OpConfig:
                                           origin="ours", minimum=1)
     max_image_pixels: int = setting(40_000_000, "Limit on decoded width × height per image, as a guard against "
                                                 "decompression bombs.", origin="ours", minimum=1)
+    max_aspect_ratio: float = setting(20.0, "Limit on an image's long side / short side, checked from the header "
+                                            "before decoding (a 1×10000 strip would otherwise be resized to "
+                                            "256×2560000).", origin="ours", minimum=1)
     max_queue_images: int = setting(1024, "The number of images that may wait for the engine (backpressure). "
                                           "Requests beyond it are refused.", origin="ours", minimum=1,
                                     type_doc="int ≥ `max_images_per_request`")

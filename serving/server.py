@@ -47,7 +47,8 @@ def pipeline_settings(config: ServerConfig) -> PipelineSettings:
     return PipelineSettings(service_name=config.service_name, topk=op.topk, batch_size=op.batch_size,
                             auto_batching_timeout_ms=op.auto_batching_timeout, timeout_ms=op.timeout,
                             max_images_per_request=op.max_images_per_request,
-                            max_image_pixels=op.max_image_pixels, max_queue_images=op.max_queue_images,
+                            max_image_pixels=op.max_image_pixels, max_aspect_ratio=op.max_aspect_ratio,
+                            max_queue_images=op.max_queue_images,
                             preprocess_threads=max(1, min(4, os.cpu_count() or 1)), retry=config.dag.retry,
                             log_profile=config.dag.use_profile)
 

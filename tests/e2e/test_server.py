@@ -109,12 +109,14 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
                             top={"max_request_bytes": 1_000_000})
     jpeg = image_paths[0].read_bytes()
     _, big = cv2.imencode(".png", np.zeros((1000, 1200, 3), np.uint8))
+    _, strip = cv2.imencode(".png", np.zeros((10000, 1, 3), np.uint8))
     cases = {
         "bad base64": (["image"], ["@@@@"], 5000, "not valid base64"),
         "not an image": (["image"], [b64(b"GIF89a but not really")], 5000, "not a decodable image"),
-        "truncated JPEG": (["image"], [b64(jpeg[:3000])], 5000, "truncated JPEG"),
+        "truncated JPEG": (["image"], [b64(jpeg[:3000])], 5000, "corrupt JPEG"),
         "empty value": (["image"], [""], 5000, "empty value"),
         "pixel limit": (["image"], [b64(big.tobytes())], 5000, "exceeds the limit of 1000000"),
+        "aspect ratio": (["image"], [b64(strip.tobytes())], 5000, "1x10000 has an aspect ratio of 1e+04"),
         "too many images": (["a", "b", "c"], [b64(jpeg)] * 3, 5000, "at most 2 per request"),
         "no images": ([], [], 5000, "no images"),
     }

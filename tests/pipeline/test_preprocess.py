@@ -56,12 +56,58 @@ def test_bad_base64(value, message):
     assert "'image'" in info.value.message
 
 
-def test_not_an_image_and_truncated_jpeg(image_paths):
+def test_not_an_image(image_paths):
     with pytest.raises(PipelineError, match="not a decodable image"):
         decode_image("a", b"hello world", 10**8)
+
+
+def test_jpeg_integrity_is_checked_by_decoding(image_paths):
+    """Truncation and missing scan data are refused whatever the last bytes are; trailing bytes after a
+    complete JPEG are harmless and accepted (the decoder stops at the end-of-image marker)."""
     jpeg = image_paths[0].read_bytes()
-    with pytest.raises(PipelineError, match="truncated JPEG"):
+    whole = decode_image("ok", jpeg, 10**8)
+    assert np.array_equal(decode_image("tail", jpeg + b"\x00" * 100, 10**8), whole)
+    with pytest.raises(PipelineError, match="corrupt JPEG.*Premature end of JPEG file"):
         decode_image("b", jpeg[: len(jpeg) // 2], 10**8)
+    with pytest.raises(PipelineError, match="corrupt JPEG.*premature end of data segment"):
+        decode_image("c", jpeg[: len(jpeg) // 2] + b"\xff\xd9", 10**8)
+
+
+def test_corrupt_png_is_refused():
+    ok, png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    data = bytearray(png.tobytes())
+    data[60] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    with pytest.raises(PipelineError, match="corrupt PNG"):
+        decode_image("p", bytes(data), 10**8)
+    with pytest.raises(PipelineError, match="corrupt PNG"):
+        decode_image("p", png.tobytes()[:-40], 10**8)
+
+
+def test_decodes_like_cv2_with_exif_orientation(image_paths):
+    """The JPEG decoder gives cv2.imdecode's pixels, turned upright by the EXIF orientation as cv2 does."""
+    import io
+
+    from PIL import Image
+
+    src = Image.open(image_paths[0])
+    for orientation in range(1, 9):
+        exif = src.getexif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        src.save(buf, "JPEG", exif=exif.tobytes())
+        want = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(decode_image("o", buf.getvalue(), 10**8), want), orientation
+
+
+def test_formats_without_checked_headers_are_refused():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "TIFF")
+    with pytest.raises(PipelineError, match="TIFF images are not accepted; send JPEG, PNG, BMP, WEBP"):
+        decode_image("t", buf.getvalue(), 10**8)
 
 
 def test_pixel_limit_checked_before_decoding():
@@ -69,6 +115,32 @@ def test_pixel_limit_checked_before_decoding():
     with pytest.raises(PipelineError, match="2000x1000 = 2000000 pixels exceeds the limit of 1000000"):
         decode_image("big", png.tobytes(), 1_000_000)
     assert decode_image("big", png.tobytes(), 2_000_000).shape == (1000, 2000, 3)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with one row of data: a decompression bomb's shape
+    without its cost (decoding it would fail, so refusing it from the header is the only way to pass)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 8))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width,height,message", [
+    (30000, 30000, "30000x30000 = 900000000 pixels exceeds the limit of 40000000"),
+    (65535, 65535, "65535x65535 = 4294836225 pixels exceeds the limit"),
+    (1, 10000, "1x10000 has an aspect ratio of 1e\\+04, over the limit of 20"),
+    (5000, 200, "5000x200 has an aspect ratio of 25, over the limit of 20"),
+])
+def test_bombs_and_strips_refused_from_the_header(width, height, message):
+    with pytest.raises(PipelineError, match=message) as info:
+        decode_image("bomb", png_header_only(width, height), 40_000_000)
+    assert info.value.code == ErrorCode.INPUT_PARAMS_ERROR
 
 
 def test_tiny_image_is_upscaled_like_paddleclas():
