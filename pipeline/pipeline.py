@@ -207,7 +207,7 @@ class Pipeline:
         """Preprocess every image in the thread pool. At the first bad image the ones not yet started are
         cancelled and the error is raised without its traceback, so no decoded pixels outlive it."""
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self._pool, self.preprocess, k, v) for k, v in images]
+        futures = [loop.run_in_executor(self._pool, self._prepare, k, v) for k, v in images]
         try:
             done, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
