@@ -1,0 +1,283 @@
+"""Scale out on Ray Serve: the same pipeline in N replicas behind Ray Serve's gRPC and HTTP proxies.
+
+Each replica is one `PipelineReplica` actor holding the bundle, the engine worker process(es) and the
+project's dynamic batcher (`serving.server.build_pipeline` + `serving.core.ServingCore`, unchanged). Ray
+Serve's gRPC proxy serves Paddle Serving's `PipelineService/inference` on the config's `rpc_port` (the
+deployment's `inference` method receives the decoded protobuf Request), its HTTP proxy serves REST
+`POST /{name}/{method}`, `/health/*` and `/metrics` on `http_port` (the deployment's `__call__`, with the JSON
+mapping of `serving.rest_adapter`). bRPC has no Ray proxy and is not offered here.
+
+Batching policy: the project's batcher inside each replica (batch_size, auto_batching_timeout as in
+config.yml), not `@serve.batch`; a replica accepts up to `max_ongoing_requests` concurrent requests so
+that they can meet in one batch. Autoscaling: Ray's `autoscaling_config` (min/max replicas, target ongoing
+requests per replica).
+
+Entry points: `run_ray` (`resnest serve --ray [ADDRESS]`) and `app_builder` (`serve run
+serving.ray_app:app_builder config=...`, and the KubeRay RayService in deploy/).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+GRPC_SERVICER = "protocol.pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server"
+DEPLOYMENT_NAME = "ResNeStPipeline"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where to run and how many replicas. `address` None starts a local Ray instance."""
+
+    address: str | None = None
+    min_replicas: int = 1
+    max_replicas: int | None = None  # None: equal to min_replicas (a fixed number of replicas)
+    target_ongoing: float = 2.0
+    max_ongoing: int | None = None  # None: see effective_max_ongoing
+    replica_cpus: float | None = None  # None: op.concurrency x thread_num (what the engines really use)
+
+    def validate(self) -> None:
+        """ValueError naming the flag for a bad combination."""
+        if self.min_replicas < 1:
+            raise ValueError(f"--ray-min-replicas must be >= 1, got {self.min_replicas} (with no replica "
+                             "nothing answers /health/ready)")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(f"--ray-max-replicas ({self.max_replicas}) must be >= --ray-min-replicas "
+                             f"({self.min_replicas})")
+        if not self.target_ongoing > 0:
+            raise ValueError(f"--ray-target-ongoing must be > 0, got {self.target_ongoing}")
+        if self.max_ongoing is not None and self.max_ongoing < 1:
+            raise ValueError(f"--ray-max-ongoing must be >= 1, got {self.max_ongoing}")
+        if self.replica_cpus is not None and self.replica_cpus < 0:
+            raise ValueError(f"--ray-replica-cpus must be >= 0, got {self.replica_cpus}")
+
+    def effective_max_ongoing(self, config: ServerConfig) -> int:
+        """Requests one replica accepts at once: enough for the autoscaling target and for a full batch
+        to form (2 x batch_size), at least Ray's default of 5."""
+        if self.max_ongoing is not None:
+            return self.max_ongoing
+        return max(5, math.ceil(2 * self.target_ongoing), 2 * config.op.batch_size)
+
+    def effective_replica_cpus(self, config: ServerConfig) -> float:
+        if self.replica_cpus is not None:
+            return self.replica_cpus
+        return float(config.op.concurrency * config.op.local_service_conf.thread_num)
+
+
+class PipelineReplica:
+    """One Ray Serve replica: a full pipeline (engines, batcher) serving the gRPC and HTTP proxies."""
+
+    async def __init__(self, config: ServerConfig):
+        from serving.cli import setup_logging
+        from serving.core import ServingCore
+        from serving.metrics import Metrics
+        from serving.rest_adapter import RestAdapter
+        from serving.server import build_pipeline
+
+        setup_logging(config.log_level)
+        started = time.perf_counter()
+        self.config = config
+        self.metrics = Metrics()
+        self.pipeline = await build_pipeline(config, self.metrics)
+        await self.pipeline.start()
+        self.core = ServingCore(self.pipeline, self.metrics)
+        self.rest = RestAdapter(self.core, config.max_request_bytes)
+        log.info("ray replica pid %d: service %r ready (%s) in %.2f s", os.getpid(), config.service_name,
+                 self.engine_name(), time.perf_counter() - started)
+
+    def engine_name(self) -> str:
+        report = getattr(self.pipeline.batcher.engines[0], "report", None)
+        return f"{report.kind} {report.precision}" if report else "remote"
+
+    async def describe(self) -> dict[str, Any]:
+        """Which process answered and what it runs (for the ready file, scripts and tests)."""
+        return {"pid": os.getpid(), "engine": self.engine_name(), "service": self.config.service_name}
+
+    async def inference(self, request):
+        """gRPC PipelineService/inference, called by Ray Serve's gRPC proxy with the decoded Request."""
+        return await self.core.infer_proto(request, "grpc")
+
+    async def __call__(self, request):
+        """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: the routes and answers of
+        serving.rest_adapter.RestAdapter.dispatch."""
+        from serving.rest_adapter import HEALTH_PATHS, plain
+
+        path, method = request.url.path, request.method
+        if path in HEALTH_PATHS or path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                return _starlette(plain(405))
+            return _starlette(self.rest.health(HEALTH_PATHS[path]) if path in HEALTH_PATHS else self.rest.metrics())
+        segments = path.strip("/").split("/") if path.strip("/") else []
+        if len(segments) != 2 or path.count("/") != 2 or not all(segments):
+            return _starlette(plain(404))
+        if method != "POST":
+            return _starlette(plain(405))
+        return await self._rest_inference(request, *segments)
+
+    async def _rest_inference(self, request, name: str, method: str):
+        from google.protobuf import json_format
+
+        from pipeline.errors import ErrorCode
+        from protocol import pipeline_service_pb2 as pb
+        from serving.rest_adapter import (
+            GRPC_INVALID_ARGUMENT,
+            GRPC_RESOURCE_EXHAUSTED,
+            gateway_error,
+            grpc_gateway_json,
+            parse_request_json,
+        )
+
+        limit = self.config.max_request_bytes
+        body = await request.body()
+        if limit and len(body) > limit:
+            self.metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+            return _starlette(gateway_error(413, GRPC_RESOURCE_EXHAUSTED, f"request body over the limit of "
+                                            f"{limit} bytes (max_request_bytes)"))
+        message = pb.Request()
+        if body.strip():
+            try:
+                message = parse_request_json(body)
+            except (ValueError, json_format.ParseError, RecursionError) as exc:
+                log.info("http malformed JSON: %s", exc)
+                self.metrics.request_done("http", int(ErrorCode.RPC_PACKAGE_ERROR), 0.0)
+                return _starlette(gateway_error(400, GRPC_INVALID_ARGUMENT, f"malformed JSON request body: {exc}"))
+        message.name, message.method = name, method
+        answer = await self.core.infer_proto(message, "http")
+        from starlette.responses import Response
+
+        return Response(grpc_gateway_json(answer), media_type="application/json")
+
+    async def check_health(self) -> None:
+        """Ray's periodic health check: a replica whose pipeline stopped is replaced."""
+        if not self.pipeline.ready:
+            raise RuntimeError("pipeline not ready")
+
+    async def __del__(self) -> None:
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            await pipeline.stop()
+
+
+def _starlette(response):
+    """An aiohttp web.Response built by serving.rest_adapter → the same status, body and content type."""
+    from starlette.responses import Response
+
+    return Response(response.body, status_code=response.status,
+                    headers={"Content-Type": response.headers.get("Content-Type", response.content_type)})
+
+
+def build_app(config: ServerConfig, options: RayOptions):
+    """The Ray Serve application: one deployment of PipelineReplica with the autoscaling bounds."""
+    from ray import serve
+
+    options.validate()
+    autoscaling = {"min_replicas": options.min_replicas,
+                   "max_replicas": options.max_replicas if options.max_replicas is not None else options.min_replicas,
+                   "initial_replicas": options.min_replicas,
+                   "target_ongoing_requests": options.target_ongoing}
+    deployment = serve.deployment(
+        PipelineReplica, name=DEPLOYMENT_NAME, autoscaling_config=autoscaling,
+        max_ongoing_requests=options.effective_max_ongoing(config),
+        ray_actor_options={"num_cpus": options.effective_replica_cpus(config)},
+        graceful_shutdown_timeout_s=config.shutdown_grace_s, health_check_period_s=5.0,
+        health_check_timeout_s=30.0)
+    return deployment.bind(config)
+
+
+def app_builder(args: dict[str, Any]):
+    """Application builder for `serve run serving.ray_app:app_builder config=PATH` and serveConfigV2
+    (KubeRay): args `config` (path, required), `overrides` ({key: value} as --set), `min_replicas`,
+    `max_replicas`, `target_ongoing`, `max_ongoing`, `replica_cpus`."""
+    from serving.config import load_config
+
+    args = dict(args)
+    if "config" not in args:
+        raise ValueError("application args need 'config': the path of config.yml")
+    config = load_config(args.pop("config"), args.pop("overrides", None) or None)
+    known = {"min_replicas": int, "max_replicas": int, "target_ongoing": float, "max_ongoing": int,
+             "replica_cpus": float}
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise ValueError(f"unknown application args {unknown}; known: config, overrides, {', '.join(known)}")
+    return build_app(config, RayOptions(**{key: known[key](value) for key, value in args.items()}))
+
+
+def free_port(host: str) -> int:
+    """A port free on `host` now (Ray's proxies need a fixed port; the config's 0 means any free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None = None) -> int:
+    """`resnest serve --ray`: deploy the application (starting a local Ray instance when `options.address`
+    is None), write the ready file, serve until SIGTERM/SIGINT, then delete the application (and stop the
+    local Ray instance)."""
+    from serving.config import check_paths
+    from serving.server import write_ready_file
+
+    options.validate()
+    check_paths(config)
+    if config.http_port is None:
+        raise ValueError("--ray needs http_port: Ray Serve's HTTP proxy serves REST and the health endpoints")
+    if config.brpc_port is not None:
+        log.warning("brpc_port %d is not served with --ray: Ray Serve has gRPC and HTTP proxies only",
+                    config.brpc_port)
+    if config.worker_num > 1:
+        log.warning("worker_num %d is ignored with --ray: replicas (--ray-min-replicas/--ray-max-replicas) "
+                    "take its place", config.worker_num)
+    if config.op.is_remote:
+        log.warning("client_type brpc: every replica calls the remote model server(s) %s", config.op.server_endpoints)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    http_port = config.http_port or free_port(config.host)
+    ports = {"http": http_port}
+    grpc_options: dict[str, Any] = {}
+    if config.rpc_port is not None:
+        ports = {"grpc": config.rpc_port or free_port(config.host), **ports}
+        grpc_options = {"port": ports["grpc"], "grpc_servicer_functions": [GRPC_SERVICER]}
+    local = options.address is None
+    if local:
+        # Loopback node address: a single-machine instance keeps Ray's own traffic off the network.
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, namespace="resnest",
+                 _node_ip_address="127.0.0.1")
+    else:
+        ray.init(address=options.address, namespace="resnest")
+    try:
+        serve.start(http_options={"host": config.host, "port": http_port}, grpc_options=grpc_options or None)
+        started = time.perf_counter()
+        handle = serve.run(build_app(config, options), name=config.service_name, route_prefix="/")
+        info = handle.describe.remote().result()
+        bound = f"{options.min_replicas}..{options.max_replicas or options.min_replicas}"
+        log.info("ray serve application %r: %s replica(s) of %s running in %.1f s; listening %s", config.service_name,
+                 bound, info["engine"], time.perf_counter() - started,
+                 " ".join(f"{door}={config.host}:{port}" for door, port in ports.items()))
+        write_ready_file(ready_file, config.service_name, config.host, ports, f"ray {info['engine']}")
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping: deleting the ray serve application %r", config.service_name)
+        serve.delete(config.service_name)
+        if local:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+    log.info("stopped")
+    return 0
