@@ -20,6 +20,7 @@ from enum import IntEnum
 from google.protobuf.message import DecodeError
 
 from protocol.brpc_meta_pb2 import RpcMeta
+from protocol.inflate import InflateError, inflate
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -145,20 +146,20 @@ def compress(data: bytes, compress_type: int) -> bytes:
     raise BrpcError(Errno.EREQUEST, f"unsupported compress_type={_compress_name(compress_type)}")
 
 
-def decompress(data: bytes, compress_type: int) -> bytes:
-    """Undo ``compress``; corrupt data or an unsupported type raises ``BrpcError(EREQUEST)``."""
+def decompress(data: bytes, compress_type: int, limit: int = DEFAULT_MAX_BODY_SIZE) -> bytes:
+    """Undo ``compress``, refusing output over ``limit`` bytes as it is produced; corrupt or oversized data
+    or an unsupported type raises ``BrpcError(EREQUEST)``."""
     if compress_type == CompressType.NONE:
         return bytes(data)
     if compress_type not in (CompressType.GZIP, CompressType.ZLIB):
         raise BrpcError(Errno.EREQUEST, f"unsupported compress_type={_compress_name(compress_type)}")
+    fmt = "gzip" if compress_type == CompressType.GZIP else "zlib"
     try:
-        if compress_type == CompressType.GZIP:
-            return gzip.decompress(data)
-        return zlib.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise BrpcError(
-            Errno.EREQUEST, f"cannot decompress {_compress_name(compress_type)} payload: {exc}"
-        ) from exc
+        return inflate(data, fmt, limit)
+    except InflateError as exc:
+        which = " (max_request_bytes)" if exc.too_large else ""
+        raise BrpcError(Errno.EREQUEST, f"cannot decompress {_compress_name(compress_type)} payload: "
+                        f"{exc}{which}") from None
 
 
 def _compress_name(compress_type: int) -> str:

@@ -207,7 +207,7 @@ class BrpcClient:
         if rmeta.error_code:
             raise BrpcError(rmeta.error_code, rmeta.error_text)
         try:
-            return decompress(response.payload, response.meta.compress_type), response.attachment
+            return decompress(response.payload, response.meta.compress_type, self.max_body_size), response.attachment
         except BrpcError as exc:
             raise BrpcError(Errno.ERESPONSE,
                             f"bad response from {self.host}:{self.port}: {exc.text}") from exc

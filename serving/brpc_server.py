@@ -322,7 +322,9 @@ class BrpcServer:
                             f"attachment_size={attachment_size} is larger than request_size={len(rest)}")
         split = len(rest) - attachment_size
         compress_type = meta.compress_type
-        payload = decompress(rest[:split], compress_type)
+        payload = rest[:split]
+        if compress_type:  # inflated off the event loop, bounded by the body limit
+            payload = await asyncio.to_thread(decompress, payload, compress_type, self.max_body_size)
         ctx = RequestContext(
             service=req.service_name, method=req.method_name, log_id=req.log_id,
             correlation_id=meta.correlation_id, peer=conn.peer, compress_type=compress_type,

@@ -262,6 +262,19 @@ def test_bad_request_payloads_are_erequest() -> None:
     run(main)
 
 
+def test_compressed_body_inflating_over_the_limit_is_erequest() -> None:
+    """A 4 KB gzip body that inflates to 4 MiB, on a server taking 64 KiB bodies: refused as it inflates;
+    the same connection keeps serving."""
+    async def main() -> None:
+        async with (serving(max_body_size=65536) as server,
+                    BrpcClient(HOST, server.port, compress_type=bs.CompressType.GZIP) as client):
+            err = await expect_error(bs.Errno.EREQUEST, client.call(SVC, "echo", bytes(4 * 1024 * 1024)))
+            assert "inflates to more than 65536 bytes (max_request_bytes)" in err.text
+            small = b"y" * 60000
+            assert await client.call(SVC, "echo", small) == small
+    run(main)
+
+
 def test_body_over_limit_is_answered_then_connection_closed() -> None:
     async def main() -> None:
         async with serving(max_body_size=1024) as server, BrpcClient(HOST, server.port) as client:
