@@ -178,6 +178,15 @@ def _starlette(response):
                     headers={"Content-Type": response.headers.get("Content-Type", response.content_type)})
 
 
+def replica_resources(config: ServerConfig, options: RayOptions) -> dict[str, float]:
+    """What Ray reserves per replica: CPUs (see RayOptions) and, for a GPU config, one GPU per engine
+    instance (Ray sets CUDA_VISIBLE_DEVICES, so the replica sees its GPU(s) as 0, 1, ...)."""
+    resources = {"num_cpus": options.effective_replica_cpus(config)}
+    if config.op.local_service_conf.device != "cpu" and not config.op.is_remote:
+        resources["num_gpus"] = float(min(config.op.concurrency, len(config.op.local_service_conf.devices) or 1))
+    return resources
+
+
 def build_app(config: ServerConfig, options: RayOptions):
     """The Ray Serve application: one deployment of PipelineReplica with the autoscaling bounds."""
     from ray import serve
@@ -190,7 +199,7 @@ def build_app(config: ServerConfig, options: RayOptions):
     deployment = serve.deployment(
         PipelineReplica, name=DEPLOYMENT_NAME, autoscaling_config=autoscaling,
         max_ongoing_requests=options.effective_max_ongoing(config),
-        ray_actor_options={"num_cpus": options.effective_replica_cpus(config)},
+        ray_actor_options=replica_resources(config, options),
         graceful_shutdown_timeout_s=config.shutdown_grace_s, health_check_period_s=5.0,
         health_check_timeout_s=30.0)
     return deployment.bind(config)
