@@ -6,7 +6,8 @@
 Binary tensor extension both ways: `Inference-Header-Content-Length` splits the body into the JSON header
 and the inputs' raw bytes (`parameters.binary_data_size`, in input order); outputs asked for with
 `parameters.binary_data: true` (or request `parameters.binary_data_output: true`) come back the same way.
-Request bodies compressed with `Content-Encoding: gzip|deflate` are inflated up to max_request_bytes.
+Request bodies compressed with `Content-Encoding: gzip|deflate` (tritonclient's
+request_compression_algorithm) are inflated by aiohttp, up to max_request_bytes inflated.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from serving.core import ServingCore
 from serving.v2_adapter import (
@@ -65,7 +66,7 @@ async def handle(core: ServingCore, request: web.Request, max_request_bytes: int
             return _get(method) or web.json_response(model.server_metadata())
         if parts == ["repository", "index"]:
             if method != "POST":
-                return error(ErrorKind.INVALID, f"{method} not allowed on /v2/repository/index; use POST")
+                return error(ErrorKind.METHOD, f"{method} not allowed on /v2/repository/index; use POST")
             return web.json_response(model.repository_index())
         if len(parts) < 2 or parts[0] != "models":
             return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
@@ -77,7 +78,7 @@ async def handle(core: ServingCore, request: web.Request, max_request_bytes: int
             version, rest = rest[1], rest[2:]
         if rest == ["infer"]:
             if method != "POST":
-                return error(ErrorKind.INVALID, f"{method} not allowed on {request.path}; use POST")
+                return error(ErrorKind.METHOD, f"{method} not allowed on {request.path}; use POST")
             return await infer(model, request, name, version, max_request_bytes)
         if len(rest) > 1 or rest not in ([], ["ready"], ["config"]):
             return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
@@ -96,7 +97,7 @@ async def handle(core: ServingCore, request: web.Request, max_request_bytes: int
 def _get(method: str) -> web.Response | None:
     if method in ("GET", "HEAD"):
         return None
-    return error(ErrorKind.INVALID, f"{method} not allowed here; use GET")
+    return error(ErrorKind.METHOD, f"{method} not allowed here; use GET")
 
 
 async def infer(model: V2Model, request: web.Request, name: str, version: str,
@@ -106,11 +107,12 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str,
     try:
         model.check(name, version)
         try:
-            body = await request.read()
+            body = await request.read()  # aiohttp inflates gzip/deflate bodies, counting inflated bytes
         except web.HTTPRequestEntityTooLarge:
-            raise V2Error(ErrorKind.TOO_LARGE, f"request body over the limit of {max_request_bytes} bytes "
-                          "(max_request_bytes)") from None
-        body = _inflate(body, request.headers.get("Content-Encoding", ""), max_request_bytes)
+            raise V2Error(ErrorKind.TOO_LARGE, f"request body (inflated, if compressed) over the limit of "
+                          f"{max_request_bytes} bytes (max_request_bytes)") from None
+        except RequestPayloadError as exc:
+            raise invalid(f"request body could not be read: {str(exc).strip()}") from None
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         data = await (asyncio.to_thread(_parse_json, header) if len(header) > THREAD_JSON_BYTES
                       else _immediate(_parse_json(header)))
@@ -128,23 +130,6 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str,
 
 async def _immediate(value: Any) -> Any:
     return value
-
-
-def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise invalid(f"Content-Encoding {encoding!r} not supported; use gzip, deflate or none")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise invalid(f"body is not valid {encoding} data: {exc}") from None
-    if len(out) > limit:
-        raise V2Error(ErrorKind.TOO_LARGE, f"inflated request body over the limit of {limit} bytes "
-                      "(max_request_bytes)")
-    return out
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
