@@ -71,6 +71,10 @@ class Classifier(_Common, ABC):
         """Classify one image or several in one request (paths, encoded bytes, uint8 arrays, or a
         ``{key: image}`` mapping); ``channel_order`` says how to read 3/4-channel arrays."""
         request = self.build(images, log_id=log_id, channel_order=channel_order)
+        return self.classify_request(request, timeout=timeout)
+
+    def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        """Send a built pipeline Request; one ``Classification`` per key (errors raised)."""
         return parse_classifications(self.infer(request, timeout=timeout), len(request.key))
 
     @abstractmethod
@@ -95,6 +99,10 @@ class AsyncClassifier(_Common, ABC):
                        channel_order: str = "bgr") -> list[Classification]:
         """See ``Classifier.classify``."""
         request = self.build(images, log_id=log_id, channel_order=channel_order)
+        return await self.classify_request(request, timeout=timeout)
+
+    async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        """See ``Classifier.classify_request``."""
         return parse_classifications(await self.infer(request, timeout=timeout), len(request.key))
 
     @abstractmethod

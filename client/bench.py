@@ -34,8 +34,8 @@ from client.bench_results import (
     Sample,
     SweepReport,
 )
-from client.codec import build_request, parse_classifications
-from client.errors import ClientError
+from client.codec import build_request
+from client.errors import BadResponseError, ClientError
 from client.factory import connect_async
 from client.stats import find_knee, histogram_totals, stage_means
 
@@ -59,7 +59,7 @@ BATCH_METRIC = "resnest_batch_images"
 
 def default_metrics_url(protocol: str, endpoint: str) -> str | None:
     """``http://<endpoint>/metrics`` for HTTP targets (the REST port serves /metrics), else None."""
-    return f"http://{endpoint}/metrics" if protocol == "http" else None
+    return f"http://{endpoint}/metrics" if protocol in ("http", "v2-http") else None
 
 
 class _Load:
@@ -83,7 +83,9 @@ class _Load:
         request = build_request([(f"image_{j}", self.encoded[i]) for j, i in enumerate(ids)],
                                 service_name=self.config.service_name, log_id=next(self.log_ids))
         try:
-            results = parse_classifications(await self.client.infer(request), len(ids))
+            results = await self.client.classify_request(request)
+            if len(results) != len(ids):
+                raise BadResponseError(f"{len(results)} results for {len(ids)} images")
             problem = self.checker.check(ids, results) if self.config.check_answers else None
             if problem is None:
                 return None

@@ -51,10 +51,11 @@ def add_parser(subparsers) -> None:
                     "one well-formed result per image, stable top-1 per image). The run is always bounded "
                     f"(--duration, --requests; default {DEFAULT_DURATION:g} s). Only loopback targets unless "
                     "--allow-remote. Exit status 1 if any measured request failed.")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="front door to load (default grpc)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc",
+                   help="front door to load (default grpc; v2-http, v2-grpc: the Open Inference Protocol)")
     p.add_argument("--endpoint", metavar="HOST:PORT",
-                   help="server address (default 127.0.0.1 with configs/config.yml's port: grpc 9993, "
-                        "http 18080, brpc 9994)")
+                   help="server address (default 127.0.0.1 with configs/config.yml's port: grpc and v2-grpc 9993, "
+                        "http and v2-http 18080, brpc 9994)")
     p.add_argument("--service-name", default="imagenet", help="pipeline service name (default imagenet)")
     p.add_argument("--concurrency", type=_levels, default=[1], metavar="N[,N...]",
                    help="requests in flight (closed loop) or in-flight cap (open loop); a list such as "
@@ -73,7 +74,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
     p.add_argument("--metrics-url", metavar="URL",
                    help="Prometheus endpoint of the server, scraped before and after for stage timings "
-                        "(default http://ENDPOINT/metrics with --protocol http, else none)")
+                        "(default http://ENDPOINT/metrics with --protocol http or v2-http, else none)")
     p.add_argument("--no-answer-check", action="store_true",
                    help="do not count a changed top-1 for the same image as wrong_answer")
     p.add_argument("--knee-fraction", type=float, default=0.95, metavar="F",

@@ -7,12 +7,13 @@ from client.codec import DEFAULT_METHOD
 
 __all__ = ["PROTOCOLS", "connect", "connect_async"]
 
-PROTOCOLS = ("grpc", "http", "brpc")
+PROTOCOLS = ("grpc", "http", "brpc", "v2-http", "v2-grpc")
 
 
 def connect(protocol: str, endpoint: str, *, service_name: str = "imagenet", method: str = DEFAULT_METHOD,
             timeout: float = DEFAULT_TIMEOUT) -> Classifier:
-    """A blocking client for ``protocol`` ("grpc", "http" or "brpc") at ``endpoint`` ("host:port").
+    """A blocking client for ``protocol`` ("grpc", "http", "brpc", or the Open Inference Protocol's
+    "v2-http" / "v2-grpc") at ``endpoint`` ("host:port").
 
     ``service_name`` is the pipeline's name (``imagenet`` for PaddleClas's config; a wrong one gets
     err_no 3002); ``timeout`` is the default per-call limit in seconds.
@@ -38,6 +39,10 @@ def _classes(protocol: str) -> tuple[type[Classifier], type[AsyncClassifier]]:
         from client.http_client import AsyncHttpClassifier, HttpClassifier
 
         return HttpClassifier, AsyncHttpClassifier
+    if name in ("v2-http", "v2-grpc"):
+        from client import v2_client
+
+        return v2_client.CLASSES[name]
     if name == "brpc":
         from client.brpc_client import AsyncBrpcClassifier, BrpcClassifier
 

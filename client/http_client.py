@@ -63,30 +63,33 @@ class HttpClassifier(Classifier):
         self._closed = False
 
     def infer(self, request: Request, *, timeout: float | None = None) -> Response:
-        body = encode_http_request(request)
-        timeout = self._timeout(timeout)
+        status, data, _ = self._post(encode_http_request(request), _HEADERS, self._timeout(timeout))
+        return decode_http_response(status, data, self.url)
+
+    def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes, Any]:
+        """POST ``body`` to ``self.path`` over a pooled connection: (status, body, response headers)."""
         for attempt in range(2):
             conn, reused = self._acquire(timeout)
             try:
-                conn.request("POST", self.path, body=body, headers=_HEADERS)
+                conn.request("POST", self.path, body=body, headers=headers)
                 reply = conn.getresponse()
                 data = reply.read()
             except TimeoutError:
                 conn.close()
-                raise TransportError(f"HTTP call to {self.url} timed out after {timeout:g} s", protocol="http",
-                                     code="timeout", timeout=True) from None
+                raise TransportError(f"HTTP call to {self.url} timed out after {timeout:g} s",
+                                     protocol=self.protocol, code="timeout", timeout=True) from None
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 if reused and attempt == 0:  # a keep-alive connection the server had closed: retry once
                     continue
-                raise TransportError(f"HTTP call to {self.url} failed: {exc}", protocol="http",
+                raise TransportError(f"HTTP call to {self.url} failed: {exc}", protocol=self.protocol,
                                      code="connection") from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                raise TransportError(f"HTTP call to {self.url} failed: {exc!r}", protocol="http",
+                raise TransportError(f"HTTP call to {self.url} failed: {exc!r}", protocol=self.protocol,
                                      code="connection") from None
             self._release(conn, reply.will_close)
-            return decode_http_response(reply.status, data, self.url)
+            return reply.status, data, reply.headers
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -127,23 +130,25 @@ class AsyncHttpClassifier(AsyncClassifier):
         self._session: Any = None
 
     async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        status, data, _ = await self._post(encode_http_request(request), _HEADERS, self._timeout(timeout))
+        return decode_http_response(status, data, self.url)
+
+    async def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes, Any]:
+        """POST ``body`` to ``self.url``: (status, body, response headers)."""
         import aiohttp
 
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        timeout = self._timeout(timeout)
         try:
-            async with self._session.post(self.url, data=encode_http_request(request), headers=_HEADERS,
+            async with self._session.post(self.url, data=body, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
-                data = await reply.read()
-                status = reply.status
+                return reply.status, await reply.read(), reply.headers
         except TimeoutError:
-            raise TransportError(f"HTTP call to {self.url} timed out after {timeout:g} s", protocol="http",
+            raise TransportError(f"HTTP call to {self.url} timed out after {timeout:g} s", protocol=self.protocol,
                                  code="timeout", timeout=True) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"HTTP call to {self.url} failed: {exc!r}", protocol="http",
+            raise TransportError(f"HTTP call to {self.url} failed: {exc!r}", protocol=self.protocol,
                                  code="connection") from None
-        return decode_http_response(status, data, self.url)
 
     async def close(self) -> None:
         if self._session is not None:

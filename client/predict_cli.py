@@ -13,8 +13,9 @@ from client.factory import PROTOCOLS, connect
 from client.images import list_images
 from client.text_table import text_table
 
-DEFAULT_PORTS = {"grpc": 9993, "http": 18080, "brpc": 9994}
-"""The ports of configs/config.yml (PaddleClas's rpc_port and http_port, and our brpc_port)."""
+DEFAULT_PORTS = {"grpc": 9993, "http": 18080, "brpc": 9994, "v2-http": 18080, "v2-grpc": 9993}
+"""The ports of configs/config.yml (PaddleClas's rpc_port and http_port, and our brpc_port; the Open
+Inference Protocol shares the HTTP and gRPC ports)."""
 
 
 def default_endpoint(protocol: str) -> str:
@@ -23,15 +24,16 @@ def default_endpoint(protocol: str) -> str:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify images with a running server (gRPC, REST or bRPC)",
+        "predict", help="classify images with a running server (gRPC, REST, bRPC or Open Inference Protocol)",
         description="Send images to a running server and print the top-1 (and top-k when the server "
                     "returns it) per image. Exit status 1 if any request failed.")
     p.add_argument("images", nargs="+", metavar="IMAGE", type=Path,
                    help="image files (JPEG, PNG, ...) or folders of them")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="front door to use (default grpc)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc",
+                   help="front door to use (default grpc; v2-http, v2-grpc: the Open Inference Protocol)")
     p.add_argument("--endpoint", metavar="HOST:PORT",
                    help="server address (default 127.0.0.1 with configs/config.yml's port for the protocol: "
-                        "grpc 9993, http 18080, brpc 9994)")
+                        "grpc and v2-grpc 9993, http and v2-http 18080, brpc 9994)")
     p.add_argument("--service-name", default="imagenet", help="pipeline service name (default imagenet)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help="images per request (default 1)")

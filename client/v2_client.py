@@ -1,0 +1,280 @@
+"""Open Inference Protocol (KServe V2) clients without tritonclient: REST with the binary tensor extension
+(``POST /v2/models/{name}/infer``) and gRPC (``inference.GRPCInferenceService/ModelInfer`` with raw
+contents), sync and asyncio. They speak to this server or any V2 server serving an image classifier
+that takes encoded images as a BYTES input and supports the classification extension.
+
+``classify`` sends the images as BYTES [N, 1] and asks for the top ``topk`` classes per image; the
+answers are ``Classification`` objects as from the Paddle Serving protocols (scores at full precision).
+``probabilities`` returns the FP32 [N, classes] output. ``infer`` (the pipeline-Request API the other
+clients share) is answered in Paddle Serving's shape, built from the classification.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from client.base import AsyncClassifier, Classifier
+from client.codec import Classification
+from client.errors import BadResponseError, TransportError
+from client.grpc_client import AsyncGrpcClassifier, GrpcClassifier, _transport_error
+from client.http_client import AsyncHttpClassifier, HttpClassifier
+from client.images import image_bytes, named_images
+from protocol import grpc_predict_v2_pb2 as pb
+from protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from protocol.endpoints import join_host_port
+from protocol.pipeline_service_pb2 import Request, Response
+
+__all__ = ["CLASSES", "DEFAULT_TOPK", "AsyncV2GrpcClassifier", "AsyncV2HttpClassifier", "V2GrpcClassifier",
+           "V2HttpClassifier", "parse_classification"]
+
+DEFAULT_TOPK = 5
+IMAGE_INPUT = "image"
+OUTPUT = "prediction"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def bytes_tensor(items: list[bytes]) -> bytes:
+    """BYTES elements in the binary layout: a 4-byte little-endian length before each."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def split_bytes_tensor(blob: bytes) -> list[bytes]:
+    items, offset = [], 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            raise BadResponseError("BYTES output ends inside a length prefix")
+        (size,) = struct.unpack_from("<I", blob, offset)
+        items.append(blob[offset + 4:offset + 4 + size])
+        offset += 4 + size
+    return items
+
+
+def parse_classification(items: list[bytes | str], rows: int) -> list[Classification]:
+    """The classification extension's "score:index[:label]" strings, row-major [rows, k]."""
+    if rows == 0 or len(items) % rows:
+        raise BadResponseError(f"{len(items)} classification strings for {rows} images")
+    k = len(items) // rows
+    out = []
+    for r in range(rows):
+        ids, scores, labels = [], [], []
+        for item in items[r * k:(r + 1) * k]:
+            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+            parts = text.split(":", 2)
+            try:
+                scores.append(float(parts[0]))
+                ids.append(int(parts[1]))
+            except (ValueError, IndexError):
+                raise BadResponseError(f"classification string {text!r} is not score:index[:label]") from None
+            labels.append(parts[2] if len(parts) > 2 else parts[1])
+        out.append(Classification(labels[0].replace(",", ""), scores[0], tuple(labels), tuple(scores), tuple(ids)))
+    return out
+
+
+def pipeline_response(results: list[Classification]) -> Response:
+    """Paddle Serving's response keys for ``results`` (what ``parse_classifications`` reads back)."""
+    values = {"label": str([r.label for r in results]), "prob": str([r.prob for r in results]),
+              "class_ids": str([list(r.class_ids) for r in results]),
+              "scores": str([list(r.scores) for r in results]),
+              "label_names": str([list(r.labels) for r in results])}
+    return Response(err_no=0, key=list(values), value=list(values.values()))
+
+
+def request_images(request: Request) -> list[bytes]:
+    """The encoded images of a pipeline Request (its base64 values)."""
+    return [base64.b64decode(value) for value in request.value]
+
+
+def _images(images: Any, channel_order: str) -> list[bytes]:
+    return [image_bytes(image, channel_order=channel_order) for _, image in named_images(images)]
+
+
+class _V2Http:
+    protocol = "v2-http"
+    topk = DEFAULT_TOPK
+
+    def _v2_setup(self, topk: int) -> None:
+        self.topk = topk
+        self.path = f"/v2/models/{quote(self.service_name, safe='')}/infer"
+        self.url = f"http://{join_host_port(self.host, self.port)}{self.path}"
+
+    def _body(self, images: list[bytes], k: int) -> tuple[bytes, dict[str, str]]:
+        blob = bytes_tensor(images)
+        output: dict[str, Any] = {"name": OUTPUT, "parameters": {"binary_data": True}}
+        if k:
+            output["parameters"]["classification"] = k
+        header = json.dumps({"inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [len(images), 1],
+                                         "parameters": {"binary_data_size": len(blob)}}],
+                             "outputs": [output]}).encode()
+        return header + blob, {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
+
+    def _answer(self, status: int, data: bytes, headers: Any, rows: int, k: int) -> Any:
+        if status != 200:
+            try:
+                message = json.loads(data)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = data[:300].decode("utf-8", "replace")
+            raise TransportError(f"HTTP {status} from {self.url}: {message}", protocol=self.protocol, code=status,
+                                 timeout=status == 504)
+        try:
+            n = int(headers.get(HEADER_LENGTH, len(data)))
+            meta = json.loads(data[:n])
+            out = meta["outputs"][0]
+            blob = data[n:]
+            if k:
+                items = split_bytes_tensor(blob) if blob else out["data"]
+                return parse_classification(items, rows)
+            return np.frombuffer(blob, "<f4").reshape(out["shape"]) if blob else np.asarray(
+                out["data"], np.float32).reshape(out["shape"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise BadResponseError(f"HTTP 200 from {self.url} is not a V2 inference response: {exc}") from None
+
+
+class V2HttpClassifier(_V2Http, HttpClassifier):
+    """Blocking Open Inference Protocol REST client (keep-alive pool, binary tensors)."""
+
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
+        self._v2_setup(topk)
+
+    def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        return self._call(request_images(request), self.topk, timeout)
+
+    def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        return pipeline_response(self.classify_request(request, timeout=timeout))
+
+    def probabilities(self, images: Any, *, timeout: float | None = None, channel_order: str = "bgr") -> np.ndarray:
+        """FP32 [N, classes] model output for the images."""
+        return self._call(_images(images, channel_order), 0, timeout)
+
+    def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+        body, headers = self._body(images, k)
+        status, data, reply_headers = self._post(body, headers, self._timeout(timeout))
+        return self._answer(status, data, reply_headers, len(images), k)
+
+
+class AsyncV2HttpClassifier(_V2Http, AsyncHttpClassifier):
+    """asyncio Open Inference Protocol REST client (aiohttp)."""
+
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
+        self._v2_setup(topk)
+
+    async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        return await self._call(request_images(request), self.topk, timeout)
+
+    async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        return pipeline_response(await self.classify_request(request, timeout=timeout))
+
+    async def probabilities(self, images: Any, *, timeout: float | None = None,
+                            channel_order: str = "bgr") -> np.ndarray:
+        return await self._call(_images(images, channel_order), 0, timeout)
+
+    async def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+        body, headers = self._body(images, k)
+        status, data, reply_headers = await self._post(body, headers, self._timeout(timeout))
+        return self._answer(status, data, reply_headers, len(images), k)
+
+
+class _V2Grpc:
+    protocol = "v2-grpc"
+    topk = DEFAULT_TOPK
+
+    def _message(self, images: list[bytes], k: int) -> pb.ModelInferRequest:
+        output = pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT)
+        if k:
+            output.parameters["classification"].int64_param = k
+        return pb.ModelInferRequest(
+            model_name=self.service_name, outputs=[output], raw_input_contents=[bytes_tensor(images)],
+            inputs=[pb.ModelInferRequest.InferInputTensor(name=IMAGE_INPUT, datatype="BYTES",
+                                                          shape=[len(images), 1])])
+
+    def _answer(self, response: pb.ModelInferResponse, rows: int, k: int) -> Any:
+        if not response.outputs or not response.raw_output_contents:
+            raise BadResponseError("V2 gRPC response has no raw output")
+        blob = response.raw_output_contents[0]
+        if k:
+            return parse_classification(split_bytes_tensor(blob), rows)
+        return np.frombuffer(blob, "<f4").reshape(list(response.outputs[0].shape))
+
+    def _error(self, exc: Any) -> TransportError:
+        error = _transport_error(exc, self.target)
+        error.protocol = self.protocol
+        return error
+
+
+class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
+    """Blocking Open Inference Protocol gRPC client."""
+
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
+        self.topk = topk
+        self._v2 = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        return self._call(request_images(request), self.topk, timeout)
+
+    def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        return pipeline_response(self.classify_request(request, timeout=timeout))
+
+    def probabilities(self, images: Any, *, timeout: float | None = None, channel_order: str = "bgr") -> np.ndarray:
+        """FP32 [N, classes] model output for the images."""
+        return self._call(_images(images, channel_order), 0, timeout)
+
+    def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+        import grpc
+
+        try:
+            response = self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return self._answer(response, len(images), k)
+
+
+class AsyncV2GrpcClassifier(_V2Grpc, AsyncGrpcClassifier):
+    """asyncio Open Inference Protocol gRPC client (grpc.aio)."""
+
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
+        self.topk = topk
+        self._v2: pb_grpc.GRPCInferenceServiceStub | None = None
+
+    async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        return await self._call(request_images(request), self.topk, timeout)
+
+    async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        return pipeline_response(await self.classify_request(request, timeout=timeout))
+
+    async def probabilities(self, images: Any, *, timeout: float | None = None,
+                            channel_order: str = "bgr") -> np.ndarray:
+        return await self._call(_images(images, channel_order), 0, timeout)
+
+    async def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+        import grpc
+
+        from client.grpc_client import _CLASSIFIER_OPTIONS
+
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=_CLASSIFIER_OPTIONS)
+        if self._v2 is None:
+            self._v2 = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        try:
+            response = await self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return self._answer(response, len(images), k)
+
+    async def close(self) -> None:
+        self._v2 = None
+        await super().close()
+
+
+CLASSES: dict[str, tuple[type[Classifier], type[AsyncClassifier]]] = {
+    "v2-http": (V2HttpClassifier, AsyncV2HttpClassifier),
+    "v2-grpc": (V2GrpcClassifier, AsyncV2GrpcClassifier),
+}
