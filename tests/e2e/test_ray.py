@@ -188,29 +188,52 @@ def test_rest_same_answers(servers, images):
     assert metrics.status_code == 200 and "resnest_batch_images" in metrics.text
 
 
+class CallFailed(Exception):
+    """A failed call: gRPC status or HTTP status, and the details the client got."""
+
+    def __init__(self, protocol: str, code: str, details: str):
+        super().__init__(f"{protocol} {code}: {details}")
+        self.protocol, self.code, self.details = protocol, code, details
+
+
 class Load:
-    """`threads` PipelineClients calling in a loop; every call is recorded as (start, end, error or None)."""
+    """PipelineClients (gRPC) and REST posts calling in a loop, half the threads each; every call is
+    recorded as (start, end, CallFailed or None)."""
 
     def __init__(self, server: ServerProcess, payload: str, threads: int):
         self.server, self.payload = server, payload
-        self.calls: list[tuple[float, float, grpc.RpcError | None]] = []
+        self.calls: list[tuple[float, float, CallFailed | None]] = []
         self.in_flight = 0
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=("grpc" if i % 2 == 0 else "http",), daemon=True)
+                        for i in range(threads)]
         for thread in self.threads:
             thread.start()
 
-    def _run(self) -> None:
-        c = client(self.server)
+    def call(self, protocol: str, grpc_client: PipelineClient, session: requests.Session) -> None:
+        if protocol == "grpc":
+            try:
+                answer = grpc_client.predict(feed_dict={"image": self.payload}, fetch=["label"], timeout=60)
+            except grpc.RpcError as exc:
+                raise CallFailed("grpc", exc.code().name, exc.details()) from None
+            assert answer.err_no == 0, answer.err_msg
+        else:
+            reply = session.post(self.server.url("/imagenet/prediction"), timeout=60,
+                                 data=json.dumps({"key": ["image"], "value": [self.payload]}))
+            if reply.status_code != 200:
+                raise CallFailed("http", str(reply.status_code), reply.text)
+            assert json.loads(reply.content)["err_no"] == 0, reply.text
+
+    def _run(self, protocol: str) -> None:
+        grpc_client, session = client(self.server), requests.Session()
         while not self.stop.is_set():
             with self.lock:
                 self.in_flight += 1
             started, error = time.monotonic(), None
             try:
-                answer = c.predict(feed_dict={"image": self.payload}, fetch=["label"], timeout=60)
-                assert answer.err_no == 0, answer.err_msg
-            except grpc.RpcError as exc:
+                self.call(protocol, grpc_client, session)
+            except CallFailed as exc:
                 error = exc
             with self.lock:
                 self.in_flight -= 1
@@ -254,15 +277,17 @@ def test_killed_replica_loses_only_its_in_flight_requests(servers, images):
         f"{len(failures)} calls failed, more than the {in_flight_at_kill} in flight at the kill"
     for start, error in failures:
         assert start < killed_at, "a call started after the kill failed"
-        assert error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE), error
-        assert "died" in error.details() or "unavailable" in error.details().lower(), error.details()
+        if error.protocol == "grpc":
+            assert error.code in ("INTERNAL", "UNAVAILABLE"), error
+            assert "died" in error.details or "unavailable" in error.details.lower(), error.details
+        else:
+            assert error.code in ("500", "503"), error
     assert all(not Path(f"/proc/{pid}").exists() for pid in victim_engines), "the killed replica's engine lives on"
     assert not Path(f"/proc/{victim}").exists()
     assert new_pid in replicas(ray)
     # The failed calls succeed when retried.
-    retry = client(ray)
-    for _ in failures:
-        assert retry.predict(feed_dict={"image": payload}, fetch=["label"], timeout=60).err_no == 0
-    print(f"killed replica {victim} with {in_flight_at_kill} call(s) in flight: {len(failures)} failed "
-          f"({sorted({e.code().name for _, e in failures})}), {len(load.calls)} calls in all; first error: "
-          f"{failures[0][1].details()[:300] if failures else None}")
+    retry, session = client(ray), requests.Session()
+    for _, error in failures:
+        load.call(error.protocol, retry, session)  # raises CallFailed if the retry fails too
+    print(f"killed replica {victim} with {in_flight_at_kill} call(s) in flight: {len(failures)} failed, "
+          f"{len(load.calls)} calls in all; errors: {[str(e)[:200] for _, e in failures]}")
