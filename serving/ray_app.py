@@ -81,6 +81,7 @@ class PipelineReplica:
 
     async def __init__(self, config: ServerConfig):
         from serving.cli import setup_logging
+        from serving.connections import DoorSettings
         from serving.core import ServingCore
         from serving.metrics import Metrics
         from serving.rest_adapter import RestAdapter
@@ -93,7 +94,7 @@ class PipelineReplica:
         self.pipeline = await build_pipeline(config, self.metrics)
         await self.pipeline.start()
         self.core = ServingCore(self.pipeline, self.metrics)
-        self.rest = RestAdapter(self.core, config.max_request_bytes)
+        self.rest = RestAdapter(self.core, DoorSettings(config.max_request_bytes))
         log.info("ray replica pid %d: service %r ready (%s) in %.2f s", os.getpid(), config.service_name,
                  self.engine_name(), time.perf_counter() - started)
 
@@ -201,7 +202,9 @@ def build_app(config: ServerConfig, options: RayOptions):
         max_ongoing_requests=options.effective_max_ongoing(config),
         ray_actor_options=replica_resources(config, options),
         graceful_shutdown_timeout_s=config.shutdown_grace_s, health_check_period_s=5.0,
-        health_check_timeout_s=30.0)
+        health_check_timeout_s=30.0,
+        # Ray's per-request access log only at DEBUG, as `resnest serve` logs requests.
+        logging_config={"log_level": config.log_level, "enable_access_log": config.log_level == "DEBUG"})
     return deployment.bind(config)
 
 
