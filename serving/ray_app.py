@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -203,6 +204,7 @@ def build_app(config: ServerConfig, options: RayOptions):
         ray_actor_options=replica_resources(config, options),
         graceful_shutdown_timeout_s=config.shutdown_grace_s, health_check_period_s=5.0,
         health_check_timeout_s=30.0,
+        max_constructor_retry_count=3,  # a replica that cannot load its model fails the deploy, not loops
         # Ray's per-request access log only at DEBUG, as `resnest serve` logs requests.
         logging_config={"log_level": config.log_level, "enable_access_log": config.log_level == "DEBUG"})
     return deployment.bind(config)
@@ -224,6 +226,19 @@ def app_builder(args: dict[str, Any]):
     if unknown:
         raise ValueError(f"unknown application args {unknown}; known: config, overrides, {', '.join(known)}")
     return build_app(config, RayOptions(**{key: known[key](value) for key, value in args.items()}))
+
+
+def replica_failure(app_name: str) -> str | None:
+    """The last error line of the deployment's status message (a replica's constructor traceback)."""
+    from ray import serve
+
+    try:
+        deployment = serve.status().applications[app_name].deployments[DEPLOYMENT_NAME]
+    except (KeyError, RuntimeError):
+        return None
+    lines = [line.strip() for line in deployment.message.splitlines()
+             if re.match(r"^\s*[\w.]+(Error|Exception|Unavailable): ", line)]
+    return lines[-1] if lines else None
 
 
 def free_port(host: str) -> int:
@@ -263,6 +278,15 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
     if config.rpc_port is not None:
         ports = {"grpc": config.rpc_port or free_port(config.host), **ports}
         grpc_options = {"port": ports["grpc"], "grpc_servicer_functions": [GRPC_SERVICER]}
+    stop = threading.Event()
+
+    def on_signal(*_) -> None:
+        stop.set()
+
+    # Before ray.init (a SIGTERM during start-up still ends in the orderly shutdown below) and again after:
+    # ray.init installs its own SIGTERM handler, which exits at once.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     local = options.address is None
     if local:
         # Loopback node address: a single-machine instance keeps Ray's own traffic off the network.
@@ -270,19 +294,22 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
                  _node_ip_address="127.0.0.1")
     else:
         ray.init(address=options.address, namespace="resnest")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     try:
         serve.start(http_options={"host": config.host, "port": http_port}, grpc_options=grpc_options or None)
         started = time.perf_counter()
-        handle = serve.run(build_app(config, options), name=config.service_name, route_prefix="/")
+        try:
+            handle = serve.run(build_app(config, options), name=config.service_name, route_prefix="/")
+        except RuntimeError as exc:
+            raise ValueError(f"the Ray Serve application did not start: "
+                             f"{replica_failure(config.service_name) or exc}") from None
         info = handle.describe.remote().result()
         bound = f"{options.min_replicas}..{options.max_replicas or options.min_replicas}"
         log.info("ray serve application %r: %s replica(s) of %s running in %.1f s; listening %s", config.service_name,
                  bound, info["engine"], time.perf_counter() - started,
                  " ".join(f"{door}={config.host}:{port}" for door, port in ports.items()))
         write_ready_file(ready_file, config.service_name, config.host, ports, f"ray {info['engine']}")
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         while not stop.wait(1.0):
             pass
         log.info("stopping: deleting the ray serve application %r", config.service_name)

@@ -89,8 +89,6 @@ def config_path(tmp_path_factory, demo_model_dir) -> Path:
 def servers(config_path):
     """(`resnest serve`, `resnest serve --ray` with 2 replicas), started side by side; at teardown every
     process of the Ray instance must be gone (any left is killed by pid and fails the test)."""
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
-    os.environ.update(env)
     plain = ServerProcess(config_path, wait=False)
     ray = ServerProcess(config_path, timeout=150, wait=False,
                         extra_args=["--ray", "--ray-min-replicas", "2", "--ray-replica-cpus", "0.5"])
