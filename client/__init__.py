@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from client.base import AsyncClassifier, Classifier
 from client.codec import Classification, parse_classifications, safe_literal
+from client.credentials import Credentials
 from client.errors import BadResponseError, ClientError, ServingError, TransportError
 from client.factory import PROTOCOLS, connect, connect_async
 from client.pipeline_client import PipelineClient, PipelinePredictFuture
@@ -24,6 +25,7 @@ __all__ = [
     "Classification",
     "Classifier",
     "ClientError",
+    "Credentials",
     "PipelineClient",
     "PipelinePredictFuture",
     "ServingError",

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from client.codec import DEFAULT_METHOD, Classification, build_request, parse_classifications
+from client.credentials import Credentials
 from client.images import encode_image, named_images
 from protocol.endpoints import split_host_port
 from protocol.pipeline_service_pb2 import Request, Response
@@ -40,8 +41,9 @@ class _Common:
     protocol = ""
 
     def __init__(self, endpoint: str, *, service_name: str = "imagenet", method: str = DEFAULT_METHOD,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, credentials: Credentials | None = None) -> None:
         self.endpoint = endpoint
+        self.credentials = credentials or Credentials()
         self.host, self.port = parse_endpoint(endpoint)
         self.service_name = service_name
         self.method = method

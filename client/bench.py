@@ -35,6 +35,7 @@ from client.bench_results import (
     SweepReport,
 )
 from client.codec import build_request
+from client.credentials import Credentials
 from client.errors import BadResponseError, ClientError
 from client.factory import connect_async
 from client.stats import find_knee, histogram_totals, stage_means
@@ -57,9 +58,9 @@ log = logging.getLogger(__name__)
 STAGE_METRIC = "resnest_stage_seconds"
 BATCH_METRIC = "resnest_batch_images"
 
-def default_metrics_url(protocol: str, endpoint: str) -> str | None:
+def default_metrics_url(protocol: str, endpoint: str, scheme: str = "http") -> str | None:
     """``http://<endpoint>/metrics`` for HTTP targets (the REST port serves /metrics), else None."""
-    return f"http://{endpoint}/metrics" if protocol in ("http", "v2-http") else None
+    return f"{scheme}://{endpoint}/metrics" if protocol in ("http", "v2-http") else None
 
 
 class _Load:
@@ -179,14 +180,19 @@ async def _open_loop(load: _Load, t0: float, deadline: float, samples: list[Samp
     await asyncio.gather(*tasks)
 
 
-async def _scrape(url: str | None) -> tuple[str | None, str]:
+async def _scrape(url: str | None, credentials: Credentials | None = None) -> tuple[str | None, str]:
     """Metrics text (or None) and, when None, why."""
     if not url:
         return None, "no metrics URL (give --metrics-url http://HOST:HTTP_PORT/metrics)"
 
+    credentials = credentials or Credentials()
+
     def get() -> str:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=5) as reply:
+        handlers = [urllib.request.ProxyHandler({})]
+        if credentials.tls:
+            handlers.append(urllib.request.HTTPSHandler(context=credentials.ssl_context()))
+        request = urllib.request.Request(url, headers=credentials.http_headers())
+        with urllib.request.build_opener(*handlers).open(request, timeout=5) as reply:
             return reply.read().decode("utf-8", "replace")
 
     try:
@@ -219,7 +225,7 @@ def _server_section(url: str | None, before: str | None, after: str | None, reas
 
 
 async def _measure(load: _Load, config: BenchConfig) -> BenchReport:
-    before, reason = await _scrape(config.metrics_url)
+    before, reason = await _scrape(config.metrics_url, config.credentials)
     samples: list[Sample] = []
     progress = _Progress(config.progress, config, samples)
     started_at = time.time()
@@ -237,7 +243,7 @@ async def _measure(load: _Load, config: BenchConfig) -> BenchReport:
             task.cancel()
         progress.close()
     elapsed = max((s.start + s.latency for s in samples), default=time.perf_counter() - t0)
-    after, reason2 = await _scrape(config.metrics_url) if before is not None else (None, reason)
+    after, reason2 = await _scrape(config.metrics_url, config.credentials) if before is not None else (None, reason)
     samples.sort(key=lambda s: s.start)
     return BenchReport(config.to_dict(), started_at, elapsed, samples,
                        _server_section(config.metrics_url, before, after, reason or reason2),
@@ -269,7 +275,7 @@ async def _warmup(load: _Load, count: int) -> int:
 
 def _client(config: BenchConfig) -> AsyncClassifier:
     return connect_async(config.protocol, config.endpoint, service_name=config.service_name,
-                         timeout=config.timeout)
+                         timeout=config.timeout, credentials=config.credentials)
 
 
 async def run_bench(config: BenchConfig) -> BenchReport:

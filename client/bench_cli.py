@@ -17,6 +17,7 @@ from client.bench import (
     run_bench,
     run_sweep,
 )
+from client.credentials import add_credential_arguments, credentials_from_arguments
 from client.factory import PROTOCOLS
 from client.images import list_images
 from client.predict_cli import default_endpoint
@@ -85,6 +86,7 @@ def add_parser(subparsers) -> None:
                    help="draw latency over time and a histogram (sweep: throughput/latency per level)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback endpoint or metrics URL")
+    add_credential_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -93,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
     if folder is None:
         raise ValueError("no image folder: give --images DIR (../shared/data/images was not found)")
     endpoint = args.endpoint or default_endpoint(args.protocol)
+    credentials = credentials_from_arguments(args)
     config = BenchConfig(
         protocol=args.protocol, endpoint=endpoint, images=list_images(folder), service_name=args.service_name,
         concurrency=args.concurrency[0], rate=args.rate, duration=args.duration, requests=args.requests,
         images_per_request=args.images_per_request, warmup=args.warmup, timeout=args.timeout,
-        metrics_url=args.metrics_url or default_metrics_url(args.protocol, endpoint),
+        metrics_url=args.metrics_url or default_metrics_url(args.protocol, endpoint, credentials.scheme),
         allow_remote=args.allow_remote, check_answers=not args.no_answer_check, seed=args.seed,
-        progress=not args.quiet and sys.stderr.isatty())
+        progress=not args.quiet and sys.stderr.isatty(), credentials=credentials)
     config.validate()
     if args.plot is not None:
         try:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from client.base import DEFAULT_TIMEOUT, is_loopback, parse_endpoint
 from client.codec import Classification
+from client.credentials import Credentials
 from client.factory import PROTOCOLS
 from client.stats import find_knee, latency_summary
 
@@ -51,6 +52,7 @@ class BenchConfig:
     check_answers: bool = True
     seed: int = 0
     progress: bool = False
+    credentials: Credentials | None = None  # TLS CA / client certificate / token (never written to reports)
 
     def validate(self) -> None:
         """Refuse unbounded, nonsensical or (without ``allow_remote``) non-loopback runs."""
@@ -85,6 +87,8 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        creds = self.credentials
+        out["credentials"] = {"tls": creds.tls, "token": bool(creds.token)} if creds is not None else None
         out["images"] = [str(p) for p in self.images]
         out["mode"] = "open" if self.rate else "closed"
         return out

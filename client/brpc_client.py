@@ -33,7 +33,8 @@ class BrpcClassifier(Classifier):
 
     def __init__(self, endpoint: str, *, connections: int = 1, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
-        self._client = SyncBrpcClient(self.host, self.port, timeout=self.timeout, pool_size=connections)
+        self._client = SyncBrpcClient(self.host, self.port, timeout=self.timeout, pool_size=connections,
+                                      ssl=self.credentials.ssl_context(), auth_data=self.credentials.brpc_auth())
 
     def infer(self, request: Request, *, timeout: float | None = None) -> Response:
         try:
@@ -53,7 +54,8 @@ class AsyncBrpcClassifier(AsyncClassifier):
 
     def __init__(self, endpoint: str, *, connections: int = 1, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
-        self._client = BrpcClient(self.host, self.port, timeout=self.timeout, pool_size=connections)
+        self._client = BrpcClient(self.host, self.port, timeout=self.timeout, pool_size=connections,
+                                  ssl=self.credentials.ssl_context(), auth_data=self.credentials.brpc_auth())
 
     async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
         try:

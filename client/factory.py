@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from client.base import DEFAULT_TIMEOUT, AsyncClassifier, Classifier
 from client.codec import DEFAULT_METHOD
+from client.credentials import Credentials
 
 __all__ = ["PROTOCOLS", "connect", "connect_async"]
 
@@ -11,22 +12,24 @@ PROTOCOLS = ("grpc", "http", "brpc", "v2-http", "v2-grpc")
 
 
 def connect(protocol: str, endpoint: str, *, service_name: str = "imagenet", method: str = DEFAULT_METHOD,
-            timeout: float = DEFAULT_TIMEOUT) -> Classifier:
+            timeout: float = DEFAULT_TIMEOUT, credentials: Credentials | None = None) -> Classifier:
     """A blocking client for ``protocol`` ("grpc", "http", "brpc", or the Open Inference Protocol's
     "v2-http" / "v2-grpc") at ``endpoint`` ("host:port").
 
     ``service_name`` is the pipeline's name (``imagenet`` for PaddleClas's config; a wrong one gets
-    err_no 3002); ``timeout`` is the default per-call limit in seconds.
+    err_no 3002); ``timeout`` is the default per-call limit in seconds; ``credentials``: TLS and token for
+    a server with ``tls:``/``auth:`` on.
     """
     cls = _classes(protocol)[0]
-    return cls(endpoint, service_name=service_name, method=method, timeout=timeout)
+    return cls(endpoint, service_name=service_name, method=method, timeout=timeout, credentials=credentials)
 
 
 def connect_async(protocol: str, endpoint: str, *, service_name: str = "imagenet",
-                  method: str = DEFAULT_METHOD, timeout: float = DEFAULT_TIMEOUT) -> AsyncClassifier:
+                  method: str = DEFAULT_METHOD, timeout: float = DEFAULT_TIMEOUT,
+                  credentials: Credentials | None = None) -> AsyncClassifier:
     """The asyncio twin of ``connect`` (nothing is opened until the first call)."""
     cls = _classes(protocol)[1]
-    return cls(endpoint, service_name=service_name, method=method, timeout=timeout)
+    return cls(endpoint, service_name=service_name, method=method, timeout=timeout, credentials=credentials)
 
 
 def _classes(protocol: str) -> tuple[type[Classifier], type[AsyncClassifier]]:

@@ -1,4 +1,5 @@
-"""gRPC adapter: ``PipelineService/inference`` over a plain (insecure) channel, sync and asyncio."""
+"""gRPC adapter: ``PipelineService/inference``, sync and asyncio, over a plain channel or TLS (with the
+client's ``Credentials``)."""
 
 from __future__ import annotations
 
@@ -44,12 +45,13 @@ class GrpcClassifier(Classifier):
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
         self.target = grpc_target(self.host, self.port)
-        self._channel = grpc.insecure_channel(self.target, options=_CLASSIFIER_OPTIONS)
+        self._channel = self.credentials.grpc_channel(self.target, _CLASSIFIER_OPTIONS)
         self._stub = PipelineServiceStub(self._channel)
 
     def infer(self, request: Request, *, timeout: float | None = None) -> Response:
         try:
-            return self._stub.inference(request, timeout=self._timeout(timeout))
+            return self._stub.inference(request, timeout=self._timeout(timeout),
+                                        metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
             raise _transport_error(exc, self.target) from None
 
@@ -70,10 +72,11 @@ class AsyncGrpcClassifier(AsyncClassifier):
 
     async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=_CLASSIFIER_OPTIONS)
+            self._channel = self.credentials.grpc_channel(self.target, _CLASSIFIER_OPTIONS, aio=True)
             self._stub = PipelineServiceStub(self._channel)
         try:
-            return await self._stub.inference(request, timeout=self._timeout(timeout))
+            return await self._stub.inference(request, timeout=self._timeout(timeout),
+                                              metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
             raise _transport_error(exc, self.target) from None
 

@@ -57,7 +57,9 @@ class HttpClassifier(Classifier):
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
         self.path = f"/{quote(self.service_name, safe='')}/{quote(self.method, safe='')}"
-        self.url = f"http://{join_host_port(self.host, self.port)}{self.path}"
+        self.url = f"{self.credentials.scheme}://{join_host_port(self.host, self.port)}{self.path}"
+        self._ssl = self.credentials.ssl_context()
+        self._auth = self.credentials.http_headers()
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -71,7 +73,7 @@ class HttpClassifier(Classifier):
         for attempt in range(2):
             conn, reused = self._acquire(timeout)
             try:
-                conn.request("POST", self.path, body=body, headers=headers)
+                conn.request("POST", self.path, body=body, headers={**headers, **self._auth})
                 reply = conn.getresponse()
                 data = reply.read()
             except TimeoutError:
@@ -103,6 +105,8 @@ class HttpClassifier(Classifier):
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
+            if self._ssl is not None:
+                return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self._ssl), False
             return http.client.HTTPConnection(self.host, self.port, timeout=timeout), False
         conn.timeout = timeout
         if conn.sock is not None:
@@ -126,7 +130,7 @@ class AsyncHttpClassifier(AsyncClassifier):
     def __init__(self, endpoint: str, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
         path = f"/{quote(self.service_name, safe='')}/{quote(self.method, safe='')}"
-        self.url = f"http://{join_host_port(self.host, self.port)}{path}"
+        self.url = f"{self.credentials.scheme}://{join_host_port(self.host, self.port)}{path}"
         self._session: Any = None
 
     async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
@@ -138,9 +142,10 @@ class AsyncHttpClassifier(AsyncClassifier):
         import aiohttp
 
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            ssl = self.credentials.ssl_context()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=ssl if ssl else True))
         try:
-            async with self._session.post(self.url, data=body, headers=headers,
+            async with self._session.post(self.url, data=body, headers={**headers, **self.credentials.http_headers()},
                                           timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
                 return reply.status, await reply.read(), reply.headers
         except TimeoutError:

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from client.credentials import add_credential_arguments, credentials_from_arguments
 from client.errors import ClientError
 from client.factory import PROTOCOLS, connect
 from client.images import list_images
@@ -38,6 +39,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help="images per request (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_credential_arguments(p)
     p.add_argument("--model", type=Path, metavar="DIR",
                    help="classify in-process with this exported serving_server dir instead of calling a server")
     p.add_argument("--topk", type=int, default=5, help="classes per image with --model (default 5)")
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or default_endpoint(args.protocol)
     rows: list[dict] = []
     failed = 0
-    with connect(args.protocol, endpoint, service_name=args.service_name, timeout=args.timeout) as client:
+    with connect(args.protocol, endpoint, service_name=args.service_name, timeout=args.timeout,
+                 credentials=credentials_from_arguments(args)) as client:
         for i in range(0, len(images), args.batch):
             chunk = images[i:i + args.batch]
             try:

@@ -101,7 +101,7 @@ class _V2Http:
     def _v2_setup(self, topk: int) -> None:
         self.topk = topk
         self.path = f"/v2/models/{quote(self.service_name, safe='')}/infer"
-        self.url = f"http://{join_host_port(self.host, self.port)}{self.path}"
+        self.url = f"{self.credentials.scheme}://{join_host_port(self.host, self.port)}{self.path}"
 
     def _body(self, images: list[bytes], k: int) -> tuple[bytes, dict[str, str]]:
         blob = bytes_tensor(images)
@@ -230,7 +230,8 @@ class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
         import grpc
 
         try:
-            response = self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout))
+            response = self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout),
+                                           metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         return self._answer(response, len(images), k)
@@ -260,11 +261,12 @@ class AsyncV2GrpcClassifier(_V2Grpc, AsyncGrpcClassifier):
         from client.grpc_client import _CLASSIFIER_OPTIONS
 
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=_CLASSIFIER_OPTIONS)
+            self._channel = self.credentials.grpc_channel(self.target, _CLASSIFIER_OPTIONS, aio=True)
         if self._v2 is None:
             self._v2 = pb_grpc.GRPCInferenceServiceStub(self._channel)
         try:
-            response = await self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout))
+            response = await self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout),
+                                                 metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         return self._answer(response, len(images), k)

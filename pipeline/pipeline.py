@@ -64,12 +64,23 @@ class Pipeline:
         self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
                                       settings.max_queue_images, self.observer, wait_for_arrivals=True)
         self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: set[asyncio.Future] = set()
+        self._abort_reason = ""
         self.ready = False
 
     async def start(self) -> None:
         self._pool = ThreadPoolExecutor(self.settings.preprocess_threads, thread_name_prefix="preprocess")
         await self.batcher.start()
         self.ready = True
+
+    def abort(self, reason: str) -> int:
+        """Answer every request still in flight now, with err_no 3001 and `reason`, and refuse new ones
+        (shutdown after its grace period); returns how many were in flight."""
+        self.ready = False
+        self._abort_reason = reason
+        for work in self._in_flight:
+            work.cancel()
+        return len(self._in_flight)
 
     async def stop(self) -> None:
         self.ready = False
@@ -80,8 +91,16 @@ class Pipeline:
     async def infer(self, request: Request) -> Response:
         """Classify every image of the request; errors become a Response with a Paddle Serving err_no."""
         started = time.perf_counter()
+        work = asyncio.ensure_future(self._attempts(request))
+        self._in_flight.add(work)
         try:
-            response = await self._attempts(request)
+            response = await work
+        except asyncio.CancelledError:
+            if not work.cancelled() or not self._abort_reason or asyncio.current_task().cancelling():
+                raise  # the caller was cancelled (its client went away), not this request
+            log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, ErrorCode.CLOSED_ERROR,
+                     self._abort_reason)
+            response = Response(err_no=int(ErrorCode.CLOSED_ERROR), err_msg=self._abort_reason)
         except PipelineError as exc:
             log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, exc.code, exc.message)
             response = Response.from_error(exc)
@@ -93,6 +112,8 @@ class Pipeline:
             log.exception("logid=%d protocol=%s unexpected error", request.logid, request.protocol)
             response = Response(err_no=int(ErrorCode.UNKNOW), err_msg=f"Log_id: {request.logid} unexpected "
                                 f"error: {type(exc).__name__}: {exc}")
+        finally:
+            self._in_flight.discard(work)
         seconds = time.perf_counter() - started
         self.observer.stage("total", seconds)
         if response.err_no == 0 and log.isEnabledFor(logging.DEBUG):

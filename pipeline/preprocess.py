@@ -81,7 +81,10 @@ def read_header(key: str, data: bytes) -> ImageHeader:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format or "", img.size
             orientation = int(img.getexif().get(0x0112, 1)) if fmt == "JPEG" else 1
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
+    except UnidentifiedImageError:
+        raise _bad(key, f"not a decodable image ({len(data)} bytes starting {data[:8].hex()}: not a known image "
+                        "format)") from None
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise _bad(key, f"not a decodable image ({len(data)} bytes starting {data[:8].hex()}: "
                         f"{str(exc)[:120] or type(exc).__name__})") from None
     if fmt not in ACCEPTED_FORMATS:

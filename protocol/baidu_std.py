@@ -196,9 +196,12 @@ def encode_request(
     log_id: int = 0,
     compress_type: int = CompressType.NONE,
     attachment: bytes = b"",
+    authentication_data: bytes = b"",
 ) -> bytes:
     """A request frame: compresses ``payload`` and fills ``RpcRequestMeta`` as a brpc client does."""
     meta = RpcMeta()
+    if authentication_data:
+        meta.authentication_data = authentication_data
     meta.request.service_name = service
     meta.request.method_name = method
     if log_id:

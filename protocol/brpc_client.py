@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl as ssl_module
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -131,7 +132,11 @@ class BrpcClient:
         pool_size: int = 1,
         compress_type: int = CompressType.NONE,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        ssl: ssl_module.SSLContext | None = None,
+        auth_data: bytes = b"",
     ) -> None:
+        """``ssl``: speak TLS (verifying the server with the context); ``auth_data``: sent as
+        ``RpcMeta.authentication_data`` (a token, for a server with ``auth:``)."""
         if pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
         compress(b"", compress_type)  # refuse snappy/lz4 here, not at the first call
@@ -141,6 +146,8 @@ class BrpcClient:
         self.connect_timeout = connect_timeout
         self.compress_type = int(compress_type)
         self.max_body_size = max_body_size
+        self.ssl = ssl
+        self.auth_data = auth_data
         self._slots: list[_Connection | None] = [None] * pool_size
         self._slot_locks = [asyncio.Lock() for _ in range(pool_size)]
         self._turn = itertools.count()
@@ -189,6 +196,7 @@ class BrpcClient:
         timeout = self.timeout if timeout is None else timeout
         correlation_id = next(self._ids)
         frame = encode_request(service, method, payload, correlation_id=correlation_id, log_id=log_id,
+                               authentication_data=self.auth_data,
                                compress_type=self.compress_type, attachment=attachment)
         conn: _Connection | None = None
         try:
@@ -260,11 +268,14 @@ class BrpcClient:
         name = f"{self.host}:{self.port}"
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl,
+                                                               server_hostname=self.host if self.ssl else None)
         except TimeoutError:
             raise BrpcError(
                 Errno.EFAILEDSOCKET, f"connect to {name} timed out after {self.connect_timeout * 1000:.0f} ms"
             ) from None
+        except ssl_module.SSLError as exc:
+            raise BrpcError(Errno.ESSL, f"TLS with {name} failed: {exc}") from exc
         except OSError as exc:
             raise BrpcError(Errno.EFAILEDSOCKET, f"cannot connect to {name}: {exc}") from exc
         log.debug("brpc connected to %s", name)

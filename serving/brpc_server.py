@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from protocol.baidu_std import (
     short_service_name,
 )
 from protocol.brpc_meta_pb2 import RpcMeta
+from serving.connections import ConnectionLimits, PeerLimiter, peer_host
+from serving.security import TokenSet
 
 __all__ = ["BrpcServer", "Handler", "RequestContext"]
 
@@ -71,7 +74,10 @@ class _Connection:
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.host = peer_host(writer.transport)
         self.write_lock = asyncio.Lock()
+        self.in_flight = 0  # calls of this connection not yet answered: waiting for them is not idling
+        self.authenticated = False  # as brpc: a connection authenticates once, with its first request
 
     async def send(self, frame: bytes) -> None:
         async with self.write_lock:
@@ -85,6 +91,10 @@ class _Connection:
             self.writer.close()
 
 
+def _finished(conn: _Connection) -> None:
+    conn.in_flight -= 1
+
+
 class BrpcServer:
     """An asyncio bRPC server: ``register`` handlers, ``await start(host, port)``, ``await stop()``."""
 
@@ -95,11 +105,20 @@ class BrpcServer:
         max_connections: int = 1024,
         max_concurrency: int = 0,
         timeout_s: float | None = None,
+        limits: ConnectionLimits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tokens: TokenSet | None = None,
     ) -> None:
         """``max_concurrency`` > 0 answers ELIMIT beyond that many calls in flight (server-wide);
-        ``timeout_s`` is the default per-call handler timeout (None: no limit) → ERPCTIMEDOUT."""
+        ``timeout_s`` is the default per-call handler timeout (None: no limit) → ERPCTIMEDOUT.
+        ``limits`` (connections in all and per address, idle and read timeouts) replaces
+        ``max_connections``; ``ssl_context`` makes the port TLS-only; ``tokens`` requires
+        ``RpcMeta.authentication_data`` (ERPCAUTH otherwise)."""
         self.max_body_size = max_body_size
-        self.max_connections = max_connections
+        self.limits = limits or ConnectionLimits(max_connections=max_connections, idle_timeout_s=0, read_timeout_s=0)
+        self._limiter = PeerLimiter("brpc", self.limits)
+        self.ssl_context = ssl_context
+        self.tokens = tokens if tokens is not None and tokens.enabled else None
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self._services: dict[str, dict[str, _Method]] = {}
@@ -158,7 +177,9 @@ class BrpcServer:
         if self._server is not None:
             raise RuntimeError("BrpcServer already started")
         self._stopping = False
-        self._server = await asyncio.start_server(self._on_connect, host, port, reuse_port=reuse_port or None)
+        handshake = self.limits.read_timeout_s or None if self.ssl_context else None
+        self._server = await asyncio.start_server(self._on_connect, host, port, reuse_port=reuse_port or None,
+                                                  ssl=self.ssl_context, ssl_handshake_timeout=handshake)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("brpc server listening on %s:%d", host, self.port)
 
@@ -199,10 +220,8 @@ class BrpcServer:
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(reader, writer)
-        if self._stopping or len(self._connections) >= self.max_connections:
-            log.warning("brpc refused connection from %s: %d connections open (max_connections=%d)",
-                        conn.peer, len(self._connections), self.max_connections)
-            writer.close()
+        if self._stopping or not self._limiter.admit(conn.host):
+            writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
@@ -214,16 +233,37 @@ class BrpcServer:
         except asyncio.CancelledError:
             pass
         finally:
+            self._limiter.release(conn.host)
             self._connections.discard(conn)
             self._conn_tasks.discard(task)
             conn.close()
             log.debug("brpc connection from %s closed", conn.peer)
 
-    async def _read_loop(self, conn: _Connection) -> None:
-        """Read frames until EOF or a framing error; each request becomes its own task."""
+    async def _first_byte(self, conn: _Connection) -> bytes:
+        """The next frame's first byte. A connection with no call of its own pending and nothing sent for
+        idle_timeout_s raises TimeoutError (closed by the caller)."""
+        idle = self.limits.idle_timeout_s
         while True:
             try:
-                header = await conn.reader.readexactly(HEADER_SIZE)
+                async with asyncio.timeout(idle or None):
+                    return await conn.reader.readexactly(1)
+            except TimeoutError:
+                if not conn.in_flight:
+                    raise
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        """Read frames until EOF, a framing error or a timeout; each request becomes its own task. Once a
+        frame has started, all of it must arrive within read_timeout_s."""
+        read_timeout = self.limits.read_timeout_s or None
+        while True:
+            try:
+                first = await self._first_byte(conn)
+                async with asyncio.timeout(read_timeout):
+                    header = first + await conn.reader.readexactly(HEADER_SIZE - 1)
+            except TimeoutError:
+                log.info("brpc closing connection from %s: no frame for %g s (idle_timeout_s) or a header not "
+                         "received within %g s", conn.peer, self.limits.idle_timeout_s, read_timeout or 0)
+                return
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
                     log.warning("brpc connection from %s closed in the middle of a header", conn.peer)
@@ -232,7 +272,12 @@ class BrpcServer:
                 return
             try:
                 body_size, meta_size = parse_header(header, self.max_body_size)
-                body = await conn.reader.readexactly(body_size)
+                async with asyncio.timeout(read_timeout):
+                    body = await conn.reader.readexactly(body_size)
+            except TimeoutError:
+                log.warning("brpc closing connection from %s: frame of %d bytes not received within %g s "
+                            "(request_read_timeout_s)", conn.peer, body_size, read_timeout)
+                return
             except FrameTooLargeError as exc:
                 log.warning("brpc closing connection from %s: %s", conn.peer, exc.text)
                 await self._refuse_too_large(conn, exc)
@@ -258,7 +303,8 @@ class BrpcServer:
             return False
         task = asyncio.create_task(self._serve_call(conn, meta, body[meta_size:]))
         self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        conn.in_flight += 1
+        task.add_done_callback(lambda done: (self._calls.discard(done), _finished(conn)))
         return True
 
     async def _refuse_too_large(self, conn: _Connection, exc: FrameTooLargeError) -> None:
@@ -313,6 +359,10 @@ class BrpcServer:
         req = meta.request
         if self._stopping:
             raise BrpcError(Errno.ELOGOFF, "Server is stopping")
+        if self.tokens is not None and not conn.authenticated:
+            if not self.tokens.accepts(meta.authentication_data):
+                raise BrpcError(Errno.ERPCAUTH, "missing or invalid token in RpcMeta.authentication_data")
+            conn.authenticated = True
         if self.max_concurrency and self._in_flight >= self.max_concurrency:
             raise BrpcError(Errno.ELIMIT, f"Reached server's max_concurrency={self.max_concurrency}")
         entry = self._lookup(req.service_name, req.method_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -20,11 +21,13 @@ from protocol.endpoints import split_host_port
 from serving.config_reader import Section, read_bool, read_int, read_path, read_plain, read_str, read_str_list
 from serving.config_schema import (
     CLIENT_TYPES,
+    AuthConfig,
     DagConfig,
     LocalServiceConf,
     OpConfig,
     ServerConfig,
     Setting,
+    TlsConfig,
     TracerConfig,
 )
 from serving.config_yaml import ConfigError, apply_overrides, parse_override, read_yaml, type_name
@@ -89,9 +92,19 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> ServerConfig:
                              None) if top.has("service_name") else op.name
     if not _NAME_RE.match(service_name):
         raise top.fail("service_name", service_name, "allowed characters: letters, digits, '_', '-', '.'")
-    config = ServerConfig(op=op, dag=dag, service_name=service_name, **values)
+    tls = TlsConfig(**read_plain(top.sub("tls", TlsConfig), base_dir))
+    if (tls.cert_file is None) != (tls.key_file is None) or (tls.client_ca_file and not tls.cert_file):
+        raise ConfigError("[CONF] tls: give cert_file and key_file together (client_ca_file needs them too); got "
+                          f"cert_file={_text(tls.cert_file)}, key_file={_text(tls.key_file)}, "
+                          f"client_ca_file={_text(tls.client_ca_file)}")
+    auth = AuthConfig(**read_plain(top.sub("auth", AuthConfig), base_dir))
+    config = ServerConfig(op=op, dag=dag, service_name=service_name, tls=tls, auth=auth, **values)
     _check_ports(config.ports, config.worker_num)
     return config
+
+
+def _text(path: Path | None) -> str:
+    return "absent" if path is None else repr(str(path))
 
 
 def _check_ports(ports: dict[str, int], worker_num: int) -> None:
@@ -318,5 +331,18 @@ def check_paths(config: ServerConfig) -> None:
                           f"{SERVER_CONF_FILES[0]}; is it a Paddle Serving serving_server folder?")
     if op.label_file is not None and not op.label_file.is_file():
         raise ConfigError(f"[CONF] op.{op.name}.label_file: {str(op.label_file)!r} is not a file")
+    for key, path in (("tls.cert_file", config.tls.cert_file), ("tls.key_file", config.tls.key_file),
+                      ("tls.client_ca_file", config.tls.client_ca_file), ("auth.token_file", config.auth.token_file)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"[CONF] {key}: {str(path)!r} is not a file")
+    from serving.security import TokenSet, server_ssl_context  # read them now, before any model is loaded
+
+    try:
+        TokenSet.load(config.auth)
+        server_ssl_context(config.tls)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[CONF] tls: cannot load the certificate/key files: {exc}") from None
     if op.client_config is not None and not op.client_config.exists():
         raise ConfigError(f"[CONF] op.{op.name}.client_config: {str(op.client_config)!r} does not exist")

@@ -13,18 +13,20 @@ from dataclasses import MISSING, Field
 from pathlib import Path
 
 from serving.config_schema import (
+    AuthConfig,
     DagConfig,
     LocalServiceConf,
     OpConfig,
     ServerConfig,
     Setting,
+    TlsConfig,
     TracerConfig,
     settings_of,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 TABLES = {"top": [("", ServerConfig)], "dag": [("", DagConfig), ("tracer.", TracerConfig)], "op": [("", OpConfig)],
-          "local_service_conf": [("", LocalServiceConf)]}
+          "local_service_conf": [("", LocalServiceConf)], "security": [("tls.", TlsConfig), ("auth.", AuthConfig)]}
 ORIGIN = {"paddle": "", "ours": "*Ours.* ", "compat": "*Compat.* ", "ours, in this place": "*Ours, in this place.* "}
 
 

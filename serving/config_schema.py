@@ -88,6 +88,38 @@ class DagConfig:
                                                 "true.", kind="port")
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """`tls:` section: TLS on every front door when `cert_file` and `key_file` are set."""
+
+    cert_file: Path | None = setting(None, "PEM certificate (chain) of the server. With `key_file`, every front "
+                                           "door speaks TLS only: gRPC over TLS, HTTPS, bRPC over TLS.",
+                                     origin="ours", kind="path")
+    key_file: Path | None = setting(None, "PEM private key of `cert_file`.", origin="ours", kind="path")
+    client_ca_file: Path | None = setting(None, "PEM CA bundle. When set, clients must present a certificate "
+                                                "signed by it (mutual TLS) on every front door.", origin="ours",
+                                          kind="path")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """`auth:` section: bearer-token authentication on every front door."""
+
+    token_file: Path | None = setting(
+        None, "File of accepted tokens, one per line (blank lines and `#` comments skipped). When set, every "
+        "request must carry one: REST `Authorization: Bearer <token>`, gRPC metadata `authorization: Bearer "
+        "<token>`, bRPC `RpcMeta.authentication_data`. Health endpoints stay open; `/metrics` needs a token.",
+        origin="ours", kind="path")
+
+    @property
+    def enabled(self) -> bool:
+        return self.token_file is not None
+
+
 @dataclass(frozen=True, kw_only=True)
 class LocalServiceConf:
     """`op.<name>.local_service_conf`: the model and how to run it. `client_type` is the effective one (op
@@ -256,6 +288,20 @@ class ServerConfig:
     max_request_bytes: int = setting(64 * MIB, "Largest HTTP body, gRPC message and bRPC body accepted.",
                                      origin="ours", minimum=1024, maximum=2**31 - 1,
                                      type_doc="int, 1024 – 2³¹−1", default_doc="67108864 (64 MiB)")
+    max_connections: int = setting(1024, "Open connections per front door (REST, bRPC); further ones are closed "
+                                         "at once. gRPC: see README \"Limits and security\".", origin="ours",
+                                   minimum=1)
+    max_connections_per_peer: int = setting(256, "Open connections per client address per front door (REST, "
+                                                 "bRPC). 0 means no per-address limit (behind a proxy, every "
+                                                 "client has the proxy's address).", origin="ours", minimum=0)
+    idle_timeout_s: float = setting(60.0, "A connection with no request in progress for this long is closed; a "
+                                          "request's headers (REST) must arrive within it.", origin="ours",
+                                    minimum=0.1)
+    request_read_timeout_s: float = setting(30.0, "Time to receive a request's body (REST) or the rest of a "
+                                                  "frame (bRPC) once it has started. REST answers 408; bRPC "
+                                                  "closes the connection.", origin="ours", minimum=0.1)
+    tls: TlsConfig = section(TlsConfig, "See [`tls` and `auth`](#tls-and-auth).")
+    auth: AuthConfig = section(AuthConfig, "See [`tls` and `auth`](#tls-and-auth).")
     shutdown_grace_s: float = setting(10.0, "After SIGTERM/SIGINT, the number of seconds in which in-flight "
                                             "requests may finish.", origin="ours", minimum=0)
     log_level: str = setting("INFO", "Case-insensitive.", origin="ours", choices=LOG_LEVELS, normalize=str.upper)

@@ -2,32 +2,80 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+from google.protobuf.message import DecodeError
 
 from protocol import pipeline_service_pb2 as pb
 from protocol import pipeline_service_pb2_grpc as pb_grpc
+from protocol.wire import PIPELINE_SERVICE
 from serving import v2_grpc
+from serving.config_schema import TlsConfig
+from serving.connections import DoorSettings
 from serving.core import ServingCore
+from serving.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
+
+log = logging.getLogger(__name__)
 
 
 class PipelineServicer(pb_grpc.PipelineServiceServicer):
     def __init__(self, core: ServingCore):
         self.core = core
 
-    async def inference(self, request: pb.Request, context: grpc.aio.ServicerContext) -> pb.Response:
-        return await self.core.infer_proto(request, "grpc")
+    async def inference(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Response:
+        """Parsed here rather than by grpc, so that bytes that are not a Request get INVALID_ARGUMENT."""
+        try:
+            message = pb.Request.FromString(request)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a serialized "
+                                f"baidu.paddle_serving.pipeline_serving.Request: {exc}")
+        return await self.core.infer_proto(message, "grpc")
 
 
-async def start_grpc(core: ServingCore, host: str, port: int, max_message_bytes: int,
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Every call but the health checks needs metadata `authorization: Bearer <token>`."""
+
+    def __init__(self, tokens: TokenSet):
+        self.tokens = tokens
+
+        async def deny(_request, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token: send metadata "
+                                "'authorization: Bearer <token>'")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        if details.method in OPEN_GRPC_METHODS:
+            return await continuation(details)
+        metadata = dict(details.invocation_metadata or ())
+        if self.tokens.accepts(metadata.get("authorization")):
+            return await continuation(details)
+        log.info("grpc %s: refused, missing or unknown bearer token", details.method)
+        return self._deny
+
+
+async def start_grpc(core: ServingCore, host: str, port: int, door: DoorSettings, tls: TlsConfig | None = None,
                      reuse_port: bool = False) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server; returns it and the bound port (port 0 = ephemeral)."""
-    options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.so_reuseport", 1 if reuse_port else 0)]
-    server = grpc.aio.server(options=options)
-    pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(core), server)
+    """Start the gRPC server (TLS when `tls` is on, tokens when `door.tokens` holds any); returns it and the
+    bound port (port 0 = ephemeral)."""
+    limits = door.limits
+    options = [("grpc.max_receive_message_length", door.max_request_bytes),
+               ("grpc.max_send_message_length", door.max_request_bytes),
+               ("grpc.so_reuseport", 1 if reuse_port else 0),
+               ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
+               ("grpc.server_handshake_timeout_ms", int(limits.read_timeout_s * 1000)),
+               ("grpc.max_concurrent_streams", 128)]
+    interceptors = [TokenInterceptor(door.tokens)] if door.tokens is not None and door.tokens.enabled else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    handler = grpc.unary_unary_rpc_method_handler(PipelineServicer(core).inference,
+                                                  response_serializer=pb.Response.SerializeToString)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(PIPELINE_SERVICE,
+                                                                          {"inference": handler})])
     v2_grpc.add_to_server(core, server)  # Open Inference Protocol (KServe V2) beside it
-    bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+    address = f"{_grpc_host(host)}:{port}"
+    credentials = grpc_server_credentials(tls) if tls is not None else None
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"gRPC could not bind {host}:{port} (port in use?)")
     await server.start()

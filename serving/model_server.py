@@ -20,7 +20,8 @@ from protocol.baidu_std import short_service_name
 from protocol.wire import GENERAL_MODEL_SERVICE
 from serving.config import ConfigError, ServerConfig, check_paths
 from serving.model_service import register_model_service, start_model_http
-from serving.server import load_bundle, start_op_engines, write_ready_file
+from serving.security import warn_if_exposed
+from serving.server import door_settings, load_bundle, start_op_engines, write_ready_file
 
 __all__ = ["check_model_server_config", "run_model_server", "serve_model"]
 
@@ -50,7 +51,10 @@ async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> i
     started = time.perf_counter()
     bundle = load_bundle(config)
     engines = await start_op_engines(config, bundle)
-    brpc = BrpcServer(max_body_size=config.max_request_bytes)
+    door = door_settings(config)
+    warn_if_exposed(config.host, config.tls, door.tokens)
+    brpc = BrpcServer(max_body_size=config.max_request_bytes, limits=door.limits, ssl_context=door.ssl_context,
+                      tokens=door.tokens)
     service = register_model_service(
         brpc, bundle, engines, batch_size=op.batch_size, auto_batching_timeout_ms=op.auto_batching_timeout,
         max_queue_images=op.max_queue_images, max_images_per_request=op.max_images_per_request,
@@ -65,8 +69,7 @@ async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> i
         await brpc.start(config.host, config.brpc_port)
         ports = {"brpc": brpc.port}
         if config.http_port is not None:
-            http, ports["http"] = await start_model_http(service, config.host, config.http_port,
-                                                         config.max_request_bytes)
+            http, ports["http"] = await start_model_http(service, config.host, config.http_port, door)
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in ports.items())
         log.info("model server %s: service %r listening %s (pid %d)", bundle.directory,
                  short_service_name(GENERAL_MODEL_SERVICE), listening, os.getpid())

@@ -50,6 +50,7 @@ from protocol.baidu_std import BrpcError, CompressType, Errno, parse_message, sh
 from protocol.general_model import tensor_values
 from protocol.wire import GENERAL_MODEL_SERVICE, ElemType
 from serving.brpc_server import BrpcServer, RequestContext
+from serving.connections import DoorSettings
 
 __all__ = [
     "ENGINE_NAME",
@@ -293,15 +294,18 @@ class _ModelHttp:
         return message
 
 
-def model_http_app(service: ModelService, max_request_bytes: int) -> web.Application:
-    app = web.Application(client_max_size=max_request_bytes)
+def model_http_app(service: ModelService, door: DoorSettings) -> web.Application:
+    from serving.rest_adapter import http_guard
+
+    app = web.Application(client_max_size=door.max_request_bytes, middlewares=[http_guard(door)])
     app.router.add_route("*", "/{tail:.*}", _ModelHttp(service).dispatch)
     return app
 
 
-async def start_model_http(service: ModelService, host: str, port: int, max_request_bytes: int,
+async def start_model_http(service: ModelService, host: str, port: int, door: DoorSettings,
                            reuse_port: bool = False) -> tuple[web.AppRunner, int]:
-    """Start GeneralModelService over HTTP on its own port; returns the runner (for cleanup) and the port."""
+    """Start GeneralModelService over HTTP on its own port, within `door`'s limits, TLS and tokens; returns
+    the runner (for cleanup) and the port."""
     from serving.rest_adapter import serve_app
 
-    return await serve_app(model_http_app(service, max_request_bytes), host, port, reuse_port)
+    return await serve_app(model_http_app(service, door), host, port, door, name="model-http", reuse_port=reuse_port)

@@ -10,21 +10,29 @@ proto field names, in field-number order.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
 from pipeline.errors import ErrorCode
 from protocol import pipeline_service_pb2 as pb
 from serving import v2_rest
+from serving.connections import DoorSettings, LimitedSite, PeerLimiter
 from serving.core import ServingCore
+from serving.metrics import Metrics
+from serving.security import OPEN_HTTP_PATHS
 
 log = logging.getLogger(__name__)
 
 GRPC_INVALID_ARGUMENT = 3
+GRPC_DEADLINE_EXCEEDED = 4
 GRPC_RESOURCE_EXHAUSTED = 8
+GRPC_UNAUTHENTICATED = 16
 HEALTH_PATHS = {"/health/live": "live", "/health/ready": "ready", "/v2/health/live": "live",
                 "/v2/health/ready": "ready"}
 
@@ -80,13 +88,76 @@ def grpc_gateway_json(message: pb.Response) -> bytes:
     return json.dumps(ordered, ensure_ascii=False).encode()
 
 
+ACCEPTED_ENCODINGS = ("", "identity", "gzip", "deflate")  # aiohttp inflates the last two, bounded
+
+
+class ClientErrorsInOneLine(logging.Filter):
+    """aiohttp logs a malformed request (bad headers, a body that does not inflate) with a traceback at ERROR:
+    a client's mistake, not the server's. Keep it as one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            record.msg, record.args = f"http bad request: {type(exc).__name__}: {exc}".replace("\n", " "), ()
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(ClientErrorsInOneLine())
+
+
+def http_guard(door: DoorSettings, metrics: Metrics | None = None):
+    """aiohttp middleware run before any handler: the bearer token (health stays open), then the whole body,
+    read within request_read_timeout_s and max_request_bytes (inflated), in one of the accepted encodings.
+    Refusals are counted in `metrics` as err_no 5000 on "http"."""
+
+    def refuse(request: web.Request, status: int, grpc_code: int, message: str) -> web.Response:
+        log.info("http %s %s from %s: %d %s", request.method, request.path, request.remote, status, message)
+        if metrics is not None:
+            metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+        return gateway_error(status, grpc_code, message)
+
+    @web.middleware
+    async def guard(request: web.Request, handler) -> web.StreamResponse:
+        tokens = door.tokens
+        if tokens is not None and request.path not in OPEN_HTTP_PATHS and not tokens.accepts(
+                request.headers.get("Authorization")):
+            log.info("http %s %s from %s: refused, missing or unknown bearer token", request.method, request.path,
+                     request.remote)
+            response = gateway_error(401, GRPC_UNAUTHENTICATED, "missing or invalid bearer token: send "
+                                     "'Authorization: Bearer <token>'")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="resnest-serving"'
+            return response
+        if request.body_exists:
+            encoding = request.headers.get("Content-Encoding", "").strip().lower()
+            if encoding not in ACCEPTED_ENCODINGS:
+                return refuse(request, 415, GRPC_INVALID_ARGUMENT, f"Content-Encoding {encoding!r} is not "
+                              "supported; send gzip, deflate or identity")
+            try:
+                await asyncio.wait_for(request.read(), door.limits.read_timeout_s)
+            except TimeoutError:
+                response = refuse(request, 408, GRPC_DEADLINE_EXCEEDED, "request body not received within "
+                                  f"{door.limits.read_timeout_s:g} s (request_read_timeout_s)")
+                response.force_close()
+                return response
+            except web.HTTPRequestEntityTooLarge:
+                return refuse(request, 413, GRPC_RESOURCE_EXHAUSTED, "request body over the limit of "
+                              f"{door.max_request_bytes} bytes (max_request_bytes)")
+            except (ContentEncodingError, RequestPayloadError, web.HTTPBadRequest, ClientPayloadError) as exc:
+                return refuse(request, 400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}")
+        return await handler(request)
+
+    return guard
+
+
 class RestAdapter:
-    def __init__(self, core: ServingCore, max_request_bytes: int):
+    def __init__(self, core: ServingCore, door: DoorSettings):
         self.core = core
-        self.max_request_bytes = max_request_bytes
+        self.door = door
+        self.max_request_bytes = door.max_request_bytes
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes)
+        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[http_guard(self.door, self.core.metrics)])
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -106,12 +177,7 @@ class RestAdapter:
         return await self.inference(request, *segments)
 
     async def inference(self, request: web.Request, name: str, method: str) -> web.Response:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            message = f"request body over the limit of {self.max_request_bytes} bytes (max_request_bytes)"
-            self.core.metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
-            return gateway_error(413, GRPC_RESOURCE_EXHAUSTED, message)
+        body = await request.read()  # already read by `guard`, within the limits
         message = pb.Request()
         if body.strip():
             try:
@@ -136,22 +202,31 @@ class RestAdapter:
         return response
 
 
-async def start_rest(core: ServingCore, host: str, port: int, max_request_bytes: int,
-                     reuse_port: bool = False, metrics_only: bool = False) -> tuple[web.AppRunner, int]:
+async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings, reuse_port: bool = False,
+                     metrics_only: bool = False, shutdown_timeout_s: float = 10.0) -> tuple[web.AppRunner, int]:
     """Start the HTTP server (or, with metrics_only, Paddle Serving's separate Prometheus port serving
     GET /metrics alone); returns the runner (for cleanup) and the bound port."""
-    adapter = RestAdapter(core, max_request_bytes)
+    adapter = RestAdapter(core, door)
     if metrics_only:
-        app = web.Application()
+        app = web.Application(middlewares=[http_guard(door, core.metrics)])
         app.router.add_get("/metrics", lambda _request: adapter.metrics())
     else:
         app = adapter.app()
-    return await serve_app(app, host, port, reuse_port)
+    name = "prometheus" if metrics_only else "http"
+    return await serve_app(app, host, port, door, name, reuse_port, shutdown_timeout_s)
 
 
-async def serve_app(app: web.Application, host: str, port: int, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
-    """Serve an aiohttp app on host:port (0 = any free port); returns the runner (for cleanup) and the port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
+async def serve_app(app: web.Application, host: str, port: int, door: DoorSettings | None = None,
+                    name: str = "http", reuse_port: bool = False,
+                    shutdown_timeout_s: float = 10.0) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp app on host:port (0 = any free port) within `door`'s limits and TLS; returns the
+    runner (for cleanup) and the port. Idle connections, and headers that take longer than
+    idle_timeout_s, are closed (aiohttp's keep-alive timer runs from the connection's start)."""
+    door = door or DoorSettings(max_request_bytes=app._client_max_size)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s,
+                           keepalive_timeout=door.limits.idle_timeout_s)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    limiter = PeerLimiter(name, door.limits)
+    await LimitedSite(runner, host, port, limiter, ssl_context=door.ssl_context,
+                      reuse_port=reuse_port or None).start()
     return runner, runner.addresses[0][1]

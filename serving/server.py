@@ -23,8 +23,10 @@ from pipeline.bundle import ModelBundle
 from pipeline.engines import Engine, start_engines
 from pipeline.pipeline import Pipeline, PipelineSettings
 from serving.config import ServerConfig, check_paths
+from serving.connections import ConnectionLimits, DoorSettings
 from serving.core import ServingCore
 from serving.metrics import Metrics, Tracer
+from serving.security import TokenSet, server_ssl_context, warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,14 @@ def engine_options(config: ServerConfig) -> EngineOptions:
                          ir_optim=lsc.ir_optim, mem_optim=lsc.mem_optim, precision=lsc.precision,
                          min_subgraph_size=lsc.min_subgraph_size, use_calib=lsc.use_calib,
                          max_batch_size=op.batch_size)
+
+
+def door_settings(config: ServerConfig) -> DoorSettings:
+    """What every front door enforces, from the config: body size, connection limits, TLS, tokens."""
+    limits = ConnectionLimits(max_connections=config.max_connections,
+                              max_per_peer=config.max_connections_per_peer, idle_timeout_s=config.idle_timeout_s,
+                              read_timeout_s=config.request_read_timeout_s)
+    return DoorSettings(config.max_request_bytes, limits, server_ssl_context(config.tls), TokenSet.load(config.auth))
 
 
 def pipeline_settings(config: ServerConfig) -> PipelineSettings:
@@ -122,20 +132,25 @@ class Server:
                  time.perf_counter() - started)
         self.core = ServingCore(self.pipeline, self.metrics)
         self._grpc = self._rest = self._brpc = self._prometheus = None
+        door = door_settings(config)
+        warn_if_exposed(config.host, config.tls, door.tokens)
+        grace = config.shutdown_grace_s + 1.0  # the pipeline answers what is left at grace; this is a backstop
         if config.rpc_port is not None:
-            self._grpc, self.ports["grpc"] = await start_grpc(self.core, config.host, config.rpc_port,
-                                                              config.max_request_bytes, self.reuse_port)
+            self._grpc, self.ports["grpc"] = await start_grpc(self.core, config.host, config.rpc_port, door,
+                                                              config.tls, self.reuse_port)
         if config.http_port is not None:
-            self._rest, self.ports["http"] = await start_rest(self.core, config.host, config.http_port,
-                                                              config.max_request_bytes, self.reuse_port)
+            self._rest, self.ports["http"] = await start_rest(self.core, config.host, config.http_port, door,
+                                                              self.reuse_port, shutdown_timeout_s=grace)
         if config.brpc_port is not None:
-            self._brpc = BrpcServer(max_body_size=config.max_request_bytes)
+            self._brpc = BrpcServer(max_body_size=config.max_request_bytes, limits=door.limits,
+                                    ssl_context=door.ssl_context, tokens=door.tokens)
             register_pipeline(self._brpc, self.core)
             await self._brpc.start(config.host, config.brpc_port, reuse_port=self.reuse_port)
             self.ports["brpc"] = self._brpc.port
         if config.dag.enable_prometheus:
             self._prometheus, self.ports["prometheus"] = await start_rest(
-                self.core, config.host, config.dag.prometheus_port, 0, self.reuse_port, metrics_only=True)
+                self.core, config.host, config.dag.prometheus_port, door, self.reuse_port, metrics_only=True,
+                shutdown_timeout_s=grace)
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in self.ports.items())
         log.info("service %r listening %s (pid %d)", config.service_name, listening, os.getpid())
         self._tracer = Tracer(self.metrics, config.dag.tracer.interval_s) if config.dag.tracer.interval_s >= 1 else None
@@ -143,18 +158,27 @@ class Server:
             self._tracer.start()
 
     async def stop(self) -> None:
-        """Stop accepting on every front door, finish requests in flight, then stop the pipeline."""
+        """Stop accepting on every front door and let requests in flight finish; at `shutdown_grace_s`,
+        answer those still running with err_no 3001 (none is dropped), then stop the pipeline."""
         grace = self.config.shutdown_grace_s
-        log.info("stopping: finishing requests in flight (grace %.0f s)", grace)
+        log.info("stopping: finishing requests in flight (grace %g s)", grace)
+        backstop = grace + 1.0  # the doors' own limit; the pipeline has answered everything by then
         stops = []
         if self._grpc is not None:
-            stops.append(self._grpc.stop(grace))
+            stops.append(self._grpc.stop(backstop))
         for runner in (self._rest, self._prometheus):
             if runner is not None:
                 stops.append(runner.cleanup())
         if self._brpc is not None:
-            stops.append(self._brpc.stop(grace))
-        await asyncio.gather(*stops, return_exceptions=True)
+            stops.append(self._brpc.stop(backstop))
+        doors = [asyncio.ensure_future(stop) for stop in stops]
+        _done, pending = await asyncio.wait(doors, timeout=grace) if doors else (set(), set())
+        if pending:
+            count = self.pipeline.abort(f"server shutting down: the request did not finish within "
+                                        f"shutdown_grace_s ({grace:g} s); retry it")
+            log.warning("stopping: grace of %g s over; answered %d request(s) still in flight with err_no 3001",
+                        grace, count)
+            await asyncio.wait(pending)
         if self._tracer is not None:
             await self._tracer.stop()
         await self.pipeline.stop()

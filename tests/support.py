@@ -14,3 +14,58 @@ def write_config(path: Path, model_dir: Path, op: dict | None = None, top: dict 
                  lsc: dict | None = None) -> Path:
     """launcher.write_config with one math thread per engine instance (tests share 2 cores)."""
     return launcher.write_config(path, model_dir, op, top, lsc={"thread_num": 1, **(lsc or {})})
+
+
+def make_tls_files(folder: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by
+    the CA, written as PEM files: {"ca", "server_cert", "server_key", "client_cert", "client_key"}."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def certificate(subject: str, key, issuer: str, issuer_key, ca: bool, usage=None, san=None) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if usage is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if san is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+                critical=True)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("resnest test CA", ca_key, "resnest test CA", ca_key, ca=True)
+    server_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    server = certificate("localhost", server_key, "resnest test CA", ca_key, False, ExtendedKeyUsageOID.SERVER_AUTH,
+                         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    client = certificate("test client", client_key, "resnest test CA", ca_key, False, ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    files = {"ca": ca.public_bytes(serialization.Encoding.PEM),
+             "server_cert": server.public_bytes(serialization.Encoding.PEM), "server_key": key_pem(server_key),
+             "client_cert": client.public_bytes(serialization.Encoding.PEM), "client_key": key_pem(client_key)}
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for label, data in files.items():
+        paths[label] = folder / f"{label}.pem"
+        paths[label].write_bytes(data)
+    return paths

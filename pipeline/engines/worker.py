@@ -195,13 +195,17 @@ class ProcessEngine:
             raise _WorkerDied(how) from None
 
     async def close(self) -> None:
-        """Ask the worker to exit; kill it if it does not within a few seconds; free the shared memory."""
+        """Ask an idle worker to exit, stop a busy one at once (its batch has no one left to answer); kill it if
+        it does not exit within a few seconds; free the shared memory."""
         proc, conn = self._proc, self._conn
         if proc is not None and proc.poll() is None:
-            try:
-                conn.send(("close",))
-            except OSError:
-                pass
+            if self._unanswered:
+                proc.terminate()
+            else:
+                try:
+                    conn.send(("close",))
+                except OSError:
+                    pass
             try:
                 await asyncio.get_running_loop().run_in_executor(None, proc.wait, CLOSE_TIMEOUT_S)
             except subprocess.TimeoutExpired:

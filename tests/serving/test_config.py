@@ -620,7 +620,10 @@ def test_every_schema_key_is_documented_and_parsed() -> None:
     from serving.config_schema import settings_of
 
     text = DOC.read_text()
-    for schema, prefix in ((ServerConfig, ""), (DagConfig, ""), (OpConfig, ""), (LocalServiceConf, "")):
+    from serving.config_schema import AuthConfig, TlsConfig
+
+    for schema, prefix in ((ServerConfig, ""), (DagConfig, ""), (OpConfig, ""), (LocalServiceConf, ""),
+                           (TlsConfig, "tls."), (AuthConfig, "auth.")):
         for f, spec in settings_of(schema):
             assert f"| `{prefix}{f.name}` |" in text or spec.kind == "section", f.name
             assert spec.doc or spec.origin == "compat", f"{f.name} has no meaning written down"
@@ -629,13 +632,14 @@ def test_every_schema_key_is_documented_and_parsed() -> None:
 def test_key_coverage_table_is_complete() -> None:
     """docs/configuration.md lists every key with a test that exists."""
     from serving.config_docs import DOC
-    from serving.config_schema import TracerConfig, settings_of
+    from serving.config_schema import AuthConfig, TlsConfig, TracerConfig, settings_of
 
     text = DOC.read_text().split("## Which test covers each key", 1)[1]
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]
     listed = {key.strip("`| ") for row in rows for key in row[0].split(", ")}
     for schema, prefix in ((ServerConfig, ""), (DagConfig, "dag."), (TracerConfig, "dag.tracer."),
-                           (OpConfig, "op."), (LocalServiceConf, "local_service_conf.")):
+                           (OpConfig, "op."), (LocalServiceConf, "local_service_conf."), (TlsConfig, "tls."),
+                           (AuthConfig, "auth.")):
         for f, spec in settings_of(schema):
             if spec.kind == "section":
                 continue

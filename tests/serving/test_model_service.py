@@ -28,6 +28,7 @@ from protocol.brpc_client import BrpcClient, SyncBrpcClient
 from protocol.general_model import encode_request
 from serving.brpc_server import BrpcServer
 from serving.config import ConfigError, load_config
+from serving.connections import DoorSettings
 from serving.model_server import run_model_server, serve_model
 from serving.model_service import ModelService, register_model_service, start_model_http
 from serving.remote_engine import RemoteModelError, create_remote_engines
@@ -81,7 +82,7 @@ async def _start(bundle: ModelBundle, engines: list, **kwargs) -> SimpleNamespac
     service = register_model_service(brpc, bundle, engines, **{**LIMITS, **kwargs})
     await service.start()
     await brpc.start(HOST, 0)
-    runner, http_port = await start_model_http(service, HOST, 0, 1 << 24)
+    runner, http_port = await start_model_http(service, HOST, 0, DoorSettings(1 << 24))
     return SimpleNamespace(brpc=brpc, service=service, runner=runner, port=brpc.port, http_port=http_port)
 
 
