@@ -86,6 +86,7 @@ class PipelineReplica:
         from serving.core import ServingCore
         from serving.metrics import Metrics
         from serving.rest_adapter import RestAdapter
+        from serving.security import TokenSet
         from serving.server import build_pipeline
 
         setup_logging(config.log_level)
@@ -95,7 +96,8 @@ class PipelineReplica:
         self.pipeline = await build_pipeline(config, self.metrics)
         await self.pipeline.start()
         self.core = ServingCore(self.pipeline, self.metrics)
-        self.rest = RestAdapter(self.core, DoorSettings(config.max_request_bytes))
+        self.tokens = TokenSet.load(config.auth)
+        self.rest = RestAdapter(self.core, DoorSettings(config.max_request_bytes, tokens=self.tokens))
         log.info("ray replica pid %d: service %r ready (%s) in %.2f s", os.getpid(), config.service_name,
                  self.engine_name(), time.perf_counter() - started)
 
@@ -107,59 +109,39 @@ class PipelineReplica:
         """Which process answered and what it runs (for the ready file, scripts and tests)."""
         return {"pid": os.getpid(), "engine": self.engine_name(), "service": self.config.service_name}
 
-    async def inference(self, request):
-        """gRPC PipelineService/inference, called by Ray Serve's gRPC proxy with the decoded Request."""
+    async def inference(self, request, grpc_context=None):
+        """gRPC PipelineService/inference, called by Ray Serve's gRPC proxy with the decoded Request (and,
+        because of the parameter's name, the call's context: its metadata carries the token)."""
+        if self.tokens.enabled:
+            metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
+            if not self.tokens.accepts(metadata.get("authorization")):
+                import grpc
+
+                from protocol import pipeline_service_pb2 as pb
+
+                grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+                grpc_context.set_details("missing or invalid bearer token: send metadata 'authorization: Bearer "
+                                         "<token>'")
+                return pb.Response()
         return await self.core.infer_proto(request, "grpc")
 
     async def __call__(self, request):
-        """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: the routes and answers of
-        serving.rest_adapter.RestAdapter.dispatch."""
-        from serving.rest_adapter import HEALTH_PATHS, plain
-
-        path, method = request.url.path, request.method
-        if path in HEALTH_PATHS or path == "/metrics":
-            if method not in ("GET", "HEAD"):
-                return _starlette(plain(405))
-            return _starlette(self.rest.health(HEALTH_PATHS[path]) if path in HEALTH_PATHS else self.rest.metrics())
-        segments = path.strip("/").split("/") if path.strip("/") else []
-        if len(segments) != 2 or path.count("/") != 2 or not all(segments):
-            return _starlette(plain(404))
-        if method != "POST":
-            return _starlette(plain(405))
-        return await self._rest_inference(request, *segments)
-
-    async def _rest_inference(self, request, name: str, method: str):
-        from google.protobuf import json_format
-
+        """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: answered by the same
+        RestAdapter.answer as `resnest serve`'s aiohttp server, after the same token check."""
         from pipeline.errors import ErrorCode
-        from protocol import pipeline_service_pb2 as pb
-        from serving.rest_adapter import (
-            GRPC_INVALID_ARGUMENT,
-            GRPC_RESOURCE_EXHAUSTED,
-            gateway_error,
-            grpc_gateway_json,
-            parse_request_json,
-        )
+        from serving.rest_adapter import GRPC_RESOURCE_EXHAUSTED, gateway_error, unauthenticated
 
-        limit = self.config.max_request_bytes
+        refused = unauthenticated(self.tokens, request.url.path, request.headers.get("authorization"),
+                                  request.client.host if request.client else "")
+        if refused is not None:
+            return _starlette(refused)
         body = await request.body()
-        if limit and len(body) > limit:
+        limit = self.config.max_request_bytes
+        if len(body) > limit:
             self.metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
             return _starlette(gateway_error(413, GRPC_RESOURCE_EXHAUSTED, f"request body over the limit of "
                                             f"{limit} bytes (max_request_bytes)"))
-        message = pb.Request()
-        if body.strip():
-            try:
-                message = parse_request_json(body)
-            except (ValueError, json_format.ParseError, RecursionError) as exc:
-                log.info("http malformed JSON: %s", exc)
-                self.metrics.request_done("http", int(ErrorCode.RPC_PACKAGE_ERROR), 0.0)
-                return _starlette(gateway_error(400, GRPC_INVALID_ARGUMENT, f"malformed JSON request body: {exc}"))
-        message.name, message.method = name, method
-        answer = await self.core.infer_proto(message, "http")
-        from starlette.responses import Response
-
-        return Response(grpc_gateway_json(answer), media_type="application/json")
+        return _starlette(await self.rest.answer(request.url.path, request.method, body))
 
     async def check_health(self) -> None:
         """Ray's periodic health check: a replica whose pipeline stopped is replaced."""
@@ -176,8 +158,9 @@ def _starlette(response):
     """An aiohttp web.Response built by serving.rest_adapter → the same status, body and content type."""
     from starlette.responses import Response
 
-    return Response(response.body, status_code=response.status,
-                    headers={"Content-Type": response.headers.get("Content-Type", response.content_type)})
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    headers.setdefault("Content-Type", response.content_type)
+    return Response(response.body, status_code=response.status, headers=headers)
 
 
 def replica_resources(config: ServerConfig, options: RayOptions) -> dict[str, float]:

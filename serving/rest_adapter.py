@@ -25,7 +25,7 @@ from serving import v2_rest
 from serving.connections import DoorSettings, LimitedSite, PeerLimiter
 from serving.core import ServingCore
 from serving.metrics import Metrics
-from serving.security import OPEN_HTTP_PATHS
+from serving.security import OPEN_HTTP_PATHS, TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,19 @@ class ClientErrorsInOneLine(logging.Filter):
 logging.getLogger("aiohttp.server").addFilter(ClientErrorsInOneLine())
 
 
+def unauthenticated(tokens: TokenSet | None, path: str, authorization: str | None,
+                    remote: str | None = "") -> web.Response | None:
+    """The 401 answer for a call without one of the tokens (None when it may pass: auth off, a token it
+    accepts, or an open health path)."""
+    if tokens is None or path in OPEN_HTTP_PATHS or tokens.accepts(authorization):
+        return None
+    log.info("http %s from %s: refused, missing or unknown bearer token", path, remote)
+    response = gateway_error(401, GRPC_UNAUTHENTICATED, "missing or invalid bearer token: send "
+                             "'Authorization: Bearer <token>'")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="resnest-serving"'
+    return response
+
+
 def http_guard(door: DoorSettings, metrics: Metrics | None = None):
     """aiohttp middleware run before any handler: the bearer token (health stays open), then the whole body,
     read within request_read_timeout_s and max_request_bytes (inflated), in one of the accepted encodings.
@@ -119,15 +132,9 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None):
 
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
-        tokens = door.tokens
-        if tokens is not None and request.path not in OPEN_HTTP_PATHS and not tokens.accepts(
-                request.headers.get("Authorization")):
-            log.info("http %s %s from %s: refused, missing or unknown bearer token", request.method, request.path,
-                     request.remote)
-            response = gateway_error(401, GRPC_UNAUTHENTICATED, "missing or invalid bearer token: send "
-                                     "'Authorization: Bearer <token>'")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="resnest-serving"'
-            return response
+        refused = unauthenticated(door.tokens, request.path, request.headers.get("Authorization"), request.remote)
+        if refused is not None:
+            return refused
         if request.body_exists:
             encoding = request.headers.get("Content-Encoding", "").strip().lower()
             if encoding not in ACCEPTED_ENCODINGS:
@@ -163,30 +170,32 @@ class RestAdapter:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if path not in HEALTH_PATHS and (path == "/v2" or path.startswith("/v2/")):  # KServe V2: serving/v2_rest.py
+            return await v2_rest.handle(self.core, request, self.max_request_bytes)
+        body = await request.read() if request.body_exists else b""  # already read by `http_guard`
+        return await self.answer(path, request.method, body, request.remote or "")
+
+    async def answer(self, path: str, method: str, body: bytes, remote: str = "") -> web.Response:
+        """The answer to a Paddle Serving REST call (health, /metrics or `POST /{name}/{method}`), whatever
+        HTTP server received it (aiohttp here, Ray Serve's proxy in serving.ray_app)."""
         if path in HEALTH_PATHS or path == "/metrics":
-            if request.method not in ("GET", "HEAD"):
+            if method not in ("GET", "HEAD"):
                 return plain(405)
             return self.health(HEALTH_PATHS[path]) if path in HEALTH_PATHS else self.metrics()
-        if path == "/v2" or path.startswith("/v2/"):  # Open Inference Protocol (KServe V2): serving/v2_rest.py
-            return await v2_rest.handle(self.core, request, self.max_request_bytes)
         segments = path.strip("/").split("/") if path.strip("/") else []
         if len(segments) != 2 or path.count("/") != 2 or not all(segments):
             return plain(404)
-        if request.method != "POST":
+        if method != "POST":
             return plain(405)
-        return await self.inference(request, *segments)
-
-    async def inference(self, request: web.Request, name: str, method: str) -> web.Response:
-        body = await request.read()  # already read by `guard`, within the limits
         message = pb.Request()
         if body.strip():
             try:
                 message = parse_request_json(body)
             except (ValueError, json_format.ParseError, RecursionError) as exc:
-                log.info("http malformed JSON from %s: %s", request.remote, exc)
+                log.info("http malformed JSON from %s: %s", remote, exc)
                 self.core.metrics.request_done("http", int(ErrorCode.RPC_PACKAGE_ERROR), 0.0)
                 return gateway_error(400, GRPC_INVALID_ARGUMENT, f"malformed JSON request body: {exc}")
-        message.name, message.method = name, method
+        message.name, message.method = segments
         answer = await self.core.infer_proto(message, "http")
         return web.Response(body=grpc_gateway_json(answer), content_type="application/json")
 
