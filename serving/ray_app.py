@@ -243,6 +243,9 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
     check_paths(config)
     if config.http_port is None:
         raise ValueError("--ray needs http_port: Ray Serve's HTTP proxy serves REST and the health endpoints")
+    if config.tls.enabled:
+        raise ValueError("tls: is not applied with --ray (Ray Serve's proxies terminate the connections; its gRPC "
+                         "proxy has no TLS): terminate TLS in front of Ray (ingress, load balancer) and drop tls:")
     if config.brpc_port is not None:
         log.warning("brpc_port %d is not served with --ray: Ray Serve has gRPC and HTTP proxies only",
                     config.brpc_port)

@@ -49,3 +49,13 @@ def test_defaults_follow_the_config(tmp_path, tiny_model_dir):
     assert options.effective_replica_cpus(config) == 4.0  # concurrency x thread_num
     assert RayOptions(target_ongoing=10, replica_cpus=0.5).effective_max_ongoing(config) == 20
     assert RayOptions(replica_cpus=0.5).effective_replica_cpus(config) == 0.5
+
+
+def test_tls_is_refused_with_ray(capsys, tmp_path, tiny_model_dir):
+    from support import make_tls_files, write_config
+
+    files = make_tls_files(tmp_path / "tls")
+    config = write_config(tmp_path / "config.yml", tiny_model_dir,
+                          top={"tls": {"cert_file": str(files["server_cert"]), "key_file": str(files["server_key"])}})
+    assert main(["serve", "--config", str(config), "--ray"]) == 2
+    assert "tls: is not applied with --ray" in capsys.readouterr().err
