@@ -172,3 +172,46 @@ def test_default_thread_num_gives_every_core_to_one_engine(tmp_path, tiny_model_
         assert re.search(rf"engine-0 \(pid \d+\): onnxruntime fp32 \({cores} thread\(s\)", server.log), server.log
     finally:
         server.stop()
+
+
+def test_full_queue_gives_6000_on_every_protocol(server_factory, image_paths, variant_dirs):
+    """op.max_queue_images: one 4-image ResNeSt50 request with the only engine thread, a second one of 4
+    images waiting in the queue (4 of max_queue_images 4): one more image from any front door gets err_no 6000
+    at once; the two requests before it are answered."""
+    import threading
+
+    server = server_factory(op={"engine": "paddle", "batch_size": 1, "max_images_per_request": 4,
+                                "max_queue_images": 4}, model_dir=variant_dirs["ResNeSt50"])
+    answers: dict[str, pb.Response] = {}
+
+    def send(name: str, logid: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: answers.setdefault(name, grpc_call(server, image_request(
+            image_paths, logid=logid, n=4))))
+        thread.start()
+        return thread
+
+    def wait_preprocessed(count: int, threads: list[threading.Thread]) -> None:
+        deadline = time.monotonic() + 120
+        while f'resnest_stage_seconds_count{{stage="preprocess"}} {count}.0' not in requests.get(
+                server.url("/metrics"), timeout=10).text:
+            assert time.monotonic() < deadline and all(t.is_alive() for t in threads)
+            time.sleep(0.02)
+
+    threads = [send("running", 1)]
+    wait_preprocessed(1, threads)
+    threads.append(send("queued", 2))
+    wait_preprocessed(2, threads)
+    request = image_request(image_paths, logid=3, n=1)
+    refused = {"grpc": grpc_call(server, request)}
+    body = requests.post(server.url("/imagenet/prediction"), timeout=30,
+                         json={"key": list(request.key), "value": list(request.value)}).json()
+    refused["http"] = pb.Response(err_no=body["err_no"], err_msg=body["err_msg"])
+    with SyncBrpcClient("127.0.0.1", server.ports["brpc"]) as client:
+        refused["brpc"] = client.call_message(PIPELINE_SERVICE, "inference", request, pb.Response)
+    assert threads[1].is_alive(), "the queued request finished too soon: the queue was not full throughout"
+    for protocol, answer in refused.items():
+        assert answer.err_no == 6000, (protocol, answer)
+        assert "server overloaded: 4 images already queued (max_queue_images 4)" in answer.err_msg, protocol
+    for thread in threads:
+        thread.join(120)
+    assert answers["running"].err_no == 0 and answers["queued"].err_no == 0
