@@ -78,8 +78,9 @@ class _Load:
     def pick(self) -> list[int]:
         return self.rng.choices(range(len(self.encoded)), k=self.config.images_per_request)
 
-    async def one(self) -> str | None:
-        """Send one request; return None on a checked success, else the error kind."""
+    async def one(self) -> tuple[str | None, list[int]]:
+        """Send one request; return (None on a checked success, else the error kind; the images it sent, as
+        indexes into config.images)."""
         ids = self.pick()
         request = build_request([(f"image_{j}", self.encoded[i]) for j, i in enumerate(ids)],
                                 service_name=self.config.service_name, log_id=next(self.log_ids))
@@ -89,7 +90,7 @@ class _Load:
                 raise BadResponseError(f"{len(results)} results for {len(ids)} images")
             problem = self.checker.check(ids, results) if self.config.check_answers else None
             if problem is None:
-                return None
+                return None, ids
             kind, message = "wrong_answer", problem
         except ClientError as exc:
             kind, message = exc.kind, str(exc)
@@ -98,7 +99,7 @@ class _Load:
         if kind not in self.error_examples:
             self.error_examples[kind] = message
             log.debug("first %s: %s", kind, message)
-        return kind
+        return kind, ids
 
 
 class _Progress:
@@ -141,9 +142,9 @@ async def _closed_loop(load: _Load, t0: float, deadline: float, samples: list[Sa
         while time.perf_counter() < deadline and (budget is None or issued < budget):
             issued += 1
             start = time.perf_counter()
-            error = await load.one()
+            error, ids = await load.one()
             samples.append(Sample(start - t0, time.perf_counter() - start, load.config.images_per_request,
-                                  error))
+                                  error, image_ids=tuple(ids)))
 
     await asyncio.gather(*(worker() for _ in range(load.config.concurrency)))
 
@@ -157,9 +158,9 @@ async def _open_loop(load: _Load, t0: float, deadline: float, samples: list[Samp
     async def fire(scheduled: float) -> None:
         try:
             start = time.perf_counter()
-            error = await load.one()
+            error, ids = await load.one()
             samples.append(Sample(start - t0, time.perf_counter() - start, config.images_per_request, error,
-                                  wait=max(0.0, start - scheduled)))
+                                  wait=max(0.0, start - scheduled), image_ids=tuple(ids)))
         finally:
             slots.release()
 
@@ -259,7 +260,7 @@ async def _warmup(load: _Load, count: int) -> int:
 
     async def one() -> str | None:
         async with slots:
-            return await load.one()
+            return (await load.one())[0]
 
     kinds = await asyncio.gather(*(one() for _ in range(count)))
     failed = [k for k in kinds if k is not None]

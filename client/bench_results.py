@@ -104,6 +104,7 @@ class Sample:
     images: int
     error: str | None = None
     wait: float = 0.0
+    image_ids: tuple[int, ...] = ()  # what was sent: indexes into the run's image list (config.images)
 
 
 class AnswerChecker:
@@ -176,7 +177,8 @@ class BenchReport:
         if raw:
             out["samples"] = [
                 {"t_s": round(s.start, 6), "latency_ms": round(s.latency * 1000, 4), "images": s.images,
-                 "error": s.error, **({"wait_ms": round(s.wait * 1000, 4)} if self.config.get("rate") else {})}
+                 "error": s.error, "image_ids": list(s.image_ids),
+                 **({"wait_ms": round(s.wait * 1000, 4)} if self.config.get("rate") else {})}
                 for s in self.samples
             ]
         return out

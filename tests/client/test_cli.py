@@ -138,3 +138,63 @@ def test_bench_knee_fraction_and_timeout(topk_server, tmp_path, capsys):
     summary = json.loads(report.read_text())["summary"]
     assert rc == 1 and summary["errors_by_kind"] == {"timeout": 3}  # 0.5 ms: no answer can make it
     capsys.readouterr()
+
+
+def test_bench_seed_decides_which_images_are_sent(topk_server, image_paths, tmp_path, capsys):
+    """--seed: the same seed sends the same images in the same order (recorded per sample); another seed
+    sends another sequence."""
+    def image_sequence(seed: int) -> list[list[int]]:
+        report = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}.json"
+        rc = main(["--log-level", "WARNING", "bench", "--protocol", "grpc", "--endpoint", ep(topk_server, "grpc"),
+                   "--images", str(image_paths[0].parent), "--requests", "12", "--concurrency", "1",
+                   "--warmup", "0", "--seed", str(seed), "--json", str(report), "--quiet"])
+        assert rc == 0, capsys.readouterr().out
+        return [sample["image_ids"] for sample in json.loads(report.read_text())["samples"]]
+
+    first = image_sequence(3)
+    assert len(first) == 12 and all(len(ids) == 1 and 0 <= ids[0] < len(image_paths) for ids in first)
+    assert image_sequence(3) == first
+    assert image_sequence(4) != first
+
+
+def test_bench_answer_check_catches_servers_that_disagree(tmp_path, tiny_export, label_file, image_paths, capsys):
+    """Two model servers with different weights behind one pipeline (a rolling upgrade gone wrong): the
+    same image gets a different top-1 from each in turn. bench counts those as wrong_answer and exits 1;
+    with --no-answer-check it counts none."""
+    from support import ServerProcess, write_config
+
+    from export.exporter import ExportOptions, export
+    from pipeline.local import LocalClassifier
+
+    other = export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "other", random_init=True, seed=8,
+                                 label_file=label_file, onnx=False))
+    image = image_paths[0]
+    answers = {LocalClassifier(d).classify_files([image], k=1)[0].class_ids[0]
+               for d in (tiny_export.server_dir, other.server_dir)}
+    assert len(answers) == 2, "the two random models happen to agree on this image; pick another seed"
+    images = tmp_path / "one_image"
+    images.mkdir()
+    (images / image.name).write_bytes(image.read_bytes())
+    models = [ServerProcess(write_config(tmp_path / f"model{i}.yml", d, top={"rpc_port": None}),
+                            extra_args=["--model-server"])
+              for i, d in enumerate((tiny_export.server_dir, other.server_dir))]
+    try:
+        endpoints = [f"127.0.0.1:{m.ports['brpc']}" for m in models]
+        pipeline = ServerProcess(write_config(tmp_path / "pipeline.yml", tiny_export.server_dir,
+                                              op={"server_endpoints": endpoints}, lsc={"client_type": "brpc"}))
+        try:
+            common = ["--log-level", "WARNING", "bench", "--protocol", "grpc", "--endpoint", ep(pipeline, "grpc"),
+                      "--images", str(images), "--requests", "10", "--concurrency", "1", "--warmup", "0", "--quiet"]
+            assert main([*common, "--json", str(tmp_path / "checked.json")]) == 1
+            checked = json.loads((tmp_path / "checked.json").read_text())
+            wrong = [s for s in checked["samples"] if s["error"] == "wrong_answer"]
+            assert 4 <= len(wrong) <= 5 and "top-1" in checked["error_examples"]["wrong_answer"]
+            assert main([*common, "--no-answer-check", "--json", str(tmp_path / "unchecked.json")]) == 0
+            unchecked = json.loads((tmp_path / "unchecked.json").read_text())
+            assert all(s["error"] is None for s in unchecked["samples"]) and len(unchecked["samples"]) == 10
+        finally:
+            pipeline.stop()
+    finally:
+        for model in models:
+            model.stop()
+    capsys.readouterr()
