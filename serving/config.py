@@ -315,6 +315,27 @@ def _plain(obj: Any, skip: Iterable[str] = ()) -> dict[str, Any]:
     return out
 
 
+def _check_op_lists(config: ServerConfig, lsc_path: str) -> None:
+    """mkldnn_op_list / mkldnn_bf16_op_list act only on Paddle Inference running a legacy `.pdmodel`: Paddle
+    3.3's PIR executor runs the same oneDNN primitives with or without them (measured with ONEDNN_VERBOSE),
+    and the other engines do not read them. Anywhere else they are refused rather than ignored."""
+    lsc = config.op.local_service_conf
+    given = [name for name in ("mkldnn_op_list", "mkldnn_bf16_op_list") if getattr(lsc, name)]
+    if not given or config.op.is_remote:
+        return
+    from export.model_files import find_model_files
+
+    try:
+        model_file = find_model_files(lsc.model_config)[0]
+    except (FileNotFoundError, ValueError):
+        return  # reported by the model loader, with its own message
+    if config.op.engine != "paddle" or model_file.suffix == ".json":
+        why = (f"engine is {config.op.engine!r} (only engine: paddle reads it)" if config.op.engine != "paddle"
+               else f"{model_file.name} is a Paddle 3 (PIR) model, on which Paddle 3.3 ignores it")
+        raise ConfigError(f"[CONF] {lsc_path}.{given[0]}: has no effect here: {why}; it works only with engine: "
+                          "paddle and a legacy .pdmodel model. Remove it")
+
+
 def check_paths(config: ServerConfig) -> None:
     """Check that the files the config names exist (kept apart so parsing can be tested without a model)."""
     op = config.op
@@ -329,6 +350,7 @@ def check_paths(config: ServerConfig) -> None:
     if not any((model_dir / name).is_file() for name in SERVER_CONF_FILES):
         raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} has no "
                           f"{SERVER_CONF_FILES[0]}; is it a Paddle Serving serving_server folder?")
+    _check_op_lists(config, lsc_path)
     if op.label_file is not None and not op.label_file.is_file():
         raise ConfigError(f"[CONF] op.{op.name}.label_file: {str(op.label_file)!r} is not a file")
     for key, path in (("tls.cert_file", config.tls.cert_file), ("tls.key_file", config.tls.key_file),

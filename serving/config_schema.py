@@ -163,8 +163,12 @@ class LocalServiceConf:
         True, "Paddle Inference only: use oneDNN kernels on CPU. Deliberately on by default: 3–4× faster than "
         "Paddle's native CPU kernels for ResNeSt.", default_doc="**true** (Paddle Serving: false)")
     mkldnn_cache_capacity: int = setting(0, "oneDNN shape cache. 0 means no limit.", minimum=0)
-    mkldnn_op_list: tuple[str, ...] | None = setting(None, "Restrict oneDNN to these ops.", kind="str_list")
-    mkldnn_bf16_op_list: tuple[str, ...] | None = setting(None, "The ops to run in bf16.", kind="str_list")
+    mkldnn_op_list: tuple[str, ...] | None = setting(
+        None, "Restrict oneDNN to these ops. Only with `engine: paddle` and a legacy `.pdmodel` model; refused "
+        "anywhere else, because Paddle 3.3 runs Paddle 3 (PIR) models with the same oneDNN primitives with or "
+        "without it (measured) and the other engines do not read it.", kind="str_list")
+    mkldnn_bf16_op_list: tuple[str, ...] | None = setting(
+        None, "The ops to run in bf16. Same restriction as `mkldnn_op_list`.", kind="str_list")
     min_subgraph_size: int = setting(3, "The smallest subgraph that is handed to TensorRT.", minimum=0)
     fetch_list: tuple[str, ...] | None = setting(None, "Fetch aliases. Overrides the op-level `fetch_list`.",
                                                  kind="custom", type_doc="non-empty list of str")

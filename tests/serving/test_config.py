@@ -572,6 +572,26 @@ def test_check_paths(tmp_path: Path) -> None:
     check_paths(labelled)
 
 
+def test_onednn_op_lists_refused_where_they_do_nothing(tmp_path: Path) -> None:
+    """Paddle 3.3 ignores both lists on PIR (.json) models (ONEDNN_VERBOSE shows the same primitives with and
+    without them) and only engine: paddle reads them: refused there, accepted for a legacy .pdmodel."""
+    for layout in ("pir", "legacy"):
+        model = tmp_path / layout
+        model.mkdir()
+        (model / "serving_server_conf.prototxt").write_text("")
+        (model / ("inference.json" if layout == "pir" else "inference.pdmodel")).write_text("")
+        (model / "inference.pdiparams").write_bytes(b"")
+    for key in ("mkldnn_op_list", "mkldnn_bf16_op_list"):
+        pir = parse_config(with_op(lsc={"model_config": "pir", key: ["conv2d"]}, op={"engine": "paddle"}), tmp_path)
+        with pytest.raises(ConfigError, match=rf"{key}: has no effect here: inference.json is a Paddle 3 \(PIR\)"):
+            check_paths(pir)
+        other = parse_config(with_op(lsc={"model_config": "legacy", key: ["conv2d"]}), tmp_path)
+        with pytest.raises(ConfigError, match=rf"{key}: has no effect here: engine is 'auto'"):
+            check_paths(other)
+        check_paths(parse_config(with_op(lsc={"model_config": "legacy", key: ["conv2d"]}, op={"engine": "paddle"}),
+                                 tmp_path))
+
+
 def test_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, PADDLECLAS_YML.read_text())
     config = load_config(path, {"rpc_port": 0, "http_port": 0, "brpc_port": 0,
