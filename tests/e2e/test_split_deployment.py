@@ -107,7 +107,9 @@ def test_two_model_servers_take_turns(split, image_paths):
     image = image_paths[0].read_bytes()
     for i in range(6):
         assert predict(split["pipeline"], [image], logid=100 + i).err_no == 0
-    time.sleep(0.2)  # the DEBUG line is written just after the answer
+    deadline = time.monotonic() + 10  # each DEBUG line is written just after its answer
+    while sum(m.served() for m in models) - sum(before) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
     served = [m.served() - b for m, b in zip(models, before, strict=True)]
     assert sum(served) == 6 and min(served) >= 2, served
 
