@@ -1,5 +1,7 @@
 """REST front door: `POST /{name}/{method}` with grpc-gateway (v1, JSONPb OrigName + EmitDefaults) JSON
-semantics, plus `GET /health/live`, `/health/ready` (and KServe's `/v2/health/*`) and `/metrics`.
+semantics, plus `GET /health/live`, `/health/ready` (and KServe's `/v2/health/*`) and `/metrics`; the Open
+Inference Protocol's `/v2/...` is handed to serving.v2_rest. Before any handler, `http_guard` checks the
+token and reads the body within the door's limits; `serve_app` adds the connection limits and TLS.
 
 As grpc-gateway does: any Content-Type is read as JSON; an empty body is an empty Request; the URL's
 name/method override the body's; unknown JSON fields are ignored; malformed JSON is HTTP 400 with
@@ -225,13 +227,12 @@ async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings
     return await serve_app(app, host, port, door, name, reuse_port, shutdown_timeout_s)
 
 
-async def serve_app(app: web.Application, host: str, port: int, door: DoorSettings | None = None,
+async def serve_app(app: web.Application, host: str, port: int, door: DoorSettings,
                     name: str = "http", reuse_port: bool = False,
                     shutdown_timeout_s: float = 10.0) -> tuple[web.AppRunner, int]:
     """Serve an aiohttp app on host:port (0 = any free port) within `door`'s limits and TLS; returns the
     runner (for cleanup) and the port. Idle connections, and headers that take longer than
     idle_timeout_s, are closed (aiohttp's keep-alive timer runs from the connection's start)."""
-    door = door or DoorSettings(max_request_bytes=app._client_max_size)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s,
                            keepalive_timeout=door.limits.idle_timeout_s)
     await runner.setup()
