@@ -51,6 +51,7 @@ from protocol.general_model import tensor_values
 from protocol.wire import GENERAL_MODEL_SERVICE, ElemType
 from serving.brpc_server import BrpcServer, RequestContext
 from serving.connections import DoorSettings
+from serving.http_guard import request_body
 
 __all__ = [
     "ENGINE_NAME",
@@ -266,7 +267,7 @@ class _ModelHttp:
                 raise BrpcError(Errno.ENOMETHOD, f"Fail to find method={parts[1]!r} of GeneralModelService; "
                                 f"methods: {', '.join(METHODS)}")
             proto = request.content_type == PROTO_CONTENT_TYPE
-            message = self._parse(await request.read(), proto)
+            message = self._parse(request_body(request), proto)
             header = request.headers.get("log-id", "")
             log_id = int(header) if header.isdigit() else 0  # brpc's HTTP log id header
             response = await self.service.infer(message, log_id)
@@ -295,7 +296,7 @@ class _ModelHttp:
 
 
 def model_http_app(service: ModelService, door: DoorSettings) -> web.Application:
-    from serving.rest_adapter import http_guard
+    from serving.http_guard import http_guard
 
     app = web.Application(client_max_size=door.max_request_bytes, middlewares=[http_guard(door)])
     app.router.add_route("*", "/{tail:.*}", _ModelHttp(service).dispatch)

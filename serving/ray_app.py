@@ -129,7 +129,7 @@ class PipelineReplica:
         """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: answered by the same
         RestAdapter.answer as `resnest serve`'s aiohttp server, after the same token check."""
         from pipeline.errors import ErrorCode
-        from serving.rest_adapter import GRPC_RESOURCE_EXHAUSTED, gateway_error, unauthenticated
+        from serving.http_guard import GRPC_RESOURCE_EXHAUSTED, gateway_error, unauthenticated
 
         refused = unauthenticated(self.tokens, request.url.path, request.headers.get("authorization"),
                                   request.client.host if request.client else "")

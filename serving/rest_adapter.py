@@ -12,13 +12,10 @@ proto field names, in field-number order.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
-from aiohttp import ClientPayloadError, web
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp import web
 from google.protobuf import json_format
 
 from pipeline.errors import ErrorCode
@@ -26,22 +23,12 @@ from protocol import pipeline_service_pb2 as pb
 from serving import v2_rest
 from serving.connections import DoorSettings, LimitedSite, PeerLimiter
 from serving.core import ServingCore
-from serving.metrics import Metrics
-from serving.security import OPEN_HTTP_PATHS, TokenSet
+from serving.http_guard import GRPC_INVALID_ARGUMENT, gateway_error, http_guard, request_body
 
 log = logging.getLogger(__name__)
 
-GRPC_INVALID_ARGUMENT = 3
-GRPC_DEADLINE_EXCEEDED = 4
-GRPC_RESOURCE_EXHAUSTED = 8
-GRPC_UNAUTHENTICATED = 16
 HEALTH_PATHS = {"/health/live": "live", "/health/ready": "ready", "/v2/health/live": "live",
                 "/v2/health/ready": "ready"}
-
-
-def gateway_error(status: int, grpc_code: int, message: str) -> web.Response:
-    body = {"error": message, "code": grpc_code, "message": message, "details": []}
-    return web.json_response(body, status=status)
 
 
 def plain(status: int) -> web.Response:
@@ -90,75 +77,6 @@ def grpc_gateway_json(message: pb.Response) -> bytes:
     return json.dumps(ordered, ensure_ascii=False).encode()
 
 
-ACCEPTED_ENCODINGS = ("", "identity", "gzip", "deflate")  # aiohttp inflates the last two, bounded
-
-
-class ClientErrorsInOneLine(logging.Filter):
-    """aiohttp logs a malformed request (bad headers, a body that does not inflate) with a traceback at ERROR:
-    a client's mistake, not the server's. Keep it as one INFO line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
-            record.msg, record.args = f"http bad request: {type(exc).__name__}: {exc}".replace("\n", " "), ()
-            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
-        return True
-
-
-logging.getLogger("aiohttp.server").addFilter(ClientErrorsInOneLine())
-
-
-def unauthenticated(tokens: TokenSet | None, path: str, authorization: str | None,
-                    remote: str | None = "") -> web.Response | None:
-    """The 401 answer for a call without one of the tokens (None when it may pass: auth off, a token it
-    accepts, or an open health path)."""
-    if tokens is None or path in OPEN_HTTP_PATHS or tokens.accepts(authorization):
-        return None
-    log.info("http %s from %s: refused, missing or unknown bearer token", path, remote)
-    response = gateway_error(401, GRPC_UNAUTHENTICATED, "missing or invalid bearer token: send "
-                             "'Authorization: Bearer <token>'")
-    response.headers["WWW-Authenticate"] = 'Bearer realm="resnest-serving"'
-    return response
-
-
-def http_guard(door: DoorSettings, metrics: Metrics | None = None):
-    """aiohttp middleware run before any handler: the bearer token (health stays open), then the whole body,
-    read within request_read_timeout_s and max_request_bytes (inflated), in one of the accepted encodings.
-    Refusals are counted in `metrics` as err_no 5000 on "http"."""
-
-    def refuse(request: web.Request, status: int, grpc_code: int, message: str) -> web.Response:
-        log.info("http %s %s from %s: %d %s", request.method, request.path, request.remote, status, message)
-        if metrics is not None:
-            metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
-        return gateway_error(status, grpc_code, message)
-
-    @web.middleware
-    async def guard(request: web.Request, handler) -> web.StreamResponse:
-        refused = unauthenticated(door.tokens, request.path, request.headers.get("Authorization"), request.remote)
-        if refused is not None:
-            return refused
-        if request.body_exists:
-            encoding = request.headers.get("Content-Encoding", "").strip().lower()
-            if encoding not in ACCEPTED_ENCODINGS:
-                return refuse(request, 415, GRPC_INVALID_ARGUMENT, f"Content-Encoding {encoding!r} is not "
-                              "supported; send gzip, deflate or identity")
-            try:
-                await asyncio.wait_for(request.read(), door.limits.read_timeout_s)
-            except TimeoutError:
-                response = refuse(request, 408, GRPC_DEADLINE_EXCEEDED, "request body not received within "
-                                  f"{door.limits.read_timeout_s:g} s (request_read_timeout_s)")
-                response.force_close()
-                return response
-            except web.HTTPRequestEntityTooLarge:
-                return refuse(request, 413, GRPC_RESOURCE_EXHAUSTED, "request body over the limit of "
-                              f"{door.max_request_bytes} bytes (max_request_bytes)")
-            except (ContentEncodingError, RequestPayloadError, web.HTTPBadRequest, ClientPayloadError) as exc:
-                return refuse(request, 400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}")
-        return await handler(request)
-
-    return guard
-
-
 class RestAdapter:
     def __init__(self, core: ServingCore, door: DoorSettings):
         self.core = core
@@ -173,8 +91,8 @@ class RestAdapter:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if path not in HEALTH_PATHS and (path == "/v2" or path.startswith("/v2/")):  # KServe V2: serving/v2_rest.py
-            return await v2_rest.handle(self.core, request, self.max_request_bytes)
-        body = await request.read() if request.body_exists else b""  # already read by `http_guard`
+            return await v2_rest.handle(self.core, request)
+        body = request_body(request)
         return await self.answer(path, request.method, body, request.remote or "")
 
     async def answer(self, path: str, method: str, body: bytes, remote: str = "") -> web.Response:
@@ -234,7 +152,8 @@ async def serve_app(app: web.Application, host: str, port: int, door: DoorSettin
     runner (for cleanup) and the port. Idle connections, and headers that take longer than
     idle_timeout_s, are closed (aiohttp's keep-alive timer runs from the connection's start)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s,
-                           keepalive_timeout=door.limits.idle_timeout_s)
+                           keepalive_timeout=door.limits.idle_timeout_s, auto_decompress=False,
+                           lingering_time=2.0)  # unread body after a refusal: discarded for 2 s (aiohttp: 10)
     await runner.setup()
     limiter = PeerLimiter(name, door.limits)
     await LimitedSite(runner, host, port, limiter, ssl_context=door.ssl_context,

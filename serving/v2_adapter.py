@@ -98,7 +98,7 @@ def check_shape(name: str, shape: Any) -> list[int]:
 
 
 def check_datatype(name: str, datatype: Any) -> str:
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise invalid(f"input {name!r}: unknown datatype {datatype!r}; the protocol's are "
                       f"{', '.join(sorted(DATATYPES))}")
     return datatype

@@ -7,7 +7,7 @@ Binary tensor extension both ways: `Inference-Header-Content-Length` splits the 
 and the inputs' raw bytes (`parameters.binary_data_size`, in input order); outputs asked for with
 `parameters.binary_data: true` (or request `parameters.binary_data_output: true`) come back the same way.
 Request bodies compressed with `Content-Encoding: gzip|deflate` (tritonclient's
-request_compression_algorithm) are inflated by aiohttp, up to max_request_bytes inflated.
+request_compression_algorithm) are inflated by serving.http_guard, up to max_request_bytes inflated.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from serving.core import ServingCore
+from serving.http_guard import request_body
 from serving.v2_adapter import (
     ErrorKind,
     RequestedOutput,
@@ -56,7 +56,7 @@ def model_of(core: ServingCore) -> V2Model:
     return model
 
 
-async def handle(core: ServingCore, request: web.Request, max_request_bytes: int) -> web.StreamResponse:
+async def handle(core: ServingCore, request: web.Request) -> web.StreamResponse:
     """Answer any `/v2` or `/v2/...` request."""
     model = model_of(core)
     parts = request.path.strip("/").split("/")[1:]
@@ -79,7 +79,7 @@ async def handle(core: ServingCore, request: web.Request, max_request_bytes: int
         if rest == ["infer"]:
             if method != "POST":
                 return error(ErrorKind.METHOD, f"{method} not allowed on {request.path}; use POST")
-            return await infer(model, request, name, version, max_request_bytes)
+            return await infer(model, request, name, version)
         if len(rest) > 1 or rest not in ([], ["ready"], ["config"]):
             return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
         not_get = _get(method)
@@ -100,25 +100,19 @@ def _get(method: str) -> web.Response | None:
     return error(ErrorKind.METHOD, f"{method} not allowed here; use GET")
 
 
-async def infer(model: V2Model, request: web.Request, name: str, version: str,
-                max_request_bytes: int) -> web.Response:
+async def infer(model: V2Model, request: web.Request, name: str, version: str) -> web.Response:
     """POST .../infer: JSON (and binary) body → pipeline → JSON (and binary) answer."""
     request_id = ""
     try:
         model.check(name, version)
-        try:
-            body = await request.read()  # aiohttp inflates gzip/deflate bodies, counting inflated bytes
-        except web.HTTPRequestEntityTooLarge:
-            raise V2Error(ErrorKind.TOO_LARGE, f"request body (inflated, if compressed) over the limit of "
-                          f"{max_request_bytes} bytes (max_request_bytes)") from None
-        except RequestPayloadError as exc:
-            raise invalid(f"request body could not be read: {str(exc).strip()}") from None
+        body = request_body(request)  # read, size-checked and inflated by serving.http_guard
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         data = await (asyncio.to_thread(_parse_json, header) if len(header) > THREAD_JSON_BYTES
                       else _immediate(_parse_json(header)))
-        request_id = data.get("id", "")
-        if not isinstance(request_id, str):
-            raise invalid(f"'id' must be a string, got {request_id!r}")
+        given_id = data.get("id", "")
+        if not isinstance(given_id, str):
+            raise invalid(f"'id' must be a string, got {given_id!r}")
+        request_id = given_id
         inputs, outputs, binary_output = _read_request(data, binary)
         result = await model.infer(inputs, outputs, request_id, PROTOCOL)
     except V2Error as exc:

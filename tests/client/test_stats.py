@@ -85,7 +85,7 @@ def test_report_counts_and_json_shape():
     assert s["errors_by_kind"] == {"timeout": 1} and s["qps"] == 2.0 and s["images_per_s"] == 4.0
     assert s["latency_ms"]["max"] == pytest.approx(20.0)  # failed requests are not in the latency figures
     raw = report.to_dict()["samples"]
-    assert raw[2] == {"t_s": 0.2, "latency_ms": 500.0, "images": 2, "error": "timeout"}
+    assert raw[2] == {"t_s": 0.2, "latency_ms": 500.0, "images": 2, "error": "timeout", "image_ids": []}
 
 
 class FakeClient(AsyncClassifier):
@@ -126,7 +126,7 @@ def test_every_answer_is_checked(tmp_path):
     load = _Load(config, FakeClient(answers), AnswerChecker())
 
     async def run_all():
-        return [await load.one() for _ in answers]
+        return [(await load.one())[0] for _ in answers]
 
     kinds = asyncio.run(run_all())
     assert kinds == [None, "err_no 5000", "bad_response", "bad_response", "bad_response", "wrong_answer",

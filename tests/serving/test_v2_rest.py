@@ -186,9 +186,9 @@ BAD = {
     "bad classification": (lambda j: image_request(j, classification="three"), 400,
                            "parameters.classification must be a non-negative integer, got 'three'"),
     "bad gzip": (lambda j: (b"not gzip", {"Content-Encoding": "gzip"}), 400,
-                 "request body could not be read: 400, message:\n  Can not decode content-encoding: gzip"),
+                 "request body could not be read: corrupt gzip data"),
     "gzip bomb": (lambda j: (gzip.compress(b" " * (MAX_BYTES + 10)), {"Content-Encoding": "gzip"}), 413,
-                  f"over the limit of {MAX_BYTES} bytes"),
+                  f"gzip body inflates to more than {MAX_BYTES} bytes (max_request_bytes)"),
     "body too large": (lambda j: (b" " * (MAX_BYTES + 10), {}), 413, f"over the limit of {MAX_BYTES} bytes"),
 }
 
