@@ -46,16 +46,17 @@ ANSWER_S = 30.0  # a request without an answer after this long counts as dropped
 FLAT_TOLERANCE = 0.10
 
 
-def png_of_zeros(width: int, height: int) -> bytes:
-    """A complete 1-bit greyscale PNG of zeros: small on the wire, width x height pixels once decoded."""
-    row = b"\x00" * (1 + (width + 7) // 8)
+def png_of_zeros(width: int, height: int, bit_depth: int = 1) -> bytes:
+    """A complete greyscale PNG of zeros: small on the wire, width x height pixels once decoded (the shape of
+    a decompression bomb; also used by the tests)."""
+    row = b"\x00" * (1 + (width * bit_depth + 7) // 8)
     packer = zlib.compressobj(9)
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 

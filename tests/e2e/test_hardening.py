@@ -18,6 +18,7 @@ import pytest
 import requests
 from support import make_tls_files
 
+from bench.soak import png_of_zeros
 from client import Credentials, TransportError, connect
 from protocol import baidu_std as bs
 from protocol import pipeline_service_pb2 as pb
@@ -30,19 +31,6 @@ GIB = 1024 ** 3
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def png(width: int, height: int, bit_depth: int = 1) -> bytes:
-    """A real, complete PNG of zeros (greyscale): small on the wire, width x height pixels decoded."""
-    row = b"\x00" * (1 + (width * bit_depth + 7) // 8)
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -81,7 +69,7 @@ def test_decompression_bombs_and_strips_refused_before_decoding(server_factory, 
     one request: each answered err_no 5000 naming the limit, the server's peak RSS stays far below what one
     decode would take (0.9-2.7 GB), and a real image is classified right after."""
     server = server_factory()
-    bomb, medium, strip = png(30000, 30000), png(15000, 15000), png(1, 10000, 8)
+    bomb, medium, strip = png_of_zeros(30000, 30000), png_of_zeros(15000, 15000), png_of_zeros(1, 10000, 8)
     assert len(bomb) < 200_000 and len(medium) < 60_000
     answer = post(server, {"key": ["bomb"], "value": [b64(bomb)]})
     assert answer["err_no"] == 5000 and "30000x30000 = 900000000 pixels exceeds the limit of 40000000" in \

@@ -28,22 +28,6 @@ def fuzz(examples: int):
                                            HealthCheck.function_scoped_fixture])
 
 
-def png_of_zeros(width: int, height: int) -> bytes:
-    """A complete 1-bit greyscale PNG of zeros: a few hundred KB on the wire for 30000x30000 pixels."""
-    import struct
-    import zlib
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def encoded(fmt: str, width: int, height: int, seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     ok, buf = cv2.imencode(fmt, pixels)

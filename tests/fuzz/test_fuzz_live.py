@@ -20,11 +20,12 @@ import zlib
 import grpc
 import pytest
 import requests
-from fuzz.fuzz_support import encoded, fuzz, mutate, mutations, png_of_zeros
+from fuzz.fuzz_support import encoded, fuzz, mutate, mutations
 from hypothesis import given
 from hypothesis import strategies as st
 from support import ServerProcess, write_config
 
+from bench.soak import png_of_zeros
 from protocol import baidu_std as bs
 from protocol import pipeline_service_pb2 as pb
 from protocol import pipeline_service_pb2_grpc as pb_grpc
