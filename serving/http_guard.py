@@ -31,7 +31,8 @@ def gateway_error(status: int, grpc_code: int, message: str) -> web.Response:
 
 
 ACCEPTED_ENCODINGS = ("", "identity", "gzip", "deflate")  # the last two inflated here, bounded
-BODY = "resnest.body"  # where the guard leaves the (inflated) body for the handlers
+# where the guard leaves the (inflated) body for the handlers (aiohttp < 3.12 has no RequestKey: a str key)
+BODY = web.RequestKey("resnest_body", bytes) if hasattr(web, "RequestKey") else "resnest.body"
 
 
 class ClientErrorsInOneLine(logging.Filter):

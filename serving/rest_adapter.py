@@ -138,7 +138,10 @@ async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings
     adapter = RestAdapter(core, door)
     if metrics_only:
         app = web.Application(middlewares=[http_guard(door, core.metrics)])
-        app.router.add_get("/metrics", lambda _request: adapter.metrics())
+        async def metrics(_request: web.Request) -> web.Response:
+            return adapter.metrics()
+
+        app.router.add_get("/metrics", metrics)
     else:
         app = adapter.app()
     name = "prometheus" if metrics_only else "http"

@@ -24,8 +24,11 @@ def test_limiter_counts_in_all_and_per_peer():
 
 def test_rest_door_closes_connections_over_max_connections():
     async def main() -> None:
+        async def ok(_request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
         app = web.Application()
-        app.router.add_get("/", lambda _request: web.Response(text="ok"))
+        app.router.add_get("/", ok)
         door = DoorSettings(1024, ConnectionLimits(max_connections=2, idle_timeout_s=30))
         runner, port = await serve_app(app, "127.0.0.1", 0, door)
         try:
