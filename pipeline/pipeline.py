@@ -224,27 +224,27 @@ class Pipeline:
             raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, "tensor has NaN or infinite values")
         return np.ascontiguousarray(tensor)
 
-    async def _preprocess_all(self, images: list[tuple[str, str]]) -> np.ndarray:
+    async def _preprocess_all(self, images: list[tuple[str, str | bytes]]) -> np.ndarray:
         """Preprocess every image in the thread pool. At the first bad image the ones not yet started are
-        cancelled and the error is raised without its traceback, so no decoded pixels outlive it."""
-        loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self._pool, self._prepare, k, v) for k, v in images]
+        cancelled, the ones already decoding are awaited (so their memory is back when we answer), and the
+        error is raised without its traceback, so no decoded pixels outlive it."""
+        jobs = [self._pool.submit(self._prepare, k, v) for k, v in images]
+        waiting = [asyncio.wrap_future(job) for job in jobs]
         try:
-            done, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()
+            for job in jobs:
+                job.cancel()
             raise
-        errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
+        errors = [f.exception() for f in done if f.exception() is not None]
         if not errors:
-            return np.stack([f.result() for f in futures])
-        for future in pending:
-            future.cancel()
-        if pending:  # let the images already in a thread finish, so memory is back when we answer
-            await asyncio.wait(pending)
+            return np.stack([job.result() for job in jobs])
+        running = [w for job, w in zip(jobs, waiting, strict=True) if not job.cancel() and not job.done()]
+        if running:
+            await asyncio.wait(running)
         first = errors[0]
         if not isinstance(first, PipelineError):
             raise first
-        failed = sum(1 for f in futures if not f.cancelled() and f.exception() is not None)
+        failed = sum(1 for job in jobs if job.done() and not job.cancelled() and job.exception() is not None)
         more = f" (and {failed - 1} more bad images)" if failed > 1 else ""
         raise PipelineError(first.code, first.message + more) from None

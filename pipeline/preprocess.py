@@ -80,6 +80,7 @@ def read_header(key: str, data: bytes) -> ImageHeader:
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format or "", img.size
+            fmt = "JPEG" if fmt == "MPO" else fmt  # a JPEG with an MPF segment (phone photos): its first image
             orientation = int(img.getexif().get(0x0112, 1)) if fmt == "JPEG" else 1
     except UnidentifiedImageError:
         raise _bad(key, f"not a decodable image ({len(data)} bytes starting {data[:8].hex()}: not a known image "

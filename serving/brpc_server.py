@@ -78,6 +78,7 @@ class _Connection:
         self.write_lock = asyncio.Lock()
         self.in_flight = 0  # calls of this connection not yet answered: waiting for them is not idling
         self.authenticated = False  # as brpc: a connection authenticates once, with its first request
+        self.close_after_answer = False
 
     async def send(self, frame: bytes) -> None:
         async with self.write_lock:
@@ -177,7 +178,7 @@ class BrpcServer:
         if self._server is not None:
             raise RuntimeError("BrpcServer already started")
         self._stopping = False
-        handshake = self.limits.read_timeout_s or None if self.ssl_context else None
+        handshake = (self.limits.read_timeout_s or None) if self.ssl_context else None
         self._server = await asyncio.start_server(self._on_connect, host, port, reuse_port=reuse_port or None,
                                                   ssl=self.ssl_context, ssl_handshake_timeout=handshake)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -343,6 +344,8 @@ class BrpcServer:
             log.warning("brpc log_id=%d %s.%s from %s: response not sent: %s",
                         req.log_id, req.service_name, req.method_name, conn.peer, exc)
             return
+        if conn.close_after_answer:
+            conn.close()
         ms = (time.monotonic() - start) * 1000
         if code:
             # A handler's own exception is a bug worth a traceback, but only when debugging.
@@ -361,6 +364,7 @@ class BrpcServer:
             raise BrpcError(Errno.ELOGOFF, "Server is stopping")
         if self.tokens is not None and not conn.authenticated:
             if not self.tokens.accepts(meta.authentication_data):
+                conn.close_after_answer = True  # as brpc: a connection that fails to authenticate is closed
                 raise BrpcError(Errno.ERPCAUTH, "missing or invalid token in RpcMeta.authentication_data")
             conn.authenticated = True
         if self.max_concurrency and self._in_flight >= self.max_concurrency:

@@ -111,7 +111,9 @@ class _CountedProtocol(asyncio.Protocol):
 
 
 class LimitedSite(web.TCPSite):
-    """aiohttp's TCPSite with a PeerLimiter in front of every connection."""
+    """aiohttp's TCPSite with a PeerLimiter in front of every connection. With TLS, a connection is counted
+    once its handshake is done (asyncio reports it then); the handshake itself must finish within
+    read_timeout_s."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, limiter: PeerLimiter, **kwargs: Any):
         super().__init__(runner, host, port, **kwargs)
@@ -122,9 +124,11 @@ class LimitedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         limiter = self._limiter
+        handshake = (limiter.limits.read_timeout_s or None) if self._ssl_context else None
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _CountedProtocol(server(), limiter), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+            ssl_handshake_timeout=handshake, backlog=self._backlog, reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 

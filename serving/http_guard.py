@@ -15,7 +15,7 @@ from pipeline.errors import ErrorCode
 from protocol.inflate import InflateError, inflate
 from serving.connections import DoorSettings
 from serving.metrics import Metrics
-from serving.security import OPEN_HTTP_PATHS, TokenSet
+from serving.security import TokenSet, is_open_path
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,50 @@ def unauthenticated(tokens: TokenSet | None, path: str, authorization: str | Non
                     remote: str | None = "") -> web.Response | None:
     """The 401 answer for a call without one of the tokens (None when it may pass: auth off, a token it
     accepts, or an open health path)."""
-    if tokens is None or path in OPEN_HTTP_PATHS or tokens.accepts(authorization):
+    if tokens is None or is_open_path(path) or tokens.accepts(authorization):
         return None
     log.info("http %s from %s: refused, missing or unknown bearer token", path, remote)
     response = gateway_error(401, GRPC_UNAUTHENTICATED, "missing or invalid bearer token: send "
                              "'Authorization: Bearer <token>'")
     response.headers["WWW-Authenticate"] = 'Bearer realm="resnest-serving"'
     return response
+
+
+class BodyRefused(Exception):
+    """A request body refused before any handler: HTTP status, gRPC code (for grpc-gateway's body), why."""
+
+    def __init__(self, status: int, grpc_code: int, message: str):
+        super().__init__(message)
+        self.status, self.grpc_code, self.message = status, grpc_code, message
+
+
+def too_large(limit: int) -> BodyRefused:
+    return BodyRefused(413, GRPC_RESOURCE_EXHAUSTED, f"request body over the limit of {limit} bytes "
+                                                     "(max_request_bytes)")
+
+
+def check_encoding(encoding: str) -> str:
+    """The normalized Content-Encoding, or BodyRefused(415) for one this server does not inflate."""
+    encoding = encoding.strip().lower()
+    if encoding not in ACCEPTED_ENCODINGS:
+        raise BodyRefused(415, GRPC_INVALID_ARGUMENT, f"Content-Encoding {encoding!r} is not supported; send "
+                                                      "gzip, deflate or identity")
+    return encoding
+
+
+async def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes:
+    """`raw` inflated (off the event loop, step by step, at most `limit` bytes out) when `encoding` is gzip
+    or deflate; BodyRefused (413, 400) otherwise. Used by every HTTP door, Ray's included."""
+    if len(raw) > limit:
+        raise too_large(limit)
+    if check_encoding(encoding) not in ("gzip", "deflate"):
+        return raw
+    try:
+        return await asyncio.to_thread(inflate, raw, encoding.strip().lower(), limit)
+    except InflateError as exc:
+        if exc.too_large:
+            raise BodyRefused(413, GRPC_RESOURCE_EXHAUSTED, f"request body: {exc} (max_request_bytes)") from None
+        raise BodyRefused(400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}") from None
 
 
 def http_guard(door: DoorSettings, metrics: Metrics | None = None):
@@ -81,31 +118,23 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None):
         if refused is not None:
             return refused
         if request.body_exists:
-            encoding = request.headers.get("Content-Encoding", "").strip().lower()
-            if encoding not in ACCEPTED_ENCODINGS:
-                return refuse(request, 415, GRPC_INVALID_ARGUMENT, f"Content-Encoding {encoding!r} is not "
-                              "supported; send gzip, deflate or identity")
+            encoding = request.headers.get("Content-Encoding", "")
             try:
-                body = await asyncio.wait_for(request.read(), door.limits.read_timeout_s)
+                check_encoding(encoding)
+                raw = await asyncio.wait_for(request.read(), door.limits.read_timeout_s)
+                request[BODY] = await decoded_body(raw, encoding, door.max_request_bytes)
+            except BodyRefused as exc:
+                return refuse(request, exc.status, exc.grpc_code, exc.message)
             except TimeoutError:
                 response = refuse(request, 408, GRPC_DEADLINE_EXCEEDED, "request body not received within "
                                   f"{door.limits.read_timeout_s:g} s (request_read_timeout_s)")
                 response.force_close()
                 return response
             except web.HTTPRequestEntityTooLarge:
-                return refuse(request, 413, GRPC_RESOURCE_EXHAUSTED, "request body over the limit of "
-                              f"{door.max_request_bytes} bytes (max_request_bytes)")
+                error = too_large(door.max_request_bytes)
+                return refuse(request, error.status, error.grpc_code, error.message)
             except (RequestPayloadError, web.HTTPBadRequest, ClientPayloadError) as exc:
                 return refuse(request, 400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}")
-            if encoding in ("gzip", "deflate"):
-                try:
-                    body = await asyncio.to_thread(inflate, body, encoding, door.max_request_bytes)
-                except InflateError as exc:
-                    if exc.too_large:
-                        return refuse(request, 413, GRPC_RESOURCE_EXHAUSTED, f"request body: {exc} "
-                                      "(max_request_bytes)")
-                    return refuse(request, 400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}")
-            request[BODY] = body
         return await handler(request)
 
     return guard

@@ -129,18 +129,21 @@ class PipelineReplica:
         """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: answered by the same
         RestAdapter.answer as `resnest serve`'s aiohttp server, after the same token check."""
         from pipeline.errors import ErrorCode
-        from serving.http_guard import GRPC_RESOURCE_EXHAUSTED, gateway_error, unauthenticated
+        from serving.http_guard import BodyRefused, decoded_body, gateway_error, too_large, unauthenticated
 
         refused = unauthenticated(self.tokens, request.url.path, request.headers.get("authorization"),
                                   request.client.host if request.client else "")
         if refused is not None:
             return _starlette(refused)
-        body = await request.body()
         limit = self.config.max_request_bytes
-        if len(body) > limit:
+        try:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:  # refused before reading it
+                raise too_large(limit)
+            body = await decoded_body(await request.body(), request.headers.get("content-encoding", ""), limit)
+        except BodyRefused as exc:
             self.metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
-            return _starlette(gateway_error(413, GRPC_RESOURCE_EXHAUSTED, f"request body over the limit of "
-                                            f"{limit} bytes (max_request_bytes)"))
+            return _starlette(gateway_error(exc.status, exc.grpc_code, exc.message))
         return _starlette(await self.rest.answer(request.url.path, request.method, body))
 
     async def check_health(self) -> None:
@@ -172,11 +175,19 @@ def replica_resources(config: ServerConfig, options: RayOptions) -> dict[str, fl
     return resources
 
 
+def check_ray_config(config: ServerConfig) -> None:
+    """Refuse what Ray Serve cannot honour (rather than serve without it)."""
+    if config.tls.enabled:
+        raise ValueError("tls: is not applied with --ray (Ray Serve's proxies terminate the connections; its gRPC "
+                         "proxy has no TLS): terminate TLS in front of Ray (ingress, load balancer) and drop tls:")
+
+
 def build_app(config: ServerConfig, options: RayOptions):
     """The Ray Serve application: one deployment of PipelineReplica with the autoscaling bounds."""
     from ray import serve
 
     options.validate()
+    check_ray_config(config)
     autoscaling = {"min_replicas": options.min_replicas,
                    "max_replicas": options.max_replicas if options.max_replicas is not None else options.min_replicas,
                    "initial_replicas": options.min_replicas,
@@ -241,11 +252,9 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
 
     options.validate()
     check_paths(config)
+    check_ray_config(config)
     if config.http_port is None:
         raise ValueError("--ray needs http_port: Ray Serve's HTTP proxy serves REST and the health endpoints")
-    if config.tls.enabled:
-        raise ValueError("tls: is not applied with --ray (Ray Serve's proxies terminate the connections; its gRPC "
-                         "proxy has no TLS): terminate TLS in front of Ray (ingress, load balancer) and drop tls:")
     if config.brpc_port is not None:
         log.warning("brpc_port %d is not served with --ray: Ray Serve has gRPC and HTTP proxies only",
                     config.brpc_port)

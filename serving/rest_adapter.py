@@ -24,11 +24,9 @@ from serving import v2_rest
 from serving.connections import DoorSettings, LimitedSite, PeerLimiter
 from serving.core import ServingCore
 from serving.http_guard import GRPC_INVALID_ARGUMENT, gateway_error, http_guard, request_body
+from serving.security import HEALTH_PATHS
 
 log = logging.getLogger(__name__)
-
-HEALTH_PATHS = {"/health/live": "live", "/health/ready": "ready", "/v2/health/live": "live",
-                "/v2/health/ready": "ready"}
 
 
 def plain(status: int) -> web.Response:
@@ -137,7 +135,7 @@ async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings
     GET /metrics alone); returns the runner (for cleanup) and the bound port."""
     adapter = RestAdapter(core, door)
     if metrics_only:
-        app = web.Application(middlewares=[http_guard(door, core.metrics)])
+        app = web.Application(client_max_size=door.max_request_bytes, middlewares=[http_guard(door, core.metrics)])
         async def metrics(_request: web.Request) -> web.Response:
             return adapter.metrics()
 

@@ -16,10 +16,17 @@ from serving.config_schema import AuthConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 
-OPEN_HTTP_PATHS = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
+HEALTH_PATHS = {"/health/live": "live", "/health/ready": "ready", "/v2/health/live": "live",
+                "/v2/health/ready": "ready"}
 OPEN_GRPC_METHODS = frozenset({"/inference.GRPCInferenceService/ServerLive",
                                "/inference.GRPCInferenceService/ServerReady",
                                "/inference.GRPCInferenceService/ModelReady"})
+
+
+def is_open_path(path: str) -> bool:
+    """HTTP paths that need no token: the health checks, and the Open Inference Protocol's model readiness
+    (`/v2/models/{name}[/versions/{v}]/ready`, open on gRPC too)."""
+    return path in HEALTH_PATHS or (path.startswith("/v2/models/") and path.endswith("/ready"))
 
 
 class TokenSet:

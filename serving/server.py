@@ -178,7 +178,13 @@ class Server:
                                         f"shutdown_grace_s ({grace:g} s); retry it")
             log.warning("stopping: grace of %g s over; answered %d request(s) still in flight with err_no 3001",
                         grace, count)
-            await asyncio.wait(pending)
+            await asyncio.wait(pending, timeout=backstop - grace + 1.0)
+        for door in doors:
+            if not door.done():
+                door.cancel()
+                log.warning("stopping: a front door did not stop within %g s; cancelled", backstop)
+            elif door.exception() is not None:
+                log.warning("stopping: a front door failed to stop cleanly: %r", door.exception())
         if self._tracer is not None:
             await self._tracer.stop()
         await self.pipeline.stop()

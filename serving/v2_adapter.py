@@ -90,10 +90,17 @@ class RequestedOutput:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_RANK = 8
+MAX_ELEMENTS = 2**31 - 1  # more than max_request_bytes can carry; numpy cannot reshape far beyond it
+
+
 def check_shape(name: str, shape: Any) -> list[int]:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise invalid(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_RANK or math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise invalid(f"input {name!r}: shape {shape} is beyond what any request can hold (at most {MAX_RANK} "
+                      f"dimensions, {MAX_ELEMENTS} elements)")
     return shape
 
 

@@ -5,6 +5,7 @@ are gRPC status codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL) with 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from serving.v2_adapter import (
     V2Error,
     V2Model,
     check_datatype,
+    check_shape,
     decode_raw,
     encode_raw,
     invalid,
@@ -54,9 +56,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> list[Tensor]:
     for i, item in enumerate(request.inputs):
         name = item.name
         datatype = check_datatype(name, item.datatype)
-        shape = [int(d) for d in item.shape]
-        if any(d < 0 for d in shape):
-            raise invalid(f"input {name!r}: shape must be non-negative, got {shape}")
+        shape = check_shape(name, [int(d) for d in item.shape])
         if raw:
             data = decode_raw(name, datatype, shape, raw[i])
         else:
@@ -70,7 +70,7 @@ def _typed(name: str, datatype: str, shape: list[int], contents: pb.InferTensorC
     if field is None:
         raise invalid(f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents")
     values = getattr(contents, field)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(values) != count:
         raise invalid(f"input {name!r}: shape {shape} needs {count} elements, contents.{field} has {len(values)}")
     if datatype == "BYTES":

@@ -99,6 +99,21 @@ def test_decodes_like_cv2_with_exif_orientation(image_paths):
         assert np.array_equal(decode_image("o", buf.getvalue(), 10**8), want), orientation
 
 
+def test_multi_picture_jpeg_is_a_jpeg(image_paths):
+    """Phone photos often carry an MPF segment (Pillow: format "MPO"): decoded like any JPEG, as cv2 does."""
+    import io
+
+    from PIL import Image
+
+    first = Image.open(image_paths[0])
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[first.rotate(90)])
+    data = buf.getvalue()
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(decode_image("mpo", data, 10**8), want)
+
+
 def test_formats_without_checked_headers_are_refused():
     import io
 

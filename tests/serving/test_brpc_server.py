@@ -275,6 +275,30 @@ def test_compressed_body_inflating_over_the_limit_is_erequest() -> None:
     run(main)
 
 
+def test_token_checked_once_per_connection_and_a_failed_check_closes_it() -> None:
+    from serving.security import TokenSet
+
+    async def main() -> None:
+        tokens = TokenSet(["right-token-0123456789"])
+        async with serving(tokens=tokens) as server:
+            async with BrpcClient(HOST, server.port, auth_data=b"wrong-token-0123456789") as client:
+                await expect_error(bs.Errno.ERPCAUTH, client.call(SVC, "echo", b"x"))
+            meta = RpcMeta(correlation_id=1, authentication_data=b"nope")
+            meta.request.service_name, meta.request.method_name = SVC, "echo"
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(bs.encode_frame(meta, b"x"))
+            parser, frames = bs.FrameParser(), []
+            while not frames:
+                frames += parser.feed(await asyncio.wait_for(reader.read(65536), 5))
+            assert frames[0].meta.response.error_code == bs.Errno.ERPCAUTH
+            assert await closed_by_server(reader)  # as brpc: no second guess on the same connection
+            writer.close()
+            async with BrpcClient(HOST, server.port, auth_data=b"Bearer right-token-0123456789") as client:
+                assert await client.call(SVC, "echo", b"one") == b"one"
+                assert await client.call(SVC, "echo", b"two") == b"two"
+    run(main)
+
+
 def test_body_over_limit_is_answered_then_connection_closed() -> None:
     async def main() -> None:
         async with serving(max_body_size=1024) as server, BrpcClient(HOST, server.port) as client:
