@@ -104,12 +104,13 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None):
     """aiohttp middleware run before any handler: the bearer token (health stays open), then the whole body,
     read within request_read_timeout_s and max_request_bytes, in one of the accepted encodings, inflated
     step by step up to max_request_bytes (aiohttp's own inflating is off: `serve_app`). Handlers take the
-    body from `request_body`. Refusals are counted in `metrics` as err_no 5000 on "http"."""
+    body from `request_body`. Refusals are counted in `metrics` as err_no 5000 on "http" (or "v2-http")."""
 
     def refuse(request: web.Request, status: int, grpc_code: int, message: str) -> web.Response:
         log.info("http %s %s from %s: %d %s", request.method, request.path, request.remote, status, message)
         if metrics is not None:
-            metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+            protocol = "v2-http" if request.path == "/v2" or request.path.startswith("/v2/") else "http"
+            metrics.request_done(protocol, int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
         return gateway_error(status, grpc_code, message)
 
     @web.middleware
