@@ -3,15 +3,13 @@ adapter only implements ``infer`` (send one pipeline ``Request``, return its ``R
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from abc import ABC, abstractmethod
 from typing import Any
 
 from client.codec import DEFAULT_METHOD, Classification, build_request, parse_classifications
 from client.credentials import Credentials
 from client.images import encode_image, named_images
-from protocol.endpoints import split_host_port
+from protocol.endpoints import is_loopback, split_host_port  # noqa: F401  (is_loopback re-exported)
 from protocol.pipeline_service_pb2 import Request, Response
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClassifier", "Classifier", "is_loopback", "parse_endpoint"]
@@ -21,20 +19,6 @@ DEFAULT_TIMEOUT = 30.0
 
 
 parse_endpoint = split_host_port  # ``"host:port"`` or ``"[v6]:port"`` → ``(host, port)``
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address ``host`` resolves to is a loopback address (127.0.0.0/8, ::1)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    addrs = {info[4][0] for info in infos}
-    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
 class _Common:

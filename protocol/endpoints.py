@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 
 def split_host_port(endpoint: str) -> tuple[str, int]:
     """"127.0.0.1:9993" or "[::1]:9993" -> (host, port); ValueError saying what is wrong."""
@@ -17,3 +20,17 @@ def split_host_port(endpoint: str) -> tuple[str, int]:
 def join_host_port(host: str, port: int) -> str:
     """(host, port) -> "host:port", with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addrs = {info[4][0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)

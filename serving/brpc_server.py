@@ -92,10 +92,6 @@ class _Connection:
             self.writer.close()
 
 
-def _finished(conn: _Connection) -> None:
-    conn.in_flight -= 1
-
-
 class BrpcServer:
     """An asyncio bRPC server: ``register`` handlers, ``await start(host, port)``, ``await stop()``."""
 
@@ -103,7 +99,6 @@ class BrpcServer:
         self,
         *,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        max_connections: int = 1024,
         max_concurrency: int = 0,
         timeout_s: float | None = None,
         limits: ConnectionLimits | None = None,
@@ -112,11 +107,11 @@ class BrpcServer:
     ) -> None:
         """``max_concurrency`` > 0 answers ELIMIT beyond that many calls in flight (server-wide);
         ``timeout_s`` is the default per-call handler timeout (None: no limit) → ERPCTIMEDOUT.
-        ``limits`` (connections in all and per address, idle and read timeouts) replaces
-        ``max_connections``; ``ssl_context`` makes the port TLS-only; ``tokens`` requires
+        ``limits``: connections in all and per address, idle and read timeouts (ConnectionLimits' defaults
+        when None); ``ssl_context`` makes the port TLS-only; ``tokens`` requires
         ``RpcMeta.authentication_data`` (ERPCAUTH otherwise)."""
         self.max_body_size = max_body_size
-        self.limits = limits or ConnectionLimits(max_connections=max_connections, idle_timeout_s=0, read_timeout_s=0)
+        self.limits = limits or ConnectionLimits()
         self._limiter = PeerLimiter("brpc", self.limits)
         self.ssl_context = ssl_context
         self.tokens = tokens if tokens is not None and tokens.enabled else None
@@ -305,8 +300,12 @@ class BrpcServer:
         task = asyncio.create_task(self._serve_call(conn, meta, body[meta_size:]))
         self._calls.add(task)
         conn.in_flight += 1
-        task.add_done_callback(lambda done: (self._calls.discard(done), _finished(conn)))
+        task.add_done_callback(lambda done: self._call_done(done, conn))
         return True
+
+    def _call_done(self, task: asyncio.Task[None], conn: _Connection) -> None:
+        self._calls.discard(task)
+        conn.in_flight -= 1
 
     async def _refuse_too_large(self, conn: _Connection, exc: FrameTooLargeError) -> None:
         """Answer an oversized frame with EREQUEST when its meta (and so its correlation_id) is small

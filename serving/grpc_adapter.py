@@ -8,7 +8,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
 from protocol.wire import PIPELINE_SERVICE
 from serving import v2_grpc
 from serving.config_schema import TlsConfig
@@ -19,7 +18,7 @@ from serving.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credential
 log = logging.getLogger(__name__)
 
 
-class PipelineServicer(pb_grpc.PipelineServiceServicer):
+class PipelineServicer:
     def __init__(self, core: ServingCore):
         self.core = core
 

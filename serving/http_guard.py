@@ -90,10 +90,11 @@ async def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes:
     or deflate; BodyRefused (413, 400) otherwise. Used by every HTTP door, Ray's included."""
     if len(raw) > limit:
         raise too_large(limit)
-    if check_encoding(encoding) not in ("gzip", "deflate"):
+    encoding = check_encoding(encoding)
+    if encoding not in ("gzip", "deflate"):
         return raw
     try:
-        return await asyncio.to_thread(inflate, raw, encoding.strip().lower(), limit)
+        return await asyncio.to_thread(inflate, raw, encoding, limit)
     except InflateError as exc:
         if exc.too_large:
             raise BodyRefused(413, GRPC_RESOURCE_EXHAUSTED, f"request body: {exc} (max_request_bytes)") from None

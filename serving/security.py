@@ -7,11 +7,11 @@ time. Health checks stay open so that load balancers and Kubernetes probes need 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import ssl
 from pathlib import Path
 
+from protocol.endpoints import is_loopback
 from serving.config_schema import AuthConfig, TlsConfig
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,6 @@ def grpc_server_credentials(tls: TlsConfig):
     client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file is not None else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                        require_client_auth=client_ca is not None)
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def warn_if_exposed(host: str, tls: TlsConfig, tokens: TokenSet) -> None:

@@ -20,6 +20,7 @@ from protocol.brpc_client import BrpcClient, SyncBrpcClient
 from protocol.brpc_meta_pb2 import RpcMeta
 from protocol.general_model_service_pb2 import Request, Response
 from serving.brpc_server import BrpcServer, RequestContext
+from serving.connections import ConnectionLimits
 
 SVC = "test.brpc.EchoService"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
@@ -348,7 +349,7 @@ def test_malformed_frame_closes_only_that_connection(garbage: bytes) -> None:
 
 def test_too_many_connections() -> None:
     async def main() -> None:
-        async with serving(max_connections=1) as server:
+        async with serving(limits=ConnectionLimits(max_connections=1)) as server:
             first = BrpcClient(HOST, server.port)
             second = BrpcClient(HOST, server.port)
             assert await first.call(SVC, "echo", b"1") == b"1"
