@@ -244,6 +244,11 @@ class OpConfig:
     max_aspect_ratio: float = setting(20.0, "Limit on an image's long side / short side, checked from the header "
                                             "before decoding (a 1×10000 strip would otherwise be resized to "
                                             "256×2560000).", origin="ours", minimum=1)
+    jpeg_dct_scaling: bool = setting(
+        False, "Decode a JPEG whose short side is at least twice `resize_short` at a libjpeg DCT scale (1/2 ... 1/8) "
+        "that keeps the short side >= `resize_short`, then resize as usual: about half the decode time of a large "
+        "photo, but the pixels differ slightly from PaddleClas's full decode (effect measured in README \"Engines "
+        "and precision\"). Off: PaddleClas's exact pixels.", origin="ours")
     max_queue_images: int = setting(1024, "The number of images that may wait for the engine (backpressure). "
                                           "Requests beyond it are refused.", origin="ours", minimum=1,
                                     type_doc="int ≥ `max_images_per_request`")

@@ -58,6 +58,7 @@ def pipeline_settings(config: ServerConfig) -> PipelineSettings:
                             auto_batching_timeout_ms=op.auto_batching_timeout, timeout_ms=op.timeout,
                             max_images_per_request=op.max_images_per_request,
                             max_image_pixels=op.max_image_pixels, max_aspect_ratio=op.max_aspect_ratio,
+                            jpeg_dct_scaling=op.jpeg_dct_scaling,
                             max_queue_images=op.max_queue_images,
                             preprocess_threads=max(1, min(4, os.cpu_count() or 1)), retry=config.dag.retry,
                             log_profile=config.dag.use_profile)
