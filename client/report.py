@@ -11,7 +11,7 @@ from client.bench import BenchReport, RepeatedRun, SweepReport
 from client.stats import PERCENTILES
 from client.text_table import text_table
 
-__all__ = ["format_report", "format_sweep", "plot_report", "plot_sweep", "write_json"]
+__all__ = ["format_report", "format_sweep", "plot_report", "plot_sweep", "strict_json", "write_json"]
 
 _LAT_KEYS = ("mean", *(f"p{p}" for p in PERCENTILES), "max")
 
@@ -98,18 +98,18 @@ def write_json(path: str | Path, report: BenchReport | SweepReport | RepeatedRun
     """The full report, raw per-request samples included."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(report.to_dict(raw=True)), indent=1, allow_nan=False))
+    path.write_text(json.dumps(strict_json(report.to_dict(raw=True)), indent=1, allow_nan=False))
     return path
 
 
-def _finite(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """NaN/inf (e.g. latency of a run without successes) → None, so the file is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [strict_json(v) for v in value]
     return value
 
 
