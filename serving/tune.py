@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,8 +159,7 @@ class Tuner:
             return cand
         self.start_cost_s = max(self.start_cost_s * 0.5, time.monotonic() - t0)
         try:
-            chosen = re.search(r"engine (\S+ \S+) chosen", server.log)
-            cand.engine_started = chosen.group(1) if chosen else ""
+            cand.engine_started = server.info.get("engine", "")
             port = server.ports["grpc" if self.protocol in ("grpc", "v2-grpc") else
                                 "brpc" if self.protocol == "brpc" else "http"]
             for level in self.levels(cand):
