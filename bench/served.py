@@ -23,6 +23,8 @@ import base64
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -100,6 +102,18 @@ def process_tree_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def flame_graph(pid: int, folder: Path, name: str, seconds: float) -> subprocess.Popen:
+    """Start py-spy recording the front door process (threads, native frames off) for `seconds` into
+    folder/name.svg; the caller waits for it."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise RuntimeError("--flamegraph needs py-spy: pip install py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
+                             "--output", str(folder / f"{name}.svg"), "--threads", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, images: list[bytes],
                image_dir: Path, workdir: Path) -> dict:
     from client.bench import BenchConfig, run_repeats
@@ -117,8 +131,12 @@ def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Name
                                 images=sorted(image_dir.iterdir()), concurrency=concurrency,
                                 duration=args.seconds, warmup=4, metrics_url=server.url("/metrics"))
             before = process_tree_cpu(server.proc.pid)
+            profiler = flame_graph(server.proc.pid, args.flamegraph, f"{engine}_{precision}_{protocol}_c{concurrency}",
+                                   args.seconds * args.repeats) if args.flamegraph else None
             run = asyncio.run(run_repeats(bench, args.repeats))
             after = process_tree_cpu(server.proc.pid)
+            if profiler is not None:
+                profiler.wait(60)
             requests_done = sum(len(r.samples) for r in run.reports) + bench.warmup
             summary = run.median_report.summary()
             summary["figures"] = run.figures()
@@ -146,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-timeout-ms", type=int, default=2, help="server auto_batching_timeout")
     parser.add_argument("--repeats", type=int, default=1, help="measure each point N times (median, min–max)")
     parser.add_argument("--json", type=Path, help="write every figure and the machine fingerprint here")
+    parser.add_argument("--flamegraph", type=Path, metavar="DIR",
+                        help="record a py-spy flame graph of the front door at every point into DIR (pip install py-spy)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
