@@ -40,6 +40,7 @@ from client.credentials import Credentials
 from client.errors import BadResponseError, ClientError
 from client.factory import connect_async
 from client.fingerprint import machine_fingerprint
+from client.images import shrink_image
 from client.stats import find_knee, histogram_totals, stage_means
 
 __all__ = [
@@ -75,7 +76,10 @@ class _Load:
         self.config = config
         self.client = client
         self.checker = checker
-        self.encoded = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in config.images]
+        files = [Path(p).read_bytes() for p in config.images]
+        if config.client_resize:  # done once here: the load measures the server, not the client's resizing
+            files = [shrink_image(data, config.client_resize) for data in files]
+        self.encoded = [base64.b64encode(data).decode("ascii") for data in files]
         self.rng = random.Random(config.seed)
         self.log_ids = itertools.count(1)
         self.error_examples: dict[str, str] = {}

@@ -105,6 +105,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--knee-fraction", type=float, default=0.95, metavar="F",
                    help="sweep knee = lowest concurrency reaching F x the best images/s (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing images (default 0)")
+    p.add_argument("--client-resize", type=int, metavar="N",
+                   help="shrink images whose short side is at least 2N to a short side of N, once before the load "
+                        "(the model's resize target, 256 for 224 models): what a client that resizes sends")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report (raw samples included)")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="draw latency over time and a histogram (sweep: throughput/latency per level)")
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         images_per_request=args.images_per_request, warmup=args.warmup, timeout=args.timeout,
         metrics_url=args.metrics_url or default_metrics_url(args.protocol, endpoint, credentials.scheme),
         allow_remote=args.allow_remote, check_answers=not args.no_answer_check, seed=args.seed,
+        client_resize=args.client_resize,
         progress=not args.quiet and sys.stderr.isatty(), credentials=credentials)
     config.validate()
     if args.plot is not None:

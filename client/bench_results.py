@@ -57,6 +57,7 @@ class BenchConfig:
     allow_remote: bool = False
     check_answers: bool = True
     seed: int = 0
+    client_resize: int | None = None  # shrink each image to this short side once, before the load (shrink_image)
     progress: bool = False
     credentials: Credentials | None = None  # TLS CA / client certificate / token (never written to reports)
 
@@ -82,6 +83,8 @@ class BenchConfig:
             raise ValueError(f"--latency-bound-ms must be > 0, got {self.latency_bound_ms}")
         if self.images_per_request < 1:
             raise ValueError(f"--images-per-request must be >= 1, got {self.images_per_request}")
+        if self.client_resize is not None and self.client_resize < 1:
+            raise ValueError(f"--client-resize must be >= 1, got {self.client_resize}")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
         if not self.timeout > 0:
