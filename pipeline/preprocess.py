@@ -1,7 +1,7 @@
 """Image decode and PaddleClas inference preprocessing, per image (runs in worker threads: OpenCV
 releases the GIL).
 
-PaddleClas steps (reference §8): cv2 decode (BGR) → resize the short side to `resize_short` with
+PaddleClas steps (../shared/reference/paddle_serving_protocol.md §8): cv2 decode (BGR) → resize the short side to `resize_short` with
 Python's round() and cv2 bilinear → centre crop → BGR→RGB → /255 → ImageNet mean/std → CHW float32.
 """
 
