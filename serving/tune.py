@@ -77,8 +77,8 @@ class Candidate:
 
 def accuracy_gate(bundle: ModelBundle, engine: str, precision: str, threshold: float) -> str | None:
     """Why a reduced precision may not be chosen on `engine` (no recorded check, or agreement below the
-    threshold on any checked set), or None."""
-    if precision == "fp32":
+    threshold on any checked set), or None. A threshold of 0 turns the gate off."""
+    if precision == "fp32" or threshold <= 0:
         return None
     check = bundle.meta.precision_checks.get(precision, {}).get("engines", {}).get(engine)
     if not check or "skipped" in check or "error" in check:
@@ -227,7 +227,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--time-budget", default="10m", metavar="T",
                    help="total time, e.g. 600, 90s, 10m (default 10m); candidates that do not fit are reported")
     p.add_argument("--accuracy-threshold", type=float, default=0.99, metavar="F",
-                   help="lowest recorded top-1 agreement with fp32 for bf16/int8 to be chosen (default 0.99)")
+                   help="lowest recorded top-1 agreement with fp32 for bf16/int8 to be chosen (default 0.99; 0 turns "
+                        "the gate off, e.g. for random-weight models whose agreement means nothing)")
     p.add_argument("--images", type=Path, metavar="DIR", help="images to send (default ../shared/data/images)")
     p.add_argument("--out", type=Path, default=Path("tune_out"), help="output folder (default tune_out)")
     p.set_defaults(func=run)
@@ -250,8 +251,8 @@ def run(args: argparse.Namespace) -> int:
     from serving.tune_report import write_outputs
 
     budget = parse_duration(args.time_budget)
-    if not 0 < args.accuracy_threshold <= 1:
-        raise ValueError(f"--accuracy-threshold must be in (0, 1], got {args.accuracy_threshold}")
+    if not 0 <= args.accuracy_threshold <= 1:
+        raise ValueError(f"--accuracy-threshold must be in [0, 1] (0: no gate), got {args.accuracy_threshold}")
     folder = args.images or default_images_dir()
     if folder is None:
         raise ValueError("no image folder: give --images DIR (../shared/data/images was not found)")
