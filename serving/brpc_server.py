@@ -32,7 +32,7 @@ from protocol.baidu_std import (
     short_service_name,
 )
 from protocol.brpc_meta_pb2 import RpcMeta
-from serving.connections import ConnectionLimits, PeerLimiter, peer_host
+from serving.connections import MAX_CALLS_PER_CONNECTION, ConnectionLimits, PeerLimiter, peer_host
 from serving.security import TokenSet
 
 __all__ = ["MAX_CALLS_PER_CONNECTION", "BrpcServer", "Handler", "RequestContext"]
@@ -43,8 +43,6 @@ _MAX_META_TO_PEEK = 64 * 1024  # an oversized frame's meta is read (for its corr
 _MAX_META_SIZE = 64 * 1024  # an RpcMeta is a few hundred bytes; a larger one is not read (before the token check)
 _PEEK_TIMEOUT_S = 2.0
 _SKIP_CHUNK = 64 * 1024
-MAX_CALLS_PER_CONNECTION = 128
-"""Calls in flight on one connection (gRPC's max_concurrent_streams is the same); beyond it: ELIMIT."""
 
 
 @dataclass(frozen=True)
