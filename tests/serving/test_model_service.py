@@ -474,9 +474,13 @@ def test_remote_engine_skips_dead_endpoints_and_names_them(server, bundle, batch
             errors.append(err.value)
         return errors[0], errors[1]
 
+    caplog.clear()
     first, second = asyncio.run(all_dead())
-    assert f"no model server available ({dead})" in str(first) and "EFAILEDSOCKET 1009" in str(first)
-    assert "down for" in str(second) and "EFAILEDSOCKET" in str(second)
+    assert "no model server available" in str(first) and "1 endpoint(s): EFAILEDSOCKET" in str(first)
+    assert "1 endpoint(s): down" in str(second)
+    assert dead not in str(first) + str(second)  # the caller is not told internal addresses: the log is
+    assert any(f"{dead}: [EFAILEDSOCKET 1009]" in r.getMessage() for r in caplog.records)
+    assert any(f"{dead}: down for" in r.getMessage() for r in caplog.records)
 
 
 def test_remote_engine_retries_a_call_whose_server_died_mid_call(server, bundle, batch, caplog):
@@ -499,13 +503,15 @@ def test_remote_engine_retries_a_call_whose_server_died_mid_call(server, bundle,
     assert any("unreachable" in r.getMessage() and "EEOF 1014" in r.getMessage() for r in caplog.records)
 
 
-def test_remote_engine_surfaces_model_server_errors(server, bundle, batch):
+def test_remote_engine_surfaces_model_server_errors(server, bundle, batch, caplog):
     wrong = replace(bundle, feed_name="input", feed_alias="input")  # a pipeline bundle that is not the served one
     engine = create_remote_engines(wrong, (f"{HOST}:{server.port}",), 1, 10.0)[0]
     with pytest.raises(RemoteModelError) as err:
         asyncio.run(engine.infer(batch[:1]))
     assert err.value.code == -5100 and err.value.endpoint == f"{HOST}:{server.port}"
-    assert f"model server {HOST}:{server.port} failed" in str(err.value) and "unknown feed var 'input'" in str(err.value)
+    assert "model server failed (model call log_id=" in str(err.value)
+    assert "unknown feed var 'input'" in str(err.value) and str(server.port) not in str(err.value)
+    assert any(f"model server {HOST}:{server.port} failed" in r.getMessage() for r in caplog.records)
 
 
 # -- model server config checks ------------------------------------------------------------------------------
