@@ -8,12 +8,15 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+import requests
 from support import ServerProcess, make_tls_files, write_config
 
+from client import Credentials, TransportError, connect
 from protocol import baidu_std as bs
 from protocol.brpc_meta_pb2 import RpcMeta
 from protocol.wire import PIPELINE_SERVICE
@@ -134,3 +137,75 @@ def test_grpc_unauthenticated_big_calls_are_not_received(auth_server):
     grew = peak_rss_bytes(pid) - before
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * CALLS
     assert grew < 20 * MB, f"server peak RSS grew {grew / MB:.0f} MB for {CALLS} refused 60 MB calls"
+
+
+PROTOCOL_DOOR = {"grpc": "grpc", "http": "http", "brpc": "brpc", "v2-http": "http", "v2-grpc": "grpc"}
+
+
+def test_start_up_log_says_which_doors_have_tls_and_whether_tokens_are_required(auth_server, tls_server):
+    """Issue #23.2 and #24.11: one line on TLS and tokens; a WARNING per secret file others may read."""
+    assert ("security: no TLS (plain text on grpc, http, brpc); tokens required (auth.token_file "
+            in auth_server.log)
+    assert "security: TLS on grpc, http, brpc; no tokens required (auth off)" in tls_server.log
+    assert "auth.token_file: " in auth_server.log and "is readable by group/others (mode 0o644)" in auth_server.log
+    assert "tls.key_file: " in tls_server.log and "chmod 600 it" in tls_server.log
+
+
+def test_plain_client_meeting_a_tls_port_is_told_so(tls_server, image_paths):
+    from client import TLS_HINT
+
+    image = image_paths[0].read_bytes()
+    for protocol, door in PROTOCOL_DOOR.items():
+        with connect(protocol, f"127.0.0.1:{tls_server.ports[door]}", timeout=10) as client:
+            with pytest.raises(TransportError) as info:
+                client.classify([image])
+        assert str(info.value).endswith(TLS_HINT), (protocol, str(info.value))
+    with socket.socket() as sock:  # a port nobody listens on: refused, and no word about TLS
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with connect("brpc", f"127.0.0.1:{closed}", timeout=5) as client:
+        with pytest.raises(TransportError) as info:
+            client.classify([image])
+    assert TLS_HINT not in str(info.value)
+
+
+def test_tokens_rotate_without_a_restart(auth_server, token_file, image_paths):
+    """Issue #24.11: after SIGHUP, or after the file changes, the old token stops working and the new one works
+    (REST and gRPC; bRPC checks the token when a connection opens)."""
+    import signal
+
+    image = image_paths[0].read_bytes()
+    http, grpc_endpoint = f"127.0.0.1:{auth_server.ports['http']}", f"127.0.0.1:{auth_server.ports['grpc']}"
+
+    def works(token: str) -> dict[str, bool]:
+        out = {}
+        reply = requests.get(f"http://{http}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        out["http"] = reply.status_code == 200
+        for protocol, endpoint in (("grpc", grpc_endpoint), ("brpc", f"127.0.0.1:{auth_server.ports['brpc']}")):
+            with connect(protocol, endpoint, credentials=Credentials(token=token), timeout=10) as client:
+                try:
+                    out[protocol] = bool(client.classify([image])[0].label)
+                except TransportError:
+                    out[protocol] = False
+        return out
+
+    everywhere, nowhere = dict.fromkeys(("http", "grpc", "brpc"), True), dict.fromkeys(("http", "grpc", "brpc"), False)
+    assert works(TOKEN) == everywhere and works(NEW_TOKEN) == nowhere
+    token_file.write_text(f"{NEW_TOKEN}\n")
+    auth_server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "token(s) reloaded" not in auth_server.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "auth: 1 token(s) reloaded from" in auth_server.log and "(SIGHUP)" in auth_server.log
+    assert works(NEW_TOKEN) == everywhere and works(TOKEN) == nowhere
+
+    token_file.write_text(f"# back to the first one, no signal this time\n{TOKEN}\n")
+    time.sleep(1.1)  # the file is looked at once a second
+    assert works(TOKEN) == everywhere and works(NEW_TOKEN) == nowhere
+    assert "(the file changed)" in auth_server.log
+
+    token_file.write_text("")  # an emptied file does not turn auth off
+    time.sleep(1.1)
+    assert works(TOKEN) == everywhere and works("x" * 20) == nowhere
+    assert "token file not reloaded" in auth_server.log
+    assert auth_server.proc.poll() is None
