@@ -39,6 +39,7 @@ class _Common:
         self.service_name = service_name
         self.method = method
         self.timeout = float(timeout)
+        self._tls_probe: bool | None = None
         self._warn_if_token_in_clear()
 
     def _warn_if_token_in_clear(self) -> None:
@@ -52,16 +53,21 @@ class _Common:
     def _needs_tls_hint(self, error: TransportError) -> bool:
         return not self.credentials.tls and error.code in CONNECTION_CODES
 
+    def _speaks_tls(self) -> bool:
+        """Probed once per client (a load test's many failures cost one handshake)."""
+        if self._tls_probe is None:
+            self._tls_probe = speaks_tls(self.host, self.port, min(self.timeout, _TLS_PROBE_S))
+        return self._tls_probe
+
     def explained(self, error: TransportError) -> TransportError:
         """``error``, saying "the server speaks TLS" when a plain-text call was dropped by a TLS port."""
-        if self._needs_tls_hint(error) and speaks_tls(self.host, self.port, min(self.timeout, _TLS_PROBE_S)):
+        if self._needs_tls_hint(error) and self._speaks_tls():
             return error.with_tls_hint()
         return error
 
     async def explained_async(self, error: TransportError) -> TransportError:
         """``explained`` off the event loop."""
-        if self._needs_tls_hint(error) and await asyncio.to_thread(speaks_tls, self.host, self.port,
-                                                                   min(self.timeout, _TLS_PROBE_S)):
+        if self._needs_tls_hint(error) and await asyncio.to_thread(self._speaks_tls):
             return error.with_tls_hint()
         return error
 
