@@ -5,6 +5,11 @@ they return is sent back, compressed as chosen at registration (gzip for ``Gener
 C++ Serving). Each request runs in its own task, so several calls on one connection proceed at once and
 are answered in completion order, matched by ``correlation_id``. Errors go back as brpc errno values in
 ``RpcResponseMeta``. Framing lives in ``protocol.baidu_std``; this module holds no model code.
+
+Each frame is read in three steps: the 12-byte header (size limits), the ``RpcMeta`` (at most 64 KiB: the token
+and the call's identity), then the payload, only for a call that is let in: a connection that fails the token
+check is answered ERPCAUTH and closed with its payload unread, and a call beyond MAX_CALLS_PER_CONNECTION in
+flight is answered ELIMIT with its payload skipped in small chunks.
 """
 
 from __future__ import annotations
@@ -315,8 +320,8 @@ class BrpcServer:
         skipped unkept (False, or None when the client does not read the answer)."""
         if self.tokens is not None and not conn.authenticated:
             if not self.tokens.accepts(meta.authentication_data):
-                log.warning("brpc log_id=%d from %s refused: missing or invalid token; closing the connection "
-                            "with the %d-byte payload unread", meta.request.log_id, conn.peer, payload_size)
+                log.info("brpc log_id=%d from %s refused: missing or invalid token; closing the connection with "
+                         "the %d-byte payload unread", meta.request.log_id, conn.peer, payload_size)
                 await self._answer_error(conn, meta, Errno.ERPCAUTH,
                                          "missing or invalid token in RpcMeta.authentication_data")
                 return None
