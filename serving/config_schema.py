@@ -178,6 +178,19 @@ class LocalServiceConf:
         type_doc="list of `\"host:port\"`", default_doc="[]")
     rpc_timeout_ms: int = setting(20000, "Timeout of each remote model call (`client_type: brpc`).", origin="ours",
                                   minimum=1)
+    rpc_tls_ca_file: Path | None = setting(
+        None, "Remote mode (`client_type: brpc`): PEM CA bundle that verifies the model servers' certificates. "
+        "When set, the pipeline speaks bRPC over TLS to every endpoint of `server_endpoints` (the model servers' "
+        "`tls:` on). Relative to the config file's folder.", origin="ours", kind="path")
+    rpc_tls_cert_file: Path | None = setting(
+        None, "Remote mode: the pipeline's PEM client certificate, for model servers with `tls.client_ca_file` "
+        "(mutual TLS). Needs `rpc_tls_key_file` and `rpc_tls_ca_file`.", origin="ours", kind="path")
+    rpc_tls_key_file: Path | None = setting(None, "Remote mode: the PEM private key of `rpc_tls_cert_file`.",
+                                            origin="ours", kind="path")
+    rpc_token_file: Path | None = setting(
+        None, "Remote mode: a token file in the `auth.token_file` format; its first token is sent to the model "
+        "servers (`RpcMeta.authentication_data`, for their `auth:`). Re-read when it changes (rotation: add the "
+        "new token to the model servers' files first).", origin="ours", kind="path")
 
     @property
     def device(self) -> str:
