@@ -268,16 +268,22 @@ def bind_only_config_host() -> None:
     host = os.environ.get(BIND_HOST_ENV)
     if not host:
         return
-    from ray._common import tls_utils
-    from ray.serve._private import default_impl, replica
+    try:
+        from ray._common import tls_utils
+        from ray.serve._private import default_impl, replica
 
+        add_grpc_address, add_port = default_impl.add_grpc_address, tls_utils.add_port_to_grpc_server
+        replica.add_port_to_grpc_server  # noqa: B018  (present in the Ray versions this hook knows)
+    except (ImportError, AttributeError) as exc:  # another Ray version: say so rather than fail every worker
+        log.warning("cannot keep Ray Serve's gRPC servers on %s with this Ray version (%s): they bind every "
+                    "interface", host, exc)
+        return
     bracketed = f"[{host}]" if ":" in host else host
 
     def rebind(address: str) -> str:
         where, _, port = address.rpartition(":")
         return f"{bracketed}:{port}" if where in ANY_HOSTS else address
 
-    add_grpc_address, add_port = default_impl.add_grpc_address, tls_utils.add_port_to_grpc_server
     default_impl.add_grpc_address = lambda server, address: add_grpc_address(server, rebind(address))
     replica.add_port_to_grpc_server = lambda server, address: add_port(server, rebind(address))
 

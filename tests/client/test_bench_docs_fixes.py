@@ -56,3 +56,25 @@ def test_short_soak_is_inconclusive_not_fail():
     assert report.text().splitlines()[-1] == "soak: INCONCLUSIVE"
     report.outcomes[("valid", "unexpected")] += 1
     assert report.verdict == "FAIL" and report.text().splitlines()[-1] == "soak: FAIL"
+
+
+def test_sweep_plot_starts_at_zero_and_names_protocol_and_endpoint(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from client import report as report_module
+
+    config = {"protocol": "brpc", "endpoint": "127.0.0.1:9994", "service_name": "imagenet"}
+    levels = [(c, SimpleNamespace(images_per_s=v, config=config,
+                                  summary=lambda: {"latency_ms": {"p50": 10.0, "p99": 20.0}}))
+              for c, v in ((1, 150.0), (2, 160.0), (4, 161.0))]
+    saved = {}
+
+    def keep(fig, plt, path):
+        saved["axes"] = [(ax.get_ylim(), ax.get_title()) for ax in fig.axes]
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(report_module, "_save", keep)
+    report_module.plot_sweep(SweepReport(levels, 0.95), tmp_path / "sweep.png")
+    (throughput, title), (latency, _) = saved["axes"]
+    assert throughput[0] == 0 and latency[0] == 0
+    assert "brpc 127.0.0.1:9994" in title
