@@ -119,7 +119,16 @@ class SoakReport:
 
     @property
     def passed(self) -> bool:
-        return self.answered_as_documented and self.rss_verdict()[0] == "PASS" and self.server_exit is None
+        return self.verdict == "PASS"
+
+    @property
+    def verdict(self) -> str:
+        """FAIL when a request was not answered as documented, RSS grew or the server exited; else
+        INCONCLUSIVE when the run was too short (or unsampled) for the memory check; else PASS."""
+        rss = self.rss_verdict()[0]
+        if not self.answered_as_documented or rss == "FAIL" or self.server_exit is not None:
+            return "FAIL"
+        return rss
 
     def text(self) -> str:
         lines = [f"soak: {self.total} requests in {self.duration_s:g} s (warm-up {self.warmup_s:g} s; the last "
@@ -145,7 +154,9 @@ class SoakReport:
         lines.append(f"RSS flat within {100 * FLAT_TOLERANCE:g} % after warm-up: {verdict}")
         if self.server_exit is not None:
             lines.append(f"the server exited with status {self.server_exit}: FAIL")
-        lines.append(f"soak: {'PASS' if self.passed else 'FAIL'}")
+        if verdict == "INCONCLUSIVE":
+            lines.append("  (too few RSS samples for the memory check: run longer, e.g. --duration 60, or give --pid)")
+        lines.append(f"soak: {self.verdict}")
         return "\n".join(lines)
 
 
@@ -502,8 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "outcomes": {f"{s} {o}": n for (s, o), n in sorted(report.outcomes.items())},
             "problems": report.problems, "rss_samples": report.samples, "rss_after_warmup": warm,
-            "rss_end": last, "rss_verdict": verdict, "passed": report.passed}, indent=1))
-    return 0 if report.passed else 1
+            "rss_end": last, "rss_verdict": verdict, "verdict": report.verdict, "passed": report.passed}, indent=1))
+    return 1 if report.verdict == "FAIL" else 0  # INCONCLUSIVE: nothing failed, the memory check could not run
 
 
 if __name__ == "__main__":

@@ -36,6 +36,35 @@ def default_images_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def bench_images(folder: Path) -> list[Path]:
+    """The folder's images the server accepts: TIFF files are left out with a warning (the server refuses
+    TIFF, so every request drawing one would fail); a folder of TIFFs only is refused."""
+    images = list_images(folder)
+    tiffs = [p for p in images if p.suffix.lower() in TIFF_SUFFIXES]
+    kept = [p for p in images if p.suffix.lower() not in TIFF_SUFFIXES]
+    if tiffs and not kept:
+        raise ValueError(f"{folder} holds only TIFF images, which the server refuses (JPEG, PNG, BMP and WebP "
+                         "are accepted): convert them or give another --images folder")
+    if tiffs:
+        log.warning("skipping %d TIFF file(s) of %s (the server refuses TIFF): %s%s", len(tiffs), folder,
+                    ", ".join(p.name for p in tiffs[:3]), ", ..." if len(tiffs) > 3 else "")
+    return kept
+
+
+def sibling_metrics_url(protocol: str, endpoint: str, scheme: str) -> str | None:
+    """For gRPC/bRPC on configs/config.yml's default port (9993, 9994) on loopback: the /metrics of that
+    config's REST port (18080) on the same host, where our server serves it. None otherwise."""
+    from protocol.endpoints import is_loopback
+
+    host, _, port = endpoint.rpartition(":")
+    if protocol in ("http", "v2-http") or not is_loopback(host) or endpoint != default_endpoint(protocol):
+        return None
+    return f"{scheme}://{default_endpoint('http')}/metrics"
+
+
 def _levels(text: str) -> list[int]:
     try:
         levels = [int(x) for x in text.split(",") if x.strip()]
@@ -93,13 +122,16 @@ def add_parser(subparsers) -> None:
                    "--duration/--requests comes first)")
     p.add_argument("--images-per-request", type=int, default=1, metavar="K", help="images per request (default 1)")
     p.add_argument("--images", type=Path, metavar="DIR",
-                   help="folder of JPEG/PNG files to draw from (default ../shared/data/images if present)")
+                   help="folder of JPEG/PNG/BMP/WebP files to draw from (TIFF files are skipped: the server "
+                        "refuses them; default ../shared/data/images if present)")
     p.add_argument("--warmup", type=int, default=5, metavar="N",
                    help="unmeasured requests before measuring (default 5; once before a sweep)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
     p.add_argument("--metrics-url", metavar="URL",
                    help="Prometheus endpoint of the server, scraped before and after for stage timings "
-                        "(default http://ENDPOINT/metrics with --protocol http or v2-http, else none)")
+                        "(default http://ENDPOINT/metrics with --protocol http or v2-http; with grpc, v2-grpc or "
+                        "brpc on configs/config.yml's default port on loopback, that config's REST port "
+                        "127.0.0.1:18080; else none)")
     p.add_argument("--no-answer-check", action="store_true",
                    help="do not count a changed top-1 for the same image as wrong_answer")
     p.add_argument("--knee-fraction", type=float, default=0.95, metavar="F",
@@ -129,11 +161,12 @@ def run(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or default_endpoint(args.protocol)
     credentials = credentials_from_arguments(args)
     config = BenchConfig(
-        protocol=args.protocol, endpoint=endpoint, images=list_images(folder), service_name=args.service_name,
+        protocol=args.protocol, endpoint=endpoint, images=bench_images(folder), service_name=args.service_name,
         concurrency=args.concurrency[0], rate=args.rate[0] if args.rate else None, arrivals=args.arrivals,
         latency_bound_ms=args.latency_bound_ms, duration=args.duration, requests=args.requests,
         images_per_request=args.images_per_request, warmup=args.warmup, timeout=args.timeout,
-        metrics_url=args.metrics_url or default_metrics_url(args.protocol, endpoint, credentials.scheme),
+        metrics_url=(args.metrics_url or default_metrics_url(args.protocol, endpoint, credentials.scheme)
+                     or sibling_metrics_url(args.protocol, endpoint, credentials.scheme)),
         allow_remote=args.allow_remote, check_answers=not args.no_answer_check, seed=args.seed,
         client_resize=args.client_resize,
         progress=not args.quiet and sys.stderr.isatty(), credentials=credentials)

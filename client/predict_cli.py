@@ -107,7 +107,9 @@ def _print(args: argparse.Namespace, rows: list[dict], failed: int) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(format_table([r for r in rows if "error" not in r]))
+        ok = [r for r in rows if "error" not in r]
+        if ok or not failed:  # when every image failed, stderr said why: no "(no results)" beside it
+            print(format_table(ok))
     return 1 if failed else 0
 
 

@@ -80,8 +80,7 @@ def format_sweep(sweep: SweepReport) -> str:
                "images/s", *(f"{k} ms" for k in _LAT_KEYS)]
     first = sweep.levels[0][1].config
     if sweep.axis == "concurrency":
-        line = (f"knee (*): concurrency {marked}, the lowest level reaching {sweep.knee_fraction:.0%} of the "
-                "best images/s" if marked is not None else "knee: none (no successful requests)")
+        line = knee_line(sweep)
         title = _describe(first | {"concurrency": "N"})
     else:
         target = sweep.p99_target_ms
@@ -92,6 +91,26 @@ def format_sweep(sweep: SweepReport) -> str:
     runs = len(sweep.runs[0].reports) if sweep.runs else 1
     repeats = f"\neach row: the median of {runs} repeats" if runs > 1 else ""
     return "\n\n".join([f"resnest bench sweep: {title}", _table(headers, rows), line + repeats])
+
+
+def still_rising(sweep: SweepReport) -> bool:
+    """True when the knee is the highest level and it beat the level below: throughput had not levelled
+    off within the sweep, so that level is no knee, only where the sweep stopped."""
+    levels = sorted((level, report.images_per_s) for level, report in sweep.levels)
+    return (sweep.knee is not None and len(levels) > 1 and sweep.knee == levels[-1][0]
+            and levels[-1][1] > levels[-2][1])
+
+
+def knee_line(sweep: SweepReport) -> str:
+    """The sentence under the sweep table: the knee, or why there is none."""
+    knee = sweep.knee
+    if knee is None:
+        return "knee: none (no successful requests)"
+    if still_rising(sweep):
+        return (f"knee (*): concurrency {knee} is only where the sweep stopped: images/s still rose at this highest "
+                "level, so throughput had not levelled off; try higher levels")
+    return (f"knee (*): concurrency {knee}, the lowest level reaching {sweep.knee_fraction:.0%} of the "
+            "best images/s")
 
 
 def write_json(path: str | Path, report: BenchReport | SweepReport | RepeatedRun) -> Path:
@@ -161,6 +180,7 @@ def plot_sweep(sweep: SweepReport, path: str | Path) -> Path:
     ax.plot(levels, [r.images_per_s for _, r in sweep.levels], "o-", label="images/s")
     ax.set_xlabel(sweep.axis if sweep.axis == "concurrency" else "offered rate (req/s)")
     ax.set_ylabel("images/s")
+    ax.set_ylim(bottom=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(levels, [f"{c:g}" for c in levels])
     ax.minorticks_off()
@@ -169,12 +189,16 @@ def plot_sweep(sweep: SweepReport, path: str | Path) -> Path:
         ax2.plot(levels, [r.figures()[f"{key}_ms"] for _, r in sweep.levels], style, color="gray",
                  label=f"{key} ms")
     ax2.set_ylabel("latency (ms)")
+    ax2.set_ylim(bottom=0)
     if sweep.knee is not None:
-        ax.axvline(sweep.knee, color="red", alpha=0.5, label=f"knee c={sweep.knee}")
+        label = f"still rising at c={sweep.knee}" if still_rising(sweep) else f"knee c={sweep.knee}"
+        ax.axvline(sweep.knee, color="red", alpha=0.5, label=label)
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper left")
-    ax.set_title(f"{sweep.axis} sweep")
+    first = sweep.levels[0][1].config
+    ax.set_title(f"{sweep.axis} sweep: {first['protocol']} {first['endpoint']} (service {first['service_name']})",
+                 fontsize=9)
     fig.tight_layout()
     return _save(fig, plt, path)
 

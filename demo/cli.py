@@ -158,7 +158,11 @@ def show_predictions(protocol: str, labels: list[str], preds: list[int], truth: 
 
 
 def write_bench_images(folder: Path, images: list[bytes]) -> Path:
+    """Write up to 32 of `images` as image_NNN.png/.jpg into `folder`, after removing the image_NNN files of an
+    earlier run (a run on photos after one on digits must not load-test a mix of both)."""
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("image_[0-9][0-9][0-9].*"):
+        old.unlink()
     for i, data in enumerate(images[:32]):
         suffix = ".png" if data[:4] == b"\x89PNG" else ".jpg"
         (folder / f"image_{i:03d}{suffix}").write_bytes(data)

@@ -336,6 +336,21 @@ def _check_op_lists(config: ServerConfig, lsc_path: str) -> None:
                           "paddle and a legacy .pdmodel model. Remove it")
 
 
+def _check_gpu_build(config: ServerConfig, lsc_path: str) -> None:
+    """device_type 1/2 on a CPU-only Paddle: refused before anything starts, saying how to run on CPU."""
+    lsc = config.op.local_service_conf
+    if config.op.is_remote or lsc.device == "cpu":
+        return
+    device_type = 2 if lsc.device == "tensorrt" else 1
+    import paddle  # only for GPU configs: the server process does not need Paddle otherwise
+
+    if not paddle.is_compiled_with_cuda():
+        raise ConfigError(f"[CONF] {lsc_path}.device_type: device_type {device_type} needs a GPU build of Paddle "
+                          "(paddlepaddle-gpu) and the installed paddlepaddle is CPU-only; to run on CPU set "
+                          f'device_type: 0 and devices: "" (--set {lsc_path}.device_type=0 '
+                          f"--set '{lsc_path}.devices=\"\"')")
+
+
 def check_paths(config: ServerConfig) -> None:
     """Check that the files the config names exist (kept apart so parsing can be tested without a model)."""
     op = config.op
@@ -348,8 +363,12 @@ def check_paths(config: ServerConfig) -> None:
         raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} is not a folder; give the "
                           "serving_server folder")
     if not any((model_dir / name).is_file() for name in SERVER_CONF_FILES):
-        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} has no "
-                          f"{SERVER_CONF_FILES[0]}; is it a Paddle Serving serving_server folder?")
+        inner = model_dir / "serving_server"
+        hint = (f"did you mean {str(inner)!r}? (resnest export --out DIR writes the model into DIR/serving_server)"
+                if any((inner / name).is_file() for name in SERVER_CONF_FILES)
+                else "is it a Paddle Serving serving_server folder?")
+        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} has no {SERVER_CONF_FILES[0]}; {hint}")
+    _check_gpu_build(config, lsc_path)
     _check_op_lists(config, lsc_path)
     if op.label_file is not None and not op.label_file.is_file():
         raise ConfigError(f"[CONF] op.{op.name}.label_file: {str(op.label_file)!r} is not a file")

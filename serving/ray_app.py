@@ -111,7 +111,21 @@ class PipelineReplica:
 
     async def inference(self, request, grpc_context=None):
         """gRPC PipelineService/inference, called by Ray Serve's gRPC proxy with the decoded Request (and,
-        because of the parameter's name, the call's context: its metadata carries the token)."""
+        because of the parameter's name, the call's context: its metadata carries the token). A request over
+        `max_request_bytes` gets RESOURCE_EXHAUSTED with grpcio's own wording, as from `resnest serve`."""
+        size, limit = request.ByteSize(), self.config.max_request_bytes
+        if size > limit:
+            import grpc
+
+            from pipeline.errors import ErrorCode
+            from protocol import pipeline_service_pb2 as pb
+
+            self.metrics.request_done("grpc", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                grpc_context.set_details(f"SERVER: Received message larger than max ({size} vs. {limit}) "
+                                         "(max_request_bytes)")
+            return pb.Response()
         if self.tokens.enabled:
             metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
             if not self.tokens.accepts(metadata.get("authorization")):
@@ -235,6 +249,78 @@ def replica_failure(app_name: str) -> str | None:
     return lines[-1] if lines else None
 
 
+BIND_HOST_ENV = "RESNEST_RAY_BIND_HOST"
+ANY_HOSTS = ("[::]", "0.0.0.0", "")
+
+
+def is_loopback_host(host: str) -> bool:
+    from protocol.endpoints import is_loopback
+
+    return is_loopback(host)
+
+
+def bind_only_config_host() -> None:
+    """Ray worker-process setup hook (`runtime_env.worker_process_setup_hook`) for a local instance whose
+    config `host` is loopback: Ray Serve binds its gRPC proxy and each replica's inter-deployment gRPC
+    server on every interface (`[::]:port`, hard-coded in Ray 2.x); this hook rewrites those addresses to
+    the host in $RESNEST_RAY_BIND_HOST before any of them is bound. Ray's own processes already stay on
+    loopback through the node address (see `run_ray`)."""
+    host = os.environ.get(BIND_HOST_ENV)
+    if not host:
+        return
+    try:
+        from ray._common import tls_utils
+        from ray.serve._private import default_impl, replica
+
+        add_grpc_address, add_port = default_impl.add_grpc_address, tls_utils.add_port_to_grpc_server
+        replica.add_port_to_grpc_server  # noqa: B018  (present in the Ray versions this hook knows)
+    except (ImportError, AttributeError) as exc:  # another Ray version: say so rather than fail every worker
+        log.warning("cannot keep Ray Serve's gRPC servers on %s with this Ray version (%s): they bind every "
+                    "interface", host, exc)
+        return
+    bracketed = f"[{host}]" if ":" in host else host
+
+    def rebind(address: str) -> str:
+        where, _, port = address.rpartition(":")
+        return f"{bracketed}:{port}" if where in ANY_HOSTS else address
+
+    default_impl.add_grpc_address = lambda server, address: add_grpc_address(server, rebind(address))
+    replica.add_port_to_grpc_server = lambda server, address: add_port(server, rebind(address))
+
+
+def local_runtime_env(host: str) -> dict[str, Any]:
+    """The runtime env of a local Ray instance. Its workers import this checkout's code (PYTHONPATH: the
+    same `serving` as the driver, not another copy installed in the environment). When the config `host`
+    is loopback, every process Ray starts stays on loopback: Ray takes the node address 127.0.0.1 under
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (GCS, raylet, workers and agents then bind it; Ray replaces
+    `_node_ip_address="127.0.0.1"` with the machine's address), and the setup hook moves Ray Serve's
+    `[::]` binds to `host`. The variables are inherited by every process Ray starts."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env: dict[str, Any] = {"env_vars": {"PYTHONPATH": path}}
+    if not is_loopback_host(host):
+        return env
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # read at import time: set it too when ray was imported already
+        constants.ENABLE_RAY_CLUSTER = False
+    os.environ[BIND_HOST_ENV] = host
+    os.environ["PYTHONPATH"] = path  # the setup hook is imported before env_vars apply
+    return {**env, "worker_process_setup_hook": f"{__name__}.bind_only_config_host"}
+
+
+def bound_addresses(host: str, ports: dict[str, int], local: bool) -> str:
+    """What is really bound, for the start-up log: the doors, and where Ray's own processes listen."""
+    loopback = local and is_loopback_host(host)
+    doors = " ".join(f"{door}={host if door == 'http' or loopback else '[::]'}:{port}" for door, port in ports.items())
+    if loopback:
+        return f"{doors}; Ray's own processes (GCS, raylet, workers, agents) on 127.0.0.1 only"
+    return (f"{doors}; Ray Serve's gRPC proxy and Ray's own processes (GCS, raylet, workers, agents) listen on "
+            "every interface of the node: keep it on a private network")
+
+
 def free_port(host: str) -> int:
     """A port free on `host` now (Ray's proxies need a fixed port; the config's 0 means any free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -264,6 +350,8 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
     if config.op.is_remote:
         log.warning("client_type brpc: every replica calls the remote model server(s) %s", config.op.server_endpoints)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    local = options.address is None
+    runtime_env = local_runtime_env(config.host) if local else None
     import ray
     from ray import serve
 
@@ -282,11 +370,10 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
     # ray.init installs its own SIGTERM handler, which exits at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    local = options.address is None
     if local:
         # Loopback node address: a single-machine instance keeps Ray's own traffic off the network.
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, namespace="resnest",
-                 _node_ip_address="127.0.0.1")
+                 runtime_env=runtime_env)
     else:
         ray.init(address=options.address, namespace="resnest")
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -302,8 +389,7 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
         info = handle.describe.remote().result()
         bound = f"{options.min_replicas}..{options.max_replicas or options.min_replicas}"
         log.info("ray serve application %r: %s replica(s) of %s running in %.1f s; listening %s", config.service_name,
-                 bound, info["engine"], time.perf_counter() - started,
-                 " ".join(f"{door}={config.host}:{port}" for door, port in ports.items()))
+                 bound, info["engine"], time.perf_counter() - started, bound_addresses(config.host, ports, local))
         write_ready_file(ready_file, config.service_name, config.host, ports, f"ray {info['engine']}")
         while not stop.wait(1.0):
             pass

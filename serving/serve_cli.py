@@ -11,9 +11,13 @@ log = logging.getLogger(__name__)
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "serve", help="serve a model over gRPC, REST and bRPC from a Paddle Serving config.yml",
-        description="Start the pipeline server. The config is Paddle Serving's pipeline config.yml "
-                    "(PaddleClas's works unchanged apart from model_config); see docs/configuration.md.")
+        "serve", help="serve a model over gRPC, REST, bRPC and the Open Inference Protocol from a Paddle Serving "
+                      "config.yml",
+        description="Start the pipeline server: Paddle Serving's PipelineService over gRPC (rpc_port), REST "
+                    "(http_port) and bRPC (brpc_port), and the Open Inference Protocol (KServe V2: REST /v2/... on "
+                    "http_port, gRPC inference.GRPCInferenceService on rpc_port; tritonclient works unchanged). "
+                    "The config is Paddle Serving's pipeline config.yml (PaddleClas's works unchanged apart from "
+                    "model_config); see docs/configuration.md.")
     p.add_argument("--config", type=Path, required=True, help="config.yml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set rpc_port=0 --set op.imagenet.concurrency=2 "

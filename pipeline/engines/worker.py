@@ -257,6 +257,19 @@ class _NativeErrors:
         return f"{message} [oneDNN {primitive}: {reason}]"
 
 
+def _import_paddle_quietly() -> None:
+    """Import Paddle with its import-time notice about OMP_NUM_THREADS > 1 (set above on purpose, one OpenMP
+    thread per math thread) kept off stderr; a failing import still raises."""
+    import contextlib
+    import importlib.util
+    import io
+
+    if importlib.util.find_spec("paddle") is None:
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        import paddle  # noqa: F401
+
+
 def worker_main(fd: int) -> None:
     """The worker process: receive the job over the socket `fd`, open the engine, serve batches until told
     to close or the server is gone."""
@@ -277,6 +290,8 @@ def worker_main(fd: int) -> None:
     # the cores shared: 21 ms per batch spinning, 4 ms passive). Passive waiting, unless the user chose.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("KMP_BLOCKTIME", "0")
+    if "paddle" in kinds:
+        _import_paddle_quietly()
     native = _NativeErrors()
     shm = SharedMemory(name=shm_name)
     resource_tracker.unregister(shm._name, "shared_memory")  # the server owns (and unlinks) the block

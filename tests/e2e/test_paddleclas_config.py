@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 
@@ -40,3 +41,28 @@ def test_paddleclas_gpu_config_on_a_cpu_build_is_a_clear_error(tiny_model_dir):
                            "--set", "rpc_port=0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "device_type 1 needs a GPU build of Paddle" in proc.stderr
+    assert 'to run on CPU set device_type: 0 and devices: ""' in proc.stderr  # says how to run on CPU
+    assert "Traceback" not in proc.stderr
+
+
+def test_one_story_from_export_to_the_paddleclas_config():
+    """README's export writes ResNeSt50_serving/ at the repository root; the shipped config and the README's
+    copy of it name its serving_server folder, relative to configs/."""
+    from serving.config import load_config
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert re.search(r"resnest export --arch ResNeSt50 .*--out ResNeSt50_serving\b", readme.replace("\\\n", ""))
+    model_config = load_config(CONFIG).op.local_service_conf.model_config
+    assert model_config == REPO_ROOT / "ResNeSt50_serving" / "serving_server"
+    yaml_block = readme.split("([configs/paddleclas_config.yml](configs/paddleclas_config.yml))", 1)[1]
+    assert re.search(r"model_config: (\S+)", yaml_block)[1] == "../ResNeSt50_serving/serving_server"
+
+
+def test_bundle_root_as_model_config_suggests_serving_server(tiny_export):
+    from serving.config import ConfigError, check_paths, load_config
+
+    config = load_config(CONFIG, {f"{LSC}.model_config": str(tiny_export.server_dir.parent),
+                                  f"{LSC}.device_type": 0, f"{LSC}.devices": ""})
+    with pytest.raises(ConfigError) as info:
+        check_paths(config)
+    assert f"did you mean {str(tiny_export.server_dir)!r}?" in str(info.value)

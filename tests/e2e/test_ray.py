@@ -5,11 +5,16 @@ killed under load loses no more than its in-flight requests, which succeed when 
 from __future__ import annotations
 
 import base64
+import gzip
+import ipaddress
 import json
 import os
 import signal
+import socket
+import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import grpc
@@ -18,12 +23,15 @@ import requests
 from support import ServerProcess, write_config
 
 from client.pipeline_client import PipelineClient
+from protocol import pipeline_service_pb2 as pb
+from protocol import pipeline_service_pb2_grpc as pb_grpc
 
 pytest.importorskip("ray.serve")
 
 HOST = "127.0.0.1"
 REPLICA_TITLE = "ray::ServeReplica:imagenet:ResNeStPipeline"
 ENGINE_ARGV = ["-m", "pipeline.engines"]
+MAX_REQUEST_BYTES = 1_000_000
 
 
 def processes() -> dict[int, tuple[int, str]]:
@@ -82,7 +90,8 @@ def demo_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory, demo_model_dir) -> Path:
     return write_config(tmp_path_factory.mktemp("ray-cfg") / "config.yml", demo_model_dir,
-                        op={"topk": 3, "batch_size": 4, "auto_batching_timeout": 2}, top={"brpc_port": None})
+                        op={"topk": 3, "batch_size": 4, "auto_batching_timeout": 2},
+                        top={"brpc_port": None, "max_request_bytes": MAX_REQUEST_BYTES})
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +298,85 @@ def test_killed_replica_loses_only_its_in_flight_requests(servers, images):
         load.call(error.protocol, retry, session)  # raises CallFailed if the retry fails too
     print(f"killed replica {victim} with {in_flight_at_kill} call(s) in flight: {len(failures)} failed, "
           f"{len(load.calls)} calls in all; errors: {[str(e)[:200] for _, e in failures]}")
+
+
+def _socket_address(hexaddr: str) -> tuple[str, int]:
+    """/proc/net/tcp* "0100007F:1F90" → ("127.0.0.1", 8080) (IPv6 too)."""
+    ip, port = hexaddr.split(":")
+    raw = bytes.fromhex(ip)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
+    return socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *struct.unpack("<4I", raw))), int(port, 16)
+
+
+def listening_sockets(pids) -> list[tuple[int, str, str, int]]:
+    """(pid, kind, address, port) of every listening TCP socket and bound UDP socket the processes hold."""
+    by_inode = {}
+    for kind in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{kind}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == ("0A" if kind.startswith("tcp") else "07"):  # LISTEN / UDP bound
+                by_inode[int(fields[9])] = (kind, *_socket_address(fields[1]))
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        for link in links:
+            if link.startswith("socket:[") and int(link[8:-1]) in by_inode:
+                found.append((pid, *by_inode[int(link[8:-1])]))
+    return found
+
+
+def is_loopback_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def test_every_process_ray_starts_listens_on_loopback_only(servers):
+    """host 127.0.0.1: the doors, GCS, raylet, every worker, the agents and Serve's proxies and replicas."""
+    _, ray = servers
+    tree = {ray.proc.pid: "resnest serve --ray", **descendants(ray.proc.pid)}
+    sockets = listening_sockets(tree)
+    ports = {port for _, _, _, port in sockets}
+    assert {ray.ports["grpc"], ray.ports["http"]} <= ports, (ray.ports, sockets)
+    titles = {tree[pid].split()[0].rsplit("/", 1)[-1] for pid, *_ in sockets}
+    for name in ("gcs_server", "raylet", "ray::ProxyActor", "ray::DashboardAgent", "ray::ServeReplica"):
+        assert any(title.startswith(name) for title in titles), (name, titles)
+    exposed = [(pid, tree[pid][:60], kind, address, port) for pid, kind, address, port in sockets
+               if not is_loopback_address(address)]
+    assert not exposed, f"sockets of the Ray instance on a non-loopback address: {exposed}"
+    assert "Ray's own processes (GCS, raylet, workers, agents) on 127.0.0.1 only" in ray.log
+
+
+def test_grpc_request_over_max_request_bytes_is_refused_as_without_ray(servers):
+    plain, ray = servers
+    body = pb.Request(key=["image"], value=["A" * MAX_REQUEST_BYTES])
+    while body.ByteSize() > MAX_REQUEST_BYTES + 1:  # the length prefixes take a few bytes
+        body.value[0] = body.value[0][: MAX_REQUEST_BYTES + 1 - body.ByteSize()]
+    assert body.ByteSize() == MAX_REQUEST_BYTES + 1
+    for server in (plain, ray):
+        with grpc.insecure_channel(f"{HOST}:{server.ports['grpc']}") as channel:
+            stub = pb_grpc.PipelineServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.inference(body, timeout=60)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, server.info
+            assert f"larger than max ({MAX_REQUEST_BYTES + 1} vs. {MAX_REQUEST_BYTES})" in info.value.details()
+            body.value[0] = body.value[0][:-1]  # at the limit: read, then refused as not base64 (err_no 5000)
+            assert stub.inference(body, timeout=60).err_no == 5000
+            body.value[0] += "A"
+
+
+def test_gzip_and_deflate_bodies_as_without_ray(servers, images):
+    """Ray's HTTP path inflates with the same code: same answers, and the same 413 for a gzip bomb."""
+    plain, ray = servers
+    body = json.dumps({"key": ["image"], "value": [b64(images[0][1])]}).encode()
+    bomb = gzip.compress(b"{" + b" " * (MAX_REQUEST_BYTES + 10) + b"}")
+    cases = [("gzip", gzip.compress(body)), ("deflate", zlib.compress(body)), ("gzip", bomb)]
+    for encoding, data in cases:
+        got = [requests.post(server.url("/imagenet/prediction"), data=data, timeout=60,
+                             headers={"Content-Encoding": encoding}) for server in (plain, ray)]
+        assert (got[1].status_code, got[1].content) == (got[0].status_code, got[0].content), encoding
+    assert got[0].status_code == 413 and "max_request_bytes" in got[0].json()["message"]

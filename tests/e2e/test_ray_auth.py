@@ -18,6 +18,12 @@ pytest.importorskip("ray.serve")
 TOKEN = "ray-token-0123456789abcdef"
 
 
+def server_brpc_port(config_path) -> int:
+    from serving.config import load_config
+
+    return load_config(config_path).brpc_port
+
+
 def test_ray_proxies_apply_the_token_check(tmp_path, tiny_model_dir, image_paths, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     tokens = tmp_path / "tokens.txt"
@@ -44,3 +50,5 @@ def test_ray_proxies_apply_the_token_check(tmp_path, tiny_model_dir, image_paths
         assert reply.err_no == 0 and list(reply.value) == answered.json()["value"]
     finally:
         assert server.stop(timeout=60) == 0
+    # write_config sets brpc_port: Ray has no bRPC proxy, and the log says so.
+    assert f"brpc_port {server_brpc_port(config)} is not served with --ray" in server.log

@@ -59,3 +59,52 @@ def test_tls_is_refused_with_ray(capsys, tmp_path, tiny_model_dir):
                           top={"tls": {"cert_file": str(files["server_cert"]), "key_file": str(files["server_key"])}})
     assert main(["serve", "--config", str(config), "--ray"]) == 2
     assert "tls: is not applied with --ray" in capsys.readouterr().err
+
+
+def test_tls_is_refused_under_serve_run(tmp_path, tiny_model_dir):
+    """`serve run serving.ray_app:app_builder config=...` calls app_builder: tls: is refused there too."""
+    from support import make_tls_files, write_config
+
+    from serving.ray_app import app_builder
+
+    files = make_tls_files(tmp_path / "tls")
+    config = write_config(tmp_path / "config.yml", tiny_model_dir,
+                          top={"tls": {"cert_file": str(files["server_cert"]), "key_file": str(files["server_key"])}})
+    with pytest.raises(ValueError, match="tls: is not applied with --ray"):
+        app_builder({"config": str(config)})
+
+
+def test_gpu_config_reserves_one_gpu_per_engine_instance(tmp_path, tiny_model_dir):
+    """A GPU config's replicas ask Ray for GPUs (deployment options, no GPU needed to build them)."""
+    from support import write_config
+
+    from serving.ray_app import app_builder
+
+    config = write_config(tmp_path / "gpu.yml", tiny_model_dir, op={"concurrency": 2},
+                          lsc={"device_type": 1, "devices": "0,1"})
+    options = app_builder({"config": str(config), "replica_cpus": "1"})._bound_deployment.ray_actor_options
+    assert options["num_gpus"] == 2.0 and options["num_cpus"] == 1.0
+    one = write_config(tmp_path / "gpu1.yml", tiny_model_dir, lsc={"device_type": 1, "devices": "0"})
+    assert app_builder({"config": str(one)})._bound_deployment.ray_actor_options["num_gpus"] == 1.0
+    cpu = write_config(tmp_path / "cpu.yml", tiny_model_dir)
+    assert "num_gpus" not in app_builder({"config": str(cpu)})._bound_deployment.ray_actor_options
+
+
+def test_readme_serve_run_line_fits_two_cores():
+    """README: `serve run serving.ray_app:app_builder config=configs/config.yml replica_cpus=1 min_replicas=2`
+    builds two replicas that fit on 2 cores."""
+    import re
+
+    from support import REPO_ROOT
+
+    from serving.ray_app import app_builder
+
+    readme = (REPO_ROOT / "README.md").read_text().replace("\n", " ")
+    line = re.search(r"`serve run serving\.ray_app:app_builder ([^`]+)`", readme)[1]
+    args = dict(arg.split("=", 1) for arg in line.split())
+    assert args["config"] == "configs/config.yml"
+    args["config"] = str(REPO_ROOT / args["config"])
+    deployment = app_builder(args)._bound_deployment  # no public accessor
+    replicas = deployment._deployment_config.autoscaling_config.min_replicas
+    assert replicas == 2 and replicas * deployment.ray_actor_options["num_cpus"] <= 2
+

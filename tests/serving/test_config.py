@@ -602,7 +602,7 @@ def test_overrides(tmp_path: Path) -> None:
     assert config.op.concurrency == 2
     lsc = config.op.local_service_conf
     assert lsc.device == "cpu" and lsc.devices == () and lsc.fetch_list == ("prediction",)
-    assert lsc.model_config == tmp_path / "ResNeSt50_serving"
+    assert lsc.model_config == tmp_path.parent / "ResNeSt50_serving" / "serving_server"  # relative to the file
 
 
 def test_overrides_are_validated_and_do_not_mutate() -> None:
