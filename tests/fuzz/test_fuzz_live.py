@@ -236,7 +236,9 @@ def test_open_paths_take_no_body(live, clean_log, path, method, body_headers) ->
     request line and headers (405, 413) without reading the body, whatever it holds."""
     body, headers = body_headers
     reply = live.session.request(method, live.url(path), data=body, headers=headers, timeout=ANSWER_S)
-    if method not in ("GET", "HEAD"):
+    if reply.status_code == 417 and "Expect" in headers:  # aiohttp's own answer to an unknown Expect, unread
+        pass
+    elif method not in ("GET", "HEAD"):
         assert reply.status_code == 405, (reply.status_code, reply.text[:300])
     elif body:
         assert reply.status_code == 413, (reply.status_code, reply.text[:300])
