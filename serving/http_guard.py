@@ -11,7 +11,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from aiohttp import ClientPayloadError, web, web_protocol
+from aiohttp import ClientPayloadError, HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -192,14 +192,14 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None,
             response.force_close()  # the body is left unread: drained for lingering_time at most, then closed
         return response
 
-    @web.middleware
-    async def guard(request: web.Request, handler) -> web.StreamResponse:
+    def before_reading(request: web.Request) -> web.Response | None:
+        """Steps 1-4: the refusal decided from the request line and headers alone, or None."""
         path, method = request.path, request.method
         if is_open_path(path):
             refusal = open_path_refusal(method, path, request.body_exists)
-            if refusal is not None:
-                return refuse(request, refusal.status, refusal.grpc_code, refusal.message, authenticated=False)
-            return await handler(request)
+            if refusal is None:
+                return None
+            return refuse(request, refusal.status, refusal.grpc_code, refusal.message, authenticated=False)
         refused = unauthenticated(door.tokens, path, request.headers.get("Authorization"), request.remote)
         if refused is not None:
             if metrics is not None:
@@ -208,12 +208,23 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None,
                 refused.force_close()
             return refused
         if request.body_exists and takes_body(method, path):
-            encoding = request.headers.get("Content-Encoding", "")
             try:
-                check_encoding(encoding)
+                check_encoding(request.headers.get("Content-Encoding", ""))
                 declared = request.content_length
                 if declared is not None and declared > door.max_request_bytes:
                     raise too_large(door.max_request_bytes)
+            except BodyRefused as exc:
+                return refuse(request, exc.status, exc.grpc_code, exc.message)
+        return None
+
+    @web.middleware
+    async def guard(request: web.Request, handler) -> web.StreamResponse:
+        refused = before_reading(request)
+        if refused is not None:
+            return refused
+        if request.body_exists and takes_body(request.method, request.path) and not is_open_path(request.path):
+            encoding = request.headers.get("Content-Encoding", "")
+            try:
                 raw = await asyncio.wait_for(request.read(), door.limits.read_timeout_s)
                 request[BODY] = await decoded_body(raw, encoding, door.max_request_bytes)
             except BodyRefused as exc:
@@ -230,6 +241,20 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None,
                 return refuse(request, 400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}")
         return await handler(request)
 
+    async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+        """For `Expect: 100-continue` (curl sends it for bodies over 1 MiB): the same checks first, so a
+        refused client is answered without being asked for its body; else "100 Continue" as aiohttp does."""
+        refused = before_reading(request)
+        if refused is not None:
+            return refused
+        if request.version == HttpVersion11:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get('Expect', '')}")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not started
+        return None
+
+    guard.expect_handler = expect_handler  # for app.router.add_route(..., expect_handler=...)
     return guard
 
 

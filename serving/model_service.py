@@ -303,10 +303,10 @@ def model_http_app(service: ModelService, door: DoorSettings) -> web.Application
     from serving.http_guard import http_guard
 
     handler = _ModelHttp(service)
-    app = web.Application(client_max_size=door.max_request_bytes,
-                          middlewares=[http_guard(door, takes_body=lambda method, path: method == "POST" and
-                                                  path.strip("/").split("/")[0] in handler.names)])
-    app.router.add_route("*", "/{tail:.*}", handler.dispatch)
+    guard = http_guard(door, takes_body=lambda method, path: method == "POST" and
+                       path.strip("/").split("/")[0] in handler.names)
+    app = web.Application(client_max_size=door.max_request_bytes, middlewares=[guard])
+    app.router.add_route("*", "/{tail:.*}", handler.dispatch, expect_handler=guard.expect_handler)
     return app
 
 

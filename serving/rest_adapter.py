@@ -106,9 +106,9 @@ class RestAdapter:
         self.max_request_bytes = door.max_request_bytes
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes,
-                              middlewares=[http_guard(self.door, self.core.metrics, rest_takes_body)])
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        guard = http_guard(self.door, self.core.metrics, rest_takes_body)
+        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[guard])
+        app.router.add_route("*", "/{tail:.*}", self.dispatch, expect_handler=guard.expect_handler)
         return app
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -160,13 +160,13 @@ async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings
     GET /metrics alone); returns the runner (for cleanup) and the bound port."""
     adapter = RestAdapter(core, door)
     if metrics_only:
-        app = web.Application(client_max_size=door.max_request_bytes,
-                              middlewares=[http_guard(door, core.metrics, takes_body=lambda _m, _p: False)])
+        guard = http_guard(door, core.metrics, takes_body=lambda _m, _p: False)
+        app = web.Application(client_max_size=door.max_request_bytes, middlewares=[guard])
 
         async def metrics(_request: web.Request) -> web.Response:
             return adapter.metrics()
 
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/metrics", metrics, expect_handler=guard.expect_handler)
     else:
         app = adapter.app()
     name = "prometheus" if metrics_only else "http"

@@ -188,6 +188,34 @@ def test_declared_length_over_the_limit_refused_unread(server):
         assert sock.recv(65536).startswith(b"HTTP/1.1 413")
 
 
+def expect_exchange(port: int, head: bytes) -> bytes:
+    """Send request headers with `Expect: 100-continue` and no body; what the server answers first."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b"Expect: 100-continue\r\n\r\n")
+        return sock.recv(65536)
+
+
+def test_expect_continue_refused_without_asking_for_the_body(server, model_server):
+    """`Expect: 100-continue` (curl, for bodies over 1 MiB): a refused request is answered at once, without
+    "100 Continue" (the client never sends its body); an accepted one is asked for it."""
+    token = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+    length = b"Content-Length: 100000000\r\n"  # over the 64 MiB max_request_bytes
+    for port, path in ((server.ports["http"], b"/imagenet/prediction"), (server.ports["http"], b"/v2/models/imagenet/infer"),
+                       (model_server.ports["http"], b"/GeneralModelService/inference")):
+        answer = expect_exchange(port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + length)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+        answer = expect_exchange(port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + token + length)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    answer = expect_exchange(server.ports["http"], b"POST /health/live HTTP/1.1\r\nHost: x\r\n" + length)
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:80]
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as sock:
+        sock.sendall(b"POST /imagenet/prediction HTTP/1.1\r\nHost: x\r\n" + token +
+                     b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"{}")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 # -- 2. gzip members ----------------------------------------------------------------------------------
 
 
