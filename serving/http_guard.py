@@ -5,9 +5,13 @@ grpc-gateway error body these refusals use, and one-line logging of requests aio
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
-from aiohttp import ClientPayloadError, web
+from aiohttp import ClientPayloadError, HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -18,6 +22,7 @@ from serving.metrics import Metrics
 from serving.security import TokenSet, is_open_path
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 GRPC_INVALID_ARGUMENT = 3
 GRPC_DEADLINE_EXCEEDED = 4
@@ -35,19 +40,46 @@ ACCEPTED_ENCODINGS = ("", "identity", "gzip", "deflate")  # the last two inflate
 BODY = web.RequestKey("resnest_body", bytes) if hasattr(web, "RequestKey") else "resnest.body"
 
 
+OPEN_METHODS = ("GET", "HEAD")  # the only methods an open path (health, readiness) answers
+
+_AUTHORIZATION_LINE = re.compile(r"^.*authorization.*$", re.IGNORECASE | re.MULTILINE)
+_BEARER = re.compile(r"bearer\s+\S+", re.IGNORECASE)
+
+
+def redact_authorization(text: str) -> str:
+    """`text` (an aiohttp parse error, which quotes the offending header) with every line that mentions
+    "authorization" replaced, and any "Bearer <token>" (the pure-Python parser quotes the value alone)
+    cut to "Bearer [redacted]"."""
+    text = _AUTHORIZATION_LINE.sub("[a header line with 'authorization', redacted]", text)
+    return _BEARER.sub("Bearer [redacted]", text)
+
+
 class ClientErrorsInOneLine(logging.Filter):
     """aiohttp logs a malformed request (bad headers, a body that does not inflate) with a traceback at ERROR:
-    a client's mistake, not the server's. Keep it as one INFO line."""
+    a client's mistake, not the server's. Keep it as one INFO line, with any Authorization header redacted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
-            record.msg, record.args = f"http bad request: {type(exc).__name__}: {exc}".replace("\n", " "), ()
+            text = redact_authorization(f"http bad request: {type(exc).__name__}: {exc}")
+            record.msg, record.args = text.replace("\n", " "), ()
             record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
         return True
 
 
 logging.getLogger("aiohttp.server").addFilter(ClientErrorsInOneLine())
+
+_aiohttp_handle_error = web_protocol.RequestHandler.handle_error
+
+
+def _handle_error_redacted(self, request, status: int = 500, exc: BaseException | None = None,
+                           message: str | None = None) -> web.StreamResponse:
+    """aiohttp answers a request it cannot parse with the parser's message, which quotes the bad header:
+    the same answer with any Authorization header redacted (the token never goes back on the wire)."""
+    return _aiohttp_handle_error(self, request, status, exc, redact_authorization(message) if message else message)
+
+
+web_protocol.RequestHandler.handle_error = _handle_error_redacted  # every HTTP door of this process
 
 
 def unauthenticated(tokens: TokenSet | None, path: str, authorization: str | None,
@@ -101,28 +133,98 @@ async def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes:
         raise BodyRefused(400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}") from None
 
 
-def http_guard(door: DoorSettings, metrics: Metrics | None = None):
-    """aiohttp middleware run before any handler: the bearer token (health stays open), then the whole body,
-    read within request_read_timeout_s and max_request_bytes, in one of the accepted encodings, inflated
-    step by step up to max_request_bytes (aiohttp's own inflating is off: `serve_app`). Handlers take the
-    body from `request_body`. Refusals are counted in `metrics` as err_no 5000 on "http" (or "v2-http")."""
+def open_path_refusal(method: str, path: str, has_body: bool) -> BodyRefused | None:
+    """Why an open path (health, readiness: no token needed) refuses this request, or None: they take GET
+    or HEAD only (405) and no body at all (413), both decided from the request line and headers alone."""
+    if method not in OPEN_METHODS:
+        return BodyRefused(405, GRPC_INVALID_ARGUMENT, f"{method} not allowed on {path}; use GET or HEAD")
+    if has_body:
+        return BodyRefused(413, GRPC_INVALID_ARGUMENT, f"{path} takes no request body")
+    return None
 
-    def refuse(request: web.Request, status: int, grpc_code: int, message: str) -> web.Response:
+
+def post_takes_body(method: str, path: str) -> bool:
+    """The default route rule of `http_guard`: POST carries a body, other methods none."""
+    return method == "POST"
+
+
+def protocol_of(path: str) -> str:
+    """The metrics protocol label of an HTTP path: "v2-http" for the Open Inference Protocol, else "http"."""
+    return "v2-http" if path == "/v2" or path.startswith("/v2/") else "http"
+
+
+async def read_bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """A streamed body (chunked or not) joined, refused with 413 as soon as it passes `limit` bytes: never
+    more than `limit` plus one chunk held (for HTTP servers other than aiohttp, e.g. Ray Serve's proxy)."""
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def http_guard(door: DoorSettings, metrics: Metrics | None = None,
+               takes_body: Callable[[str, str], bool] = post_takes_body):
+    """aiohttp middleware run before any handler, in this order, each step before any body byte is read:
+    1. open paths (health, readiness) take GET/HEAD without a body, else 405/413 with the body unread;
+    2. the bearer token (401);
+    3. the method: a request whose route takes no body (`takes_body(method, path)` False) goes to its
+       handler (which answers it, or 404/405) with the body unread;
+    4. the size: a declared Content-Length over max_request_bytes is 413 unread, an encoding not accepted 415;
+    then the body is read within request_read_timeout_s and max_request_bytes and inflated step by step up
+    to max_request_bytes (aiohttp's own inflating is off: `serve_app`); handlers parse it from
+    `request_body`. Refusals of authenticated requests (or with auth off) are counted in `metrics` as
+    err_no 5000 on "http" (or "v2-http"); refusals before authentication (1, 2) only in
+    `resnest_refused_requests`, never as err_no."""
+
+    def refuse(request: web.Request, status: int, grpc_code: int, message: str,
+               authenticated: bool = True) -> web.Response:
         log.info("http %s %s from %s: %d %s", request.method, request.path, request.remote, status, message)
         if metrics is not None:
-            protocol = "v2-http" if request.path == "/v2" or request.path.startswith("/v2/") else "http"
-            metrics.request_done(protocol, int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
-        return gateway_error(status, grpc_code, message)
+            if authenticated:
+                metrics.request_done(protocol_of(request.path), int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+            else:
+                metrics.refused(protocol_of(request.path), status)
+        response = gateway_error(status, grpc_code, message)
+        if request.body_exists and request.can_read_body:
+            response.force_close()  # the body is left unread: drained for lingering_time at most, then closed
+        return response
+
+    def before_reading(request: web.Request) -> web.Response | None:
+        """Steps 1-4: the refusal decided from the request line and headers alone, or None."""
+        path, method = request.path, request.method
+        if is_open_path(path):
+            refusal = open_path_refusal(method, path, request.body_exists)
+            if refusal is None:
+                return None
+            return refuse(request, refusal.status, refusal.grpc_code, refusal.message, authenticated=False)
+        refused = unauthenticated(door.tokens, path, request.headers.get("Authorization"), request.remote)
+        if refused is not None:
+            if metrics is not None:
+                metrics.refused(protocol_of(path), refused.status)
+            if request.body_exists:
+                refused.force_close()
+            return refused
+        if request.body_exists and takes_body(method, path):
+            try:
+                check_encoding(request.headers.get("Content-Encoding", ""))
+                declared = request.content_length
+                if declared is not None and declared > door.max_request_bytes:
+                    raise too_large(door.max_request_bytes)
+            except BodyRefused as exc:
+                return refuse(request, exc.status, exc.grpc_code, exc.message)
+        return None
 
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
-        refused = unauthenticated(door.tokens, request.path, request.headers.get("Authorization"), request.remote)
+        refused = before_reading(request)
         if refused is not None:
             return refused
-        if request.body_exists:
+        if request.body_exists and takes_body(request.method, request.path) and not is_open_path(request.path):
             encoding = request.headers.get("Content-Encoding", "")
             try:
-                check_encoding(encoding)
                 raw = await asyncio.wait_for(request.read(), door.limits.read_timeout_s)
                 request[BODY] = await decoded_body(raw, encoding, door.max_request_bytes)
             except BodyRefused as exc:
@@ -139,7 +241,61 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None):
                 return refuse(request, 400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}")
         return await handler(request)
 
+    async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+        """For `Expect: 100-continue` (curl sends it for bodies over 1 MiB): the same checks first, so a
+        refused client is answered without being asked for its body; else "100 Continue" as aiohttp does."""
+        refused = before_reading(request)
+        if refused is not None:
+            return refused
+        if request.version == HttpVersion11:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get('Expect', '')}")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not started
+        return None
+
+    guard.expect_handler = expect_handler  # for app.router.add_route(..., expect_handler=...)
     return guard
+
+
+MAX_INT_DIGITS = 20  # an int64 / uint64 has at most 20 digits
+
+
+def ascii_int(text: str, *, signed: bool = False, max_digits: int = MAX_INT_DIGITS) -> int | None:
+    """`text` (a header or id, spaces around it allowed) as an int when it is ASCII digits only (with a
+    leading "-" when `signed`) and at most `max_digits` long, else None: "²", "١٢", a 5000-digit string
+    or "+1" are None, never a ValueError from int()."""
+    text = text.strip()
+    digits = text[1:] if signed and text.startswith("-") else text
+    if not digits or len(digits) > max_digits or not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(text)
+
+
+THREAD_JSON_BYTES = 256 * 1024  # JSON bodies larger than this are counted and parsed off the event loop
+MAX_JSON_CONTAINERS = 100_000  # arrays and objects in one JSON body (an image request has a handful)
+
+
+def load_json(body: bytes, max_elements: int) -> Any:
+    """json.loads(body) after counting, at C speed, what it would build: ValueError naming the limit when
+    the body holds more than MAX_JSON_CONTAINERS arrays/objects or more than `max_elements` elements (commas
+    and containers; an over-count when strings hold them, never an under-count). A 60 MB `[[],[],...]`
+    would take ~1.5 GB as Python objects: refused having built nothing."""
+    containers = body.count(b"[") + body.count(b"{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise ValueError(f"the JSON body holds more than {MAX_JSON_CONTAINERS} arrays and objects")
+    elements = containers + body.count(b",")
+    if elements > max_elements:
+        raise ValueError(f"the JSON body holds more than {max_elements} elements")
+    return json.loads(body)
+
+
+async def off_loop_if_large(body: bytes, parse: Callable[[bytes], T]) -> T:
+    """`parse(body)`, in a worker thread when the body is over THREAD_JSON_BYTES (the event loop, and every
+    other request and health probe on it, never waits on a large body), else right here."""
+    if len(body) > THREAD_JSON_BYTES:
+        return await asyncio.to_thread(parse, body)
+    return parse(body)
 
 
 def request_body(request: web.Request) -> bytes:

@@ -19,6 +19,25 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+class Window:
+    """Requests since the tracer's last line, as counters (bounded memory): count, err_no counts (a handful
+    of codes), total and max latency."""
+
+    __slots__ = ("count", "codes", "total_s", "max_s")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.codes: collections.Counter[int] = collections.Counter()
+        self.total_s = 0.0
+        self.max_s = 0.0
+
+    def add(self, err_no: int, seconds: float) -> None:
+        self.count += 1
+        self.codes[err_no] += 1
+        self.total_s += seconds
+        self.max_s = max(self.max_s, seconds)
+
+
 class Metrics(StageObserver):
     """The pipeline's observer plus per-protocol request accounting."""
 
@@ -39,7 +58,11 @@ class Metrics(StageObserver):
                                         buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_images = Gauge("resnest_queue_images", "Images waiting for an engine instance",
                                   registry=self.registry)
-        self.window: list[tuple[int, float]] = []  # (err_no, seconds) since the tracer's last line
+        self.refused_requests = Counter("resnest_refused_requests", "HTTP requests refused before "
+                                        "authentication (401, and 405/413 on the open health paths), by "
+                                        "protocol and HTTP status; not counted in resnest_requests",
+                                        ["protocol", "status"], registry=self.registry)
+        self.window = Window()  # since the tracer's last line: fixed size, whatever the traffic
 
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)
@@ -56,7 +79,11 @@ class Metrics(StageObserver):
     def request_done(self, protocol: str, err_no: int, seconds: float) -> None:
         self.requests.labels(protocol, str(err_no)).inc()
         self.request_seconds.labels(protocol).observe(seconds)
-        self.window.append((err_no, seconds))
+        self.window.add(err_no, seconds)
+
+    def refused(self, protocol: str, status: int) -> None:
+        """Count a request refused before authentication (never as an err_no: no caller was identified)."""
+        self.refused_requests.labels(protocol, str(status)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -80,7 +107,7 @@ class Tracer:
         while True:
             await asyncio.sleep(self.interval_s)
             now = time.monotonic()
-            window, self.metrics.window = self.metrics.window, []
+            window, self.metrics.window = self.metrics.window, Window()
             self.log.info("%s", describe_window(window, now - last))
             last = now
 
@@ -90,11 +117,10 @@ class Tracer:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-def describe_window(window: list[tuple[int, float]], seconds: float) -> str:
+def describe_window(window: Window, seconds: float) -> str:
     """'tracer: N requests in S s (Q qps), err_no {0: n, ...}, latency mean M ms, max X ms'."""
-    if not window:
+    if not window.count:
         return f"tracer: 0 requests in {seconds:.1f} s"
-    codes = dict(sorted(collections.Counter(code for code, _ in window).items()))
-    latencies = [s for _, s in window]
-    return (f"tracer: {len(window)} requests in {seconds:.1f} s ({len(window) / seconds:.2f} qps), err_no {codes}, "
-            f"latency mean {1000 * sum(latencies) / len(latencies):.1f} ms, max {1000 * max(latencies):.1f} ms")
+    codes = dict(sorted(window.codes.items()))
+    return (f"tracer: {window.count} requests in {seconds:.1f} s ({window.count / seconds:.2f} qps), err_no "
+            f"{codes}, latency mean {1000 * window.total_s / window.count:.1f} ms, max {1000 * window.max_s:.1f} ms")

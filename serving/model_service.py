@@ -51,7 +51,7 @@ from protocol.general_model import tensor_values
 from protocol.wire import GENERAL_MODEL_SERVICE, ElemType
 from serving.brpc_server import BrpcServer, RequestContext
 from serving.connections import DoorSettings
-from serving.http_guard import request_body
+from serving.http_guard import ascii_int, request_body
 
 __all__ = [
     "ENGINE_NAME",
@@ -266,10 +266,14 @@ class _ModelHttp:
             if parts[1] not in METHODS:
                 raise BrpcError(Errno.ENOMETHOD, f"Fail to find method={parts[1]!r} of GeneralModelService; "
                                 f"methods: {', '.join(METHODS)}")
+            if request.method != "POST":
+                return web.Response(status=405, text=f"{request.method} not allowed; use POST",
+                                    content_type="text/plain", headers={"Allow": "POST"})
             proto = request.content_type == PROTO_CONTENT_TYPE
             message = self._parse(request_body(request), proto)
-            header = request.headers.get("log-id", "")
-            log_id = int(header) if header.isdigit() else 0  # brpc's HTTP log id header
+            log_id = ascii_int(request.headers.get("log-id", "")) or 0  # brpc's HTTP log id header
+            if log_id >= 2**64:
+                log_id = 0
             response = await self.service.infer(message, log_id)
         except BrpcError as exc:
             return _http_error(exc)
@@ -298,8 +302,11 @@ class _ModelHttp:
 def model_http_app(service: ModelService, door: DoorSettings) -> web.Application:
     from serving.http_guard import http_guard
 
-    app = web.Application(client_max_size=door.max_request_bytes, middlewares=[http_guard(door)])
-    app.router.add_route("*", "/{tail:.*}", _ModelHttp(service).dispatch)
+    handler = _ModelHttp(service)
+    guard = http_guard(door, takes_body=lambda method, path: method == "POST" and
+                       path.strip("/").split("/")[0] in handler.names)
+    app = web.Application(client_max_size=door.max_request_bytes, middlewares=[guard])
+    app.router.add_route("*", "/{tail:.*}", handler.dispatch, expect_handler=guard.expect_handler)
     return app
 
 

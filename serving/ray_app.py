@@ -143,18 +143,38 @@ class PipelineReplica:
         """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: answered by the same
         RestAdapter.answer as `resnest serve`'s aiohttp server, after the same token check."""
         from pipeline.errors import ErrorCode
-        from serving.http_guard import BodyRefused, decoded_body, gateway_error, too_large, unauthenticated
+        from serving.http_guard import (
+            BodyRefused,
+            ascii_int,
+            decoded_body,
+            gateway_error,
+            open_path_refusal,
+            read_bounded,
+            too_large,
+            unauthenticated,
+        )
+        from serving.rest_adapter import rest_takes_body
+        from serving.security import is_open_path
 
-        refused = unauthenticated(self.tokens, request.url.path, request.headers.get("authorization"),
+        # the same order as serving.http_guard: open paths, token, method, size, then the body is read
+        path, method, headers = request.url.path, request.method, request.headers
+        has_body = headers.get("content-length", "0").strip() != "0" or "transfer-encoding" in headers
+        refusal = open_path_refusal(method, path, has_body) if is_open_path(path) else None
+        if refusal is not None:
+            return _starlette(gateway_error(refusal.status, refusal.grpc_code, refusal.message))
+        refused = unauthenticated(self.tokens, path, headers.get("authorization"),
                                   request.client.host if request.client else "")
         if refused is not None:
             return _starlette(refused)
+        if not (has_body and rest_takes_body(method, path)):
+            return _starlette(await self.rest.answer(path, method, b""))
         limit = self.config.max_request_bytes
         try:
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:  # refused before reading it
+            declared = ascii_int(headers.get("content-length", ""))
+            if declared is not None and declared > limit:  # refused before reading it
                 raise too_large(limit)
-            body = await decoded_body(await request.body(), request.headers.get("content-encoding", ""), limit)
+            body = await decoded_body(await read_bounded(request.stream(), limit),
+                                      headers.get("content-encoding", ""), limit)
         except BodyRefused as exc:
             self.metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
             return _starlette(gateway_error(exc.status, exc.grpc_code, exc.message))

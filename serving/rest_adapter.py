@@ -23,8 +23,19 @@ from protocol import pipeline_service_pb2 as pb
 from serving import v2_rest
 from serving.connections import DoorSettings, LimitedSite, PeerLimiter
 from serving.core import ServingCore
-from serving.http_guard import GRPC_INVALID_ARGUMENT, gateway_error, http_guard, request_body
+from serving.http_guard import (
+    GRPC_INVALID_ARGUMENT,
+    OPEN_METHODS,
+    ascii_int,
+    gateway_error,
+    http_guard,
+    load_json,
+    off_loop_if_large,
+    request_body,
+)
 from serving.security import HEALTH_PATHS
+
+MAX_JSON_ELEMENTS = 100_000  # list items, fields and containers in one Paddle Serving REST body
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +50,9 @@ def parse_request_json(body: bytes) -> pb.Request:
     """grpc-gateway's JSON → Request mapping for the pipeline Request, written out for speed
     (json_format.Parse takes ~40x longer on image-sized strings and holds the event loop meanwhile).
     Proto field names (and jsonpb's lowerCamelCase, identical here); unknown fields ignored; int64 as a
-    number or a numeric string; `tensors` through json_format (rare)."""
-    data = json.loads(body)
+    number or a numeric string; `tensors` through json_format (rare). At most MAX_JSON_ELEMENTS elements
+    (`load_json`)."""
+    data = load_json(body, MAX_JSON_ELEMENTS)
     if not isinstance(data, dict):
         raise ValueError(f"the JSON body must be an object, got {type(data).__name__}")
     message = pb.Request()
@@ -59,9 +71,11 @@ def parse_request_json(body: bytes) -> pb.Request:
             setattr(message, name, text)
     logid = data.get("logid", data.get("logId"))
     if logid is not None:
-        if isinstance(logid, bool) or not isinstance(logid, (int, str)) or not str(logid).lstrip("-").isdigit():
-            raise ValueError(f"field 'logid' must be an integer or a numeric string, got {logid!r}")
-        message.logid = int(logid)
+        number = logid if isinstance(logid, int) and not isinstance(logid, bool) else \
+            ascii_int(logid, signed=True) if isinstance(logid, str) else None
+        if number is None or not -2**63 <= number < 2**63:
+            raise ValueError(f"field 'logid' must be a 64-bit integer or a numeric string, got {str(logid)[:40]!r}")
+        message.logid = number
     if data.get("tensors"):
         json_format.ParseDict({"tensors": data["tensors"]}, message, ignore_unknown_fields=True)
     return message
@@ -75,6 +89,16 @@ def grpc_gateway_json(message: pb.Response) -> bytes:
     return json.dumps(ordered, ensure_ascii=False).encode()
 
 
+def rest_takes_body(method: str, path: str) -> bool:
+    """The REST door's routes that take a body: POST /{name}/{method}, and POST on the Open Inference
+    Protocol's .../infer and /v2/repository/index. Any other request reaches its handler unread."""
+    if method != "POST":
+        return False
+    if path == "/v2" or path.startswith("/v2/"):
+        return path.endswith("/infer") or path == "/v2/repository/index"
+    return path.count("/") == 2
+
+
 class RestAdapter:
     def __init__(self, core: ServingCore, door: DoorSettings):
         self.core = core
@@ -82,8 +106,9 @@ class RestAdapter:
         self.max_request_bytes = door.max_request_bytes
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[http_guard(self.door, self.core.metrics)])
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        guard = http_guard(self.door, self.core.metrics, rest_takes_body)
+        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[guard])
+        app.router.add_route("*", "/{tail:.*}", self.dispatch, expect_handler=guard.expect_handler)
         return app
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -97,7 +122,7 @@ class RestAdapter:
         """The answer to a Paddle Serving REST call (health, /metrics or `POST /{name}/{method}`), whatever
         HTTP server received it (aiohttp here, Ray Serve's proxy in serving.ray_app)."""
         if path in HEALTH_PATHS or path == "/metrics":
-            if method not in ("GET", "HEAD"):
+            if method not in OPEN_METHODS:
                 return plain(405)
             return self.health(HEALTH_PATHS[path]) if path in HEALTH_PATHS else self.metrics()
         segments = path.strip("/").split("/") if path.strip("/") else []
@@ -108,7 +133,7 @@ class RestAdapter:
         message = pb.Request()
         if body.strip():
             try:
-                message = parse_request_json(body)
+                message = await off_loop_if_large(body, parse_request_json)
             except (ValueError, json_format.ParseError, RecursionError) as exc:
                 log.info("http malformed JSON from %s: %s", remote, exc)
                 self.core.metrics.request_done("http", int(ErrorCode.RPC_PACKAGE_ERROR), 0.0)
@@ -135,11 +160,13 @@ async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings
     GET /metrics alone); returns the runner (for cleanup) and the bound port."""
     adapter = RestAdapter(core, door)
     if metrics_only:
-        app = web.Application(client_max_size=door.max_request_bytes, middlewares=[http_guard(door, core.metrics)])
+        guard = http_guard(door, core.metrics, takes_body=lambda _m, _p: False)
+        app = web.Application(client_max_size=door.max_request_bytes, middlewares=[guard])
+
         async def metrics(_request: web.Request) -> web.Response:
             return adapter.metrics()
 
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/metrics", metrics, expect_handler=guard.expect_handler)
     else:
         app = adapter.app()
     name = "prometheus" if metrics_only else "http"

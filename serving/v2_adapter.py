@@ -26,6 +26,7 @@ from pipeline.errors import ErrorCode
 from pipeline.postprocess import top_k
 from pipeline.types import Request
 from serving.core import ServingCore
+from serving.http_guard import ascii_int
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class RequestedOutput:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_REQUESTED_OUTPUTS = 16  # entries in a request's `outputs` (deduplicated to the model's one output)
 MAX_RANK = 8
 MAX_ELEMENTS = 2**31 - 1  # more than max_request_bytes can carry; numpy cannot reshape far beyond it
 
@@ -195,8 +197,10 @@ def encode_raw(tensor: Tensor) -> bytes:
 
 
 def logid_of(request_id: str) -> int:
-    """The V2 request id as the pipeline's int64 logid when it is a number, else 0."""
-    return int(request_id) if request_id.isdigit() and int(request_id) < 2**63 else 0
+    """The V2 request id as the pipeline's int64 logid when it is an ASCII number below 2**63, else 0 ("²"
+    or a 5000-digit id included: never a ValueError)."""
+    number = ascii_int(request_id, max_digits=19)
+    return number if number is not None and number < 2**63 else 0
 
 
 class V2Model:
@@ -221,14 +225,16 @@ class V2Model:
     def ready(self) -> bool:
         return self.core.pipeline.ready
 
-    def check(self, name: str, version: str = "") -> None:
-        """NOT_FOUND unless `name` (and `version`, if given) is this model."""
+    def check(self, name: str, version: str = "", open_path: bool = False) -> None:
+        """NOT_FOUND unless `name` (and `version`, if given) is this model. On an `open_path` (model
+        readiness, answered without a token) the message names nothing this server serves."""
         if name != self.name:
-            raise V2Error(ErrorKind.NOT_FOUND, f"unknown model {name!r}; this server serves {self.name!r}",
-                          int(ErrorCode.NO_SERVICE))
+            served = "" if open_path else f"; this server serves {self.name!r}"
+            raise V2Error(ErrorKind.NOT_FOUND, f"unknown model {name[:200]!r}{served}", int(ErrorCode.NO_SERVICE))
         if version and version != MODEL_VERSION:
-            raise V2Error(ErrorKind.NOT_FOUND, f"model {name!r} has no version {version!r}; it has version "
-                          f"{MODEL_VERSION!r}", int(ErrorCode.NO_SERVICE))
+            has = "" if open_path else f"; it has version {MODEL_VERSION!r}"
+            raise V2Error(ErrorKind.NOT_FOUND, f"model {name!r} has no version {version[:200]!r}{has}",
+                          int(ErrorCode.NO_SERVICE))
 
     def server_metadata(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -263,7 +269,7 @@ class V2Model:
 
     def reject(self, protocol: str, request_id: str, error: V2Error) -> None:
         """Log and count a request refused before it reached the pipeline."""
-        log.info("logid=%d protocol=%s id=%r %s: %s", logid_of(request_id), protocol, request_id,
+        log.info("logid=%d protocol=%s id=%r %s: %s", logid_of(request_id), protocol, request_id[:200],
                  error.kind.name, error.message)
         self.core.metrics.request_done(protocol, error.err_no, 0.0)
 
@@ -306,11 +312,22 @@ class V2Model:
             raise invalid(f"input {name!r} has {rows} rows; this server takes at most {self.max_batch} per "
                           "request (max_images_per_request)")
 
-    def check_outputs(self, outputs: list[RequestedOutput]) -> None:
+    def check_outputs(self, outputs: list[RequestedOutput]) -> list[RequestedOutput]:
+        """The requested outputs, each of the model's outputs at most once: more than MAX_REQUESTED_OUTPUTS
+        entries, an unknown name, or one name asked for with two different parameter sets are
+        INVALID_ARGUMENT; exact repeats are dropped."""
+        if len(outputs) > MAX_REQUESTED_OUTPUTS:
+            raise invalid(f"{len(outputs)} requested outputs; send at most {MAX_REQUESTED_OUTPUTS} (this model has "
+                          f"one output, {self.output!r})")
+        unique: dict[str, RequestedOutput] = {}
         for out in outputs:
             if out.name != self.output:
-                raise invalid(f"unknown output {out.name!r}; this model's output is {self.output!r}")
+                raise invalid(f"unknown output {out.name[:200]!r}; this model's output is {self.output!r}")
             self._class_count(out)
+            seen = unique.setdefault(out.name, out)
+            if seen.parameters != out.parameters:
+                raise invalid(f"output {out.name!r} requested twice with different parameters")
+        return list(unique.values())
 
     def _class_count(self, out: RequestedOutput) -> int:
         k = out.parameters.get("classification", 0)
@@ -322,7 +339,7 @@ class V2Model:
     async def infer(self, inputs: list[Tensor], outputs: list[RequestedOutput], request_id: str,
                     protocol: str) -> list[Tensor]:
         """Run the pipeline; the requested outputs (all outputs when none are named), or V2Error."""
-        self.check_outputs(outputs)
+        outputs = self.check_outputs(outputs)
         request = self.to_request(inputs, request_id, protocol)
         response = await self.core.infer(request)
         if response.err_no != 0:

@@ -102,7 +102,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:  # noqa: N802
         try:
-            self.model.check(request.name, request.version)
+            self.model.check(request.name, request.version, open_path=True)  # open: names nothing served
         except V2Error as exc:
             await self._abort(context, exc)
         return pb.ModelReadyResponse(ready=self.model.ready)

@@ -12,7 +12,6 @@ request_compression_algorithm) are inflated by serving.http_guard, up to max_req
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -20,8 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from serving.core import ServingCore
-from serving.http_guard import request_body
+from serving.http_guard import ascii_int, load_json, off_loop_if_large, request_body
 from serving.v2_adapter import (
+    MAX_REQUESTED_OUTPUTS,
     ErrorKind,
     RequestedOutput,
     Tensor,
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "v2-http"
 HEADER_LENGTH = "Inference-Header-Content-Length"
-THREAD_JSON_BYTES = 256 * 1024  # JSON bodies larger than this are parsed off the event loop
+JSON_ELEMENT_SLACK = 10_000  # JSON elements allowed beside the tensor data a full batch needs
 
 _models: dict[int, V2Model] = {}
 
@@ -85,7 +85,7 @@ async def handle(core: ServingCore, request: web.Request) -> web.StreamResponse:
         not_get = _get(method)
         if not_get is not None:
             return not_get
-        model.check(name, version)
+        model.check(name, version, open_path=rest == ["ready"])
         if rest == ["ready"]:
             ready = model.ready
             return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
@@ -107,8 +107,8 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str) -
         model.check(name, version)
         body = request_body(request)  # read, size-checked and inflated by serving.http_guard
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-        data = await (asyncio.to_thread(_parse_json, header) if len(header) > THREAD_JSON_BYTES
-                      else _immediate(_parse_json(header)))
+        limit = model.max_batch * 3 * model.crop * model.crop + JSON_ELEMENT_SLACK  # a full FP32 batch as JSON
+        data = await off_loop_if_large(header, lambda text: _parse_json(text, limit))
         given_id = data.get("id", "")
         if not isinstance(given_id, str):
             raise invalid(f"'id' must be a string, got {given_id!r}")
@@ -122,25 +122,21 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str) -
     return _respond(model, result, request_id, binary_output)
 
 
-async def _immediate(value: Any) -> Any:
-    return value
-
-
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """(JSON header, binary tail) by Inference-Header-Content-Length; no header = all JSON."""
     if header_length is None:
         return body, b""
-    text = header_length.strip()
-    if not text.isdigit() or int(text) > len(body):
-        raise invalid(f"{HEADER_LENGTH} {header_length!r} must be an integer between 0 and the body length "
+    n = ascii_int(header_length)
+    if n is None or n > len(body):
+        raise invalid(f"{HEADER_LENGTH} {header_length[:40]!r} must be an integer between 0 and the body length "
                       f"({len(body)} bytes)")
-    n = int(text)
     return body[:n], body[n:]
 
 
-def _parse_json(header: bytes) -> dict[str, Any]:
+def _parse_json(header: bytes, max_elements: int) -> dict[str, Any]:
+    """The JSON request object, within `max_elements` (serving.http_guard.load_json), or INVALID_ARGUMENT."""
     try:
-        data = json.loads(header)
+        data = load_json(header, max_elements)
     except (ValueError, RecursionError) as exc:
         raise invalid(f"malformed JSON request body: {exc}") from None
     if not isinstance(data, dict):
@@ -192,6 +188,8 @@ def _read_request(data: dict[str, Any], binary: bytes) -> tuple[list[Tensor], li
     raw_outputs = data.get("outputs", [])
     if not isinstance(raw_outputs, list):
         raise invalid("'outputs' must be a list")
+    if len(raw_outputs) > MAX_REQUESTED_OUTPUTS:
+        raise invalid(f"{len(raw_outputs)} requested outputs; send at most {MAX_REQUESTED_OUTPUTS}")
     for i, item in enumerate(raw_outputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid(f"outputs[{i}] must be an object with a string 'name'")

@@ -25,7 +25,7 @@ from pipeline.types import Request
 from protocol import baidu_std as bs
 from protocol import pipeline_service_pb2 as pb
 from protocol.brpc_meta_pb2 import RpcMeta
-from protocol.inflate import InflateError, inflate
+from protocol.inflate import MAX_GZIP_MEMBERS, InflateError, inflate
 from serving import v2_adapter, v2_rest
 from serving.core import request_from_proto
 from serving.rest_adapter import parse_request_json
@@ -70,6 +70,10 @@ def check_rest_body(body: bytes) -> None:
 @example({"tensors": [{"elem_type": 1e400}]})
 @example({"tensors": {"a": 1}})
 @example({"key": ["a"], "value": ["b"], "logid": "12"})
+@example({"logid": "²"})
+@example({"logid": "9" * 5000})
+@example({"logid": "-" + "1" * 19})
+@example({"zz": [[]] * 100_001})
 def test_rest_json_values(value) -> None:
     try:
         body = json.dumps(value).encode()
@@ -275,6 +279,30 @@ def test_inflate(plain: bytes, fmt: str, limit: int, how: str, where: int) -> No
         assert out == expected
 
 
+@fuzz(100)
+@given(st.lists(st.binary(max_size=40) | st.just(b""), max_size=MAX_GZIP_MEMBERS + 20), st.integers(0, 2000),
+       st.sampled_from(["same", "trailing", "cut"]))
+@example([b""] * (MAX_GZIP_MEMBERS + 1), 10, "same")
+@example([b""] * MAX_GZIP_MEMBERS, 0, "same")
+def test_inflate_gzip_members(members: list[bytes], limit: int, how: str) -> None:
+    """Concatenated gzip members (empty ones too): exact up to the member cap and the limit, refused past
+    either, corrupt when cut or followed by junk; never another exception."""
+    data = b"".join(gzip.compress(m, mtime=0) for m in members) or gzip.compress(b"")
+    members = members or [b""]
+    expected = b"".join(members)
+    if how == "trailing":
+        data += b"\x00junk"
+    elif how == "cut":
+        data = data[:-3]
+    try:
+        out = inflate(data, "gzip", limit)
+    except InflateError as exc:
+        if how == "same":
+            assert exc.too_large and (len(members) > MAX_GZIP_MEMBERS or len(expected) > limit), exc
+        return
+    assert how == "same" and len(members) <= MAX_GZIP_MEMBERS and out == expected
+
+
 # -- images ----------------------------------------------------------------------------------------------
 
 
@@ -357,7 +385,7 @@ def v2_decode(body: bytes, header_length: str | None) -> None:
     """What v2_rest.infer does before the model: split, parse, read tensors; only V2Error may come out."""
     try:
         header, binary = v2_rest._split(body, header_length)
-        data = v2_rest._parse_json(header)
+        data = v2_rest._parse_json(header, 1000)
         inputs, outputs, binary_output = v2_rest._read_request(data, binary)
     except v2_adapter.V2Error as exc:
         assert exc.kind == v2_adapter.ErrorKind.INVALID
@@ -389,8 +417,13 @@ def test_v2_json_body(value, binary: bytes) -> None:
 
 
 @fuzz(150)
-@given(st.binary(max_size=200), st.none() | st.text(max_size=6) | st.integers(-5, 250).map(str))
+@given(st.binary(max_size=200), st.none() | st.text(max_size=6) | st.integers(-5, 250).map(str)
+       | st.text(alphabet="0123456789²³¹٠١٢߀", max_size=30))
 @example(b"[" * 100_000, None)
+@example(b"{}", "²")
+@example(b"{}", "9" * 5000)
+@example(b"{}", " 2 ")
+@example(b'{"zz": [' + b"[]," * 2000 + b"[]]}", None)
 def test_v2_arbitrary_body(body: bytes, header_length: str | None) -> None:
     v2_decode(body, header_length)
 

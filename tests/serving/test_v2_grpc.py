@@ -164,6 +164,33 @@ def test_unknown_model_not_found(stub, call, request_type):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no version '7'" in info.value.details()
 
 
+@pytest.mark.parametrize("request_id", ["²", "9" * 5000, "١٢", "12"])
+def test_any_id_string_is_answered(stub, jpegs, request_id):
+    """Digits that are not ASCII, or too many of them, are no logid (0): answered, never UNKNOWN (issue:
+    "Unexpected <class 'ValueError'>"), on success and on a refusal."""
+    answer = stub.ModelInfer(raw_image_request(jpegs[:1], id=request_id), timeout=30)
+    assert answer.id == request_id and answer.outputs[0].shape == [1, 10]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(_req(id=request_id, inputs=[Input(name="x", datatype="FP32", shape=[1])],
+                             raw_input_contents=[b"\0" * 4]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_requested_outputs_deduplicated_and_capped(stub, jpegs):
+    answer = stub.ModelInfer(raw_image_request(jpegs[:1], outputs=[Output(name="prediction")] * 3), timeout=30)
+    assert [out.name for out in answer.outputs] == ["prediction"] and len(answer.raw_output_contents) == 1
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(raw_image_request(jpegs[:1], outputs=[Output(name="prediction")] * 50_000), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "50000 requested outputs; send at most 16" in info.value.details()
+
+
+def test_unknown_model_readiness_names_nothing_served(stub):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelReady(pb.ModelReadyRequest(name="zzz"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and info.value.details() == "unknown model 'zzz'"
+
+
 def test_metrics_count_v2_grpc(server, stub, jpegs):
     stub.ModelInfer(raw_image_request(jpegs[:1]), timeout=30)
     with pytest.raises(grpc.RpcError):

@@ -193,7 +193,52 @@ BAD = {
     "gzip bomb": (lambda j: (gzip.compress(b" " * (MAX_BYTES + 10)), {"Content-Encoding": "gzip"}), 413,
                   f"gzip body inflates to more than {MAX_BYTES} bytes (max_request_bytes)"),
     "body too large": (lambda j: (b" " * (MAX_BYTES + 10), {}), 413, f"over the limit of {MAX_BYTES} bytes"),
+    "header length superscript": (lambda j: (b"{}", {HEADER: "²"}), 400, "must be an integer"),
+    "header length 5000 digits": (lambda j: (b"{}", {HEADER: "9" * 5000}), 400, "must be an integer"),
+    "20000 requested outputs": (lambda j: _with_outputs(j, [{"name": "prediction"}] * 20_000), 400,
+                                "20000 requested outputs; send at most 16"),
+    "unknown output": (lambda j: _with_outputs(j, [{"name": "prediction"}, {"name": "logits"}]), 400,
+                       "unknown output 'logits'; this model's output is 'prediction'"),
+    "one output two ways": (lambda j: _with_outputs(j, [{"name": "prediction"}, {
+        "name": "prediction", "parameters": {"classification": 2}}]), 400,
+                            "output 'prediction' requested twice with different parameters"),
+    "empty gzip members": (lambda j: (gzip.compress(b"", mtime=0) * 80_000, {"Content-Encoding": "gzip"}), 413,
+                           "gzip body has more than 64 members"),
+    "JSON of empty lists": (lambda j: (b'{"zz": [' + b"[]," * 200_000 + b"[]]}", {}), 400,
+                            "the JSON body holds more than 100000 arrays and objects"),
 }
+
+
+def _with_outputs(jpeg: bytes, outputs: list[dict]) -> tuple[bytes, dict]:
+    blob = bytes_elements(jpeg)
+    return binary_request({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                       "parameters": {"binary_data_size": len(blob)}}], "outputs": outputs}, blob)
+
+
+@pytest.mark.parametrize("request_id", ["²", "9" * 5000, "١٢", "12"])
+def test_any_id_string_is_echoed(server, jpeg, request_id):
+    """The V2 id is any string: digits that are not ASCII, or too many of them, are no logid (0), never a
+    500 (issue: int("²") raised)."""
+    blob = bytes_elements(jpeg)
+    body, headers = binary_request({"id": request_id, "inputs": [{"name": "image", "datatype": "BYTES",
+                                    "shape": [1], "parameters": {"binary_data_size": len(blob)}}]}, blob)
+    reply = requests.post(infer_url(server), data=body, headers=headers, timeout=30)
+    assert reply.status_code == 200, reply.text[:300]
+    assert json.loads(reply.content[:int(reply.headers.get(HEADER, len(reply.content)))])["id"] == request_id
+
+
+def test_repeated_outputs_answered_once(server, jpeg):
+    body, headers = _with_outputs(jpeg, [{"name": "prediction", "parameters": {"binary_data": False}}] * 3)
+    reply = requests.post(infer_url(server), data=body, headers=headers, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert [out["name"] for out in reply.json()["outputs"]] == ["prediction"]
+
+
+def test_unknown_model_readiness_names_nothing_served(server):
+    reply = requests.get(server.url("/v2/models/zzz/ready"), timeout=10)
+    assert reply.status_code == 404 and reply.json() == {"error": "unknown model 'zzz'"}
+    reply = requests.get(server.url("/v2/models/zzz"), timeout=10)  # metadata (behind the token when auth is on)
+    assert reply.status_code == 404 and "this server serves 'imagenet'" in reply.json()["error"]
 
 
 @pytest.mark.parametrize("case", list(BAD))
