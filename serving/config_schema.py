@@ -311,7 +311,8 @@ class ServerConfig:
                                      origin="ours", minimum=1024, maximum=2**31 - 1,
                                      type_doc="int, 1024 – 2³¹−1", default_doc="67108864 (64 MiB)")
     max_connections: int = setting(1024, "Open connections per front door (REST, bRPC); further ones are closed "
-                                         "at once. gRPC: see README \"Limits and security\".", origin="ours",
+                                         "at once. gRPC (which cannot cap connections): calls in progress, "
+                                         "RESOURCE_EXHAUSTED beyond.", origin="ours",
                                    minimum=1)
     max_connections_per_peer: int = setting(256, "Open connections per client address per front door (REST, "
                                                  "bRPC). 0 means no per-address limit (behind a proxy, every "
