@@ -7,8 +7,8 @@ The search, pruned as a person would do it by hand:
    default config as the baseline, each at batch_size 1.
 2. The best two (within 80 % of the best) get batch sizes 2, 4, 8 in turn, stopping as soon as a size gains
    under 5 %, and the best of those a split of the cores into two engine instances.
-Each candidate is loaded at client concurrency 1, 2, 4 and 2 × (batch_size × instances) (closed loop). Its
-throughput point is the highest images/s whose p99 meets the target with no errors; its latency point is
+Each candidate is loaded at client concurrency 1, 2, 4 and 2 × (batch_size × instances) (closed loop), then
+doubled while images/s still grows 5 % and p99 meets the target (up to 16). Its throughput point is the highest images/s whose p99 meets the target with no errors; its latency point is
 concurrency 1. Writes the config of the best throughput point and of the lowest latency, a JSON report with
 the machine fingerprint, a Markdown table and a plot (tune_report.py).
 """
@@ -39,6 +39,7 @@ BATCH_SIZES = (2, 4, 8)
 MIN_GAIN = 1.05  # a larger batch size must bring 5 % more images/s to be worth the next one
 KEEP_FRACTION = 0.8  # engines within 80 % of the best go on to the batching stage
 START_TIMEOUT_S = 300.0
+MAX_LEVEL = 16  # most requests in flight tried
 
 
 @dataclass
@@ -129,8 +130,17 @@ class Tuner:
         return time.monotonic() - self.started
 
     def levels(self, cand: Candidate) -> list[int]:
+        """The first load levels: 1, 2, 4 and 2 x (batch_size x instances); `next_level` may add more."""
         per_batch = int(cand.op.get("batch_size", 1)) * int(cand.op.get("concurrency", 1))
-        return sorted({1, 2, 4, min(16, 2 * per_batch)})
+        return sorted({1, 2, 4, min(MAX_LEVEL, 2 * per_batch)})
+
+    def next_level(self, cand: Candidate) -> int | None:
+        """Double the load while the last level still gained 5 % images/s and met the p99 target."""
+        last, before = cand.points[-1], cand.points[-2]
+        if (last.concurrency >= MAX_LEVEL or last.errors or last.images_per_s < MIN_GAIN * before.images_per_s
+                or (self.p99_ms is not None and last.p99_ms > self.p99_ms)):
+            return None
+        return min(MAX_LEVEL, 2 * last.concurrency)
 
     def _fits(self, cand: Candidate) -> bool:
         cost = self.start_cost_s + len(self.levels(cand)) * (self.level_s + 1.0)
@@ -162,7 +172,9 @@ class Tuner:
             cand.engine_started = server.info.get("engine", "")
             port = server.ports["grpc" if self.protocol in ("grpc", "v2-grpc") else
                                 "brpc" if self.protocol == "brpc" else "http"]
-            for level in self.levels(cand):
+            levels = self.levels(cand)
+            while levels:
+                level = levels.pop(0)
                 report = asyncio.run(run_bench(BenchConfig(
                     protocol=self.protocol, endpoint=f"127.0.0.1:{port}", images=self.images, concurrency=level,
                     duration=self.level_s, warmup=2 * level)))
@@ -172,6 +184,8 @@ class Tuner:
                 log.info("tune [%3.0f/%.0f s] %s, concurrency %d: %.1f images/s, p99 %.0f ms%s", self.elapsed(),
                          self.budget_s, cand.name, level, fig["images_per_s"], fig["p99_ms"],
                          f", {cand.points[-1].errors} errors" if cand.points[-1].errors else "")
+                if not levels and (more := self.next_level(cand)) and self.elapsed() + self.level_s < self.budget_s:
+                    levels.append(more)
             cand.status = "measured"
         finally:
             server.stop()

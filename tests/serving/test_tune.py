@@ -64,7 +64,8 @@ def test_accuracy_gate_and_budget_parsing(demo_export, tiny_model_dir):
         assert accuracy_gate(bundle, engine, "int8", worst) is None
         assert "below the" in accuracy_gate(bundle, engine, "int8", min(1.0, worst + 0.001)) or worst >= 1.0
     for engine in set(checks) - set(ran):  # not run at export (this CPU, or the engine has no int8): refused
-        assert accuracy_gate(bundle, engine, "int8", 0.0).startswith("accuracy check not run at export")
+        assert accuracy_gate(bundle, engine, "int8", 0.5).startswith("accuracy check not run at export")
+    assert accuracy_gate(bundle, "paddle", "int8", 0.0) is None  # 0: the gate is off
     tiny = ModelBundle.load(tiny_model_dir)  # exported without --check-images
     assert "no recorded accuracy check of bf16 on openvino" in accuracy_gate(tiny, "openvino", "bf16", 0.99)
     assert parse_duration("10m") == 600 and parse_duration("90s") == 90 and parse_duration("5") == 5
