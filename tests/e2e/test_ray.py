@@ -14,12 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+import ray.serve  # noqa: F401  (make venv-test installs Ray: without it these tests fail, never skip)
 import requests
 from support import ServerProcess, write_config
 
 from client.pipeline_client import PipelineClient
-
-pytest.importorskip("ray.serve")
 
 HOST = "127.0.0.1"
 REPLICA_TITLE = "ray::ServeReplica:imagenet:ResNeStPipeline"
