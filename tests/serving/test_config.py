@@ -592,6 +592,34 @@ def test_onednn_op_lists_refused_where_they_do_nothing(tmp_path: Path) -> None:
                                  tmp_path))
 
 
+def test_onednn_cache_and_mem_optim_reach_paddle(tiny_model_dir: Path, cpus) -> None:
+    """local_service_conf.mkldnn_cache_capacity and mem_optim, from config.yml to Paddle Inference: the capacity
+    shows in the real paddle.inference.Config's summary (0, the default, leaves Paddle's own 10); mem_optim turns Paddle's
+    memory optimisation on for GPU/TensorRT (checked as the Config calls: no GPU here) and is never applied on
+    CPU, whatever it says (Paddle 3.3's PIR CPU predictor fails to build with it)."""
+    from export.model_files import config_calls, paddle_config
+    from pipeline.bundle import ModelBundle
+    from serving.server import engine_options
+
+    bundle = ModelBundle.load(tiny_model_dir)
+
+    def summary(config: ServerConfig) -> str:
+        return paddle_config(bundle.model_file, bundle.params_file, engine_options(config)).summary()
+
+    def option(text: str, name: str) -> str:
+        return re.search(rf"\| {name}\s*\| (\S+)\s*\|", text)[1]
+
+    assert option(summary(parse(with_op(lsc={"mkldnn_cache_capacity": 7}))), "mkldnn_cache_capacity") == "7"
+    assert option(summary(parse(minimal())), "mkldnn_cache_capacity") == "10"  # Paddle's default, not set
+    for mem_optim in (True, False):
+        cpu = parse(with_op(lsc={"mem_optim": mem_optim}))
+        assert option(summary(cpu), "memory_optim") == "false"
+        for device_type in (1, 2):
+            gpu = parse(with_op(lsc={"mem_optim": mem_optim, "device_type": device_type, "devices": "0"}))
+            calls = [name for name, _ in config_calls(engine_options(gpu))]
+            assert ("enable_memory_optim" in calls) == mem_optim, (device_type, calls)
+
+
 def test_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, PADDLECLAS_YML.read_text())
     config = load_config(path, {"rpc_port": 0, "http_port": 0, "brpc_port": 0,
