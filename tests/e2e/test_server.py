@@ -204,19 +204,62 @@ def free_port() -> int:
 
 
 def test_worker_num_two_processes_share_ports(server_factory, image_paths):
+    """worker_num: 2: two processes listen on the same ports, and each answers on its own: with one of them
+    stopped (SIGSTOP), new connections that the kernel hands to the other are answered on every door."""
+    import os
+
     ports = {"rpc_port": free_port(), "http_port": free_port(), "brpc_port": free_port()}
     server = server_factory(top={"worker_num": 2, **ports})
     deadline = time.time() + 60
+
     def listening() -> list[str]:
         return [line for line in server.log.splitlines() if "service 'imagenet' listening" in line]
 
     while len(listening()) < 2 and time.time() < deadline:
         time.sleep(0.2)
-    pids = {line.split("(pid ")[1].rstrip(")") for line in listening()}
+    pids = sorted({int(line.split("(pid ")[1].rstrip(")")) for line in listening()})
     assert len(pids) == 2
-    for _ in range(4):
-        answer = grpc_call(server, pb.Request(key=["image"], value=[b64(image_paths[0].read_bytes())]))
-        assert answer.err_no == 0
+    assert all(f":{server.ports[door]}" in line for line in listening() for door in ("grpc", "http", "brpc"))
+    value = b64(image_paths[0].read_bytes())
+
+    def answered_by_the_running_one() -> set[str]:
+        """Doors on which some new connection got an answer (each door tried up to 12 times, 2 s each)."""
+        doors = set()
+        for _ in range(12):
+            with grpc.insecure_channel(f"127.0.0.1:{server.ports['grpc']}",
+                                       options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                try:
+                    if pb_grpc.PipelineServiceStub(channel).inference(pb.Request(key=["i"], value=[value]),
+                                                                      timeout=2).err_no == 0:
+                        doors.add("grpc")
+                        break
+                except grpc.RpcError:
+                    pass
+        for _ in range(12):
+            try:
+                if requests.post(server.url("/imagenet/prediction"), timeout=2,
+                                 data=json.dumps({"key": ["i"], "value": [value]})).json()["err_no"] == 0:
+                    doors.add("http")
+                    break
+            except requests.RequestException:
+                pass
+        for _ in range(12):
+            try:
+                with SyncBrpcClient("127.0.0.1", server.ports["brpc"], timeout=2) as client:
+                    if client.call_message("baidu.paddle_serving.pipeline_serving.PipelineService", "inference",
+                                           pb.Request(key=["i"], value=[value]), pb.Response).err_no == 0:
+                        doors.add("brpc")
+                        break
+            except Exception:
+                pass
+        return doors
+
+    for stopped in pids:
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            assert answered_by_the_running_one() == {"grpc", "http", "brpc"}, f"pid {stopped} stopped"
+        finally:
+            os.kill(stopped, signal.SIGCONT)
     assert server.stop() == 0
 
 
