@@ -201,17 +201,25 @@ def test_sigint_stops_gracefully(server_factory):
     assert server.stop(signal.SIGINT) == 0 and "stopped" in server.log
 
 
-def test_default_thread_num_gives_every_core_to_one_engine(tmp_path, tiny_model_dir):
+def test_thread_num_given_or_every_core_to_one_engine(tmp_path, tiny_model_dir):
     import os
 
     from serving.launcher import ServerProcess, write_config  # no thread_num: the server's own default
 
+    cores = len(os.sched_getaffinity(0))
     server = ServerProcess(write_config(tmp_path / "c.yml", tiny_model_dir, op={"engine": "onnxruntime"}))
     try:
-        cores = len(os.sched_getaffinity(0))
         assert re.search(rf"engine-0 \(pid \d+\): onnxruntime fp32 \({cores} thread\(s\)", server.log), server.log
     finally:
-        server.stop()
+        assert server.stop() == 0
+    # thread_num given: the engine runs that many, even more than the cores (the default never is)
+    server = ServerProcess(write_config(tmp_path / "given.yml", tiny_model_dir, op={"engine": "onnxruntime"},
+                                        lsc={"thread_num": cores + 1}))
+    try:
+        assert re.search(rf"engine-0 \(pid \d+\): onnxruntime fp32 \({cores + 1} thread\(s\)", server.log), \
+            server.log
+    finally:
+        assert server.stop() == 0
 
 
 def test_full_queue_gives_6000_on_every_protocol(server_factory, image_paths, variant_dirs):

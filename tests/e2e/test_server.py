@@ -105,11 +105,12 @@ def test_concurrent_requests_get_their_own_answers(tiny_server, local, image_pat
 
 
 def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_paths):
-    server = server_factory(op={"max_images_per_request": 2, "max_image_pixels": 1_000_000},
+    server = server_factory(op={"max_images_per_request": 2, "max_image_pixels": 1_000_000, "max_aspect_ratio": 5},
                             top={"max_request_bytes": 1_000_000})
     jpeg = image_paths[0].read_bytes()
     _, big = cv2.imencode(".png", np.zeros((1000, 1200, 3), np.uint8))
     _, strip = cv2.imencode(".png", np.zeros((10000, 1, 3), np.uint8))
+    _, tall = cv2.imencode(".png", np.zeros((60, 10, 3), np.uint8))  # 6:1, within the default limit of 20
     cases = {
         "bad base64": (["image"], ["@@@@"], 5000, "not valid base64"),
         "not an image": (["image"], [b64(b"GIF89a but not really")], 5000, "not a decodable image"),
@@ -117,6 +118,8 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
         "empty value": (["image"], [""], 5000, "empty value"),
         "pixel limit": (["image"], [b64(big.tobytes())], 5000, "exceeds the limit of 1000000"),
         "aspect ratio": (["image"], [b64(strip.tobytes())], 5000, "1x10000 has an aspect ratio of 1e+04"),
+        "max_aspect_ratio": (["image"], [b64(tall.tobytes())], 5000,
+                             "10x60 has an aspect ratio of 6, over the limit of 5 (max_aspect_ratio)"),
         "too many images": (["a", "b", "c"], [b64(jpeg)] * 3, 5000, "at most 2 per request"),
         "no images": ([], [], 5000, "no images"),
     }
