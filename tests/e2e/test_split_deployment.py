@@ -180,14 +180,14 @@ def test_model_server_killed_then_restarted_under_a_running_pipeline(split, tiny
     port = first.ports["brpc"]
     load = Load(pipeline, image)
     load.wait_answers(4)
-    first.stop(signal.SIGKILL)  # both down: clear errors naming the endpoints
+    first.stop(signal.SIGKILL)  # both down: clear errors, the endpoints named in the pipeline's log
     down_from = len(load.answers)
     load.wait_answers(down_from + 8)
     failed = [a for a in load.answers[down_from + 4:] if a[2] != 0]
     assert failed, "no request failed with both model servers down"
     for _, _, err_no, err_msg in failed:
         assert err_no == 10000 and "no model server available" in err_msg, err_msg
-        assert first.endpoint in err_msg and second.endpoint in err_msg
+    assert f"{first.endpoint}: " in pipeline.log and f"{second.endpoint}: " in pipeline.log
 
     restarted = start_model_server(tiny_model_dir, brpc_port=port)  # the load goes on meanwhile
     split["models"][0] = restarted
