@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from client.fingerprint import machine_fingerprint
+
 log = logging.getLogger(__name__)
 
 CONFIGS = [("paddle", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("paddle", "bf16"),
@@ -170,13 +172,14 @@ def macs_per_image(arch: str, size: int) -> int:
     return count_macs(build_model(arch), size)
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> tuple[str, dict]:
     from pipeline.accuracy import describe_check
     from pipeline.bundle import ModelBundle
     from pipeline.engines.cpu import describe as describe_cpu
 
     shared_images = {p.name: p.read_bytes() for p in sorted((args.shared / "data" / "images").iterdir())}
     out_lines = []
+    report: dict = {"fingerprint": machine_fingerprint(), "rounds": args.rounds, "threads": args.threads, "rows": []}
     probes = [in_child({"peak": True, "threads": args.threads}) for _ in range(2)]
     peak = max(p["gflops"] for p in probes)
     out_lines.append(f"measured fp32 peak ({args.threads} threads, {probes[0]['probe']}): {peak:.0f} GFLOP/s; "
@@ -195,7 +198,9 @@ def run(args: argparse.Namespace) -> str:
                 runs[(engine, precision)].append(result)
                 log.info("round %d %s %s %s: %s", r + 1, arch, engine, precision, result.get("ms") or result["error"])
         out_lines.append("")
-        out_lines += table(arch, bundle.meta.crop_size, gflop, peak, args.batches, runs)
+        lines, rows = table(arch, bundle.meta.crop_size, gflop, peak, args.batches, runs)
+        out_lines += lines
+        report["rows"] += rows
         out_lines.append("")
         out_lines += [f"- {describe_check(p, k, c)}" for p, entry in bundle.meta.precision_checks.items()
                       for k, c in entry["engines"].items()]
@@ -203,12 +208,14 @@ def run(args: argparse.Namespace) -> str:
     out_lines += ["", "Accuracy of reduced precision on the trained demo model (ResNeSt_tiny, digits):"]
     out_lines += [f"- {describe_check(p, k, c)}" for p, entry in demo.meta.precision_checks.items()
                   for k, c in entry["engines"].items()]
-    return "\n".join(out_lines)
+    report["peak_gflops"] = peak
+    return "\n".join(out_lines), report
 
 
 def table(arch: str, size: int, gflop: float, peak: float, batches: list[int],
-          runs: dict[tuple[str, str], list[dict]]) -> list[str]:
-    ms = {}  # (engine, precision, bs) -> median over rounds of ms per image
+          runs: dict[tuple[str, str], list[dict]]) -> tuple[list[str], list[dict]]:
+    """The Markdown table (median ms/img over the rounds, [min–max], img/s) and the same as JSON rows."""
+    ms = {}  # (engine, precision, bs) -> (median, min, max) over rounds of ms per image
     errors = {}
     for key, results in runs.items():
         good = [r["ms"] for r in results if "ms" in r]
@@ -216,21 +223,27 @@ def table(arch: str, size: int, gflop: float, peak: float, batches: list[int],
             errors[key] = results[0]["error"]
             continue
         for bs in batches:
-            ms[(*key, bs)] = statistics.median(r[str(bs)] for r in good) / bs
+            per_image = [r[str(bs)] / bs for r in good]
+            ms[(*key, bs)] = (statistics.median(per_image), min(per_image), max(per_image))
     head = (f"| {arch} ({size}×{size}, {gflop:.1f} GFLOP/img) | " +
-            " | ".join(f"bs={bs}: ms/img (img/s)" for bs in batches) + " | % of fp32 peak | × paddle fp32 |")
+            " | ".join(f"bs={bs}: ms/img [min–max] (img/s)" for bs in batches) + " | % of fp32 peak | × paddle fp32 |")
     lines = [head, "|" + "---|" * (len(batches) + 3)]
+    rows = []
     for key in runs:
         name = f"{key[0]} {key[1]}"
         if key in errors:
             lines.append(f"| {name} | " + " | ".join("-" for _ in batches) + f" | not run: {errors[key][:120]} | |")
+            rows.append({"arch": arch, "engine": key[0], "precision": key[1], "error": errors[key]})
             continue
-        best = min(ms[(*key, bs)] for bs in batches)
-        base = [ms.get((*BASE, bs)) for bs in batches]
-        ratio = f"×{min(b for b in base if b) / best:.2f}" if any(base) else "-"
-        cells = [f"{ms[(*key, bs)]:.1f} ({1000 / ms[(*key, bs)]:.1f})" for bs in batches]
+        best = min(ms[(*key, bs)][0] for bs in batches)
+        base = [ms[(*BASE, bs)][0] for bs in batches if (*BASE, bs) in ms]
+        ratio = f"×{min(base) / best:.2f}" if base else "-"
+        cells = [f"{m:.1f} [{lo:.1f}–{hi:.1f}] ({1000 / m:.1f})" for m, lo, hi in (ms[(*key, bs)] for bs in batches)]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {gflop / (best / 1000) / peak:.0%} | {ratio} |")
-    return lines
+        rows.append({"arch": arch, "engine": key[0], "precision": key[1],
+                     "ms_per_image": {str(bs): dict(zip(("median", "min", "max"), ms[(*key, bs)], strict=True))
+                                      for bs in batches}})
+    return lines, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", help="only these engines")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="where exported models are cached")
     parser.add_argument("--shared", type=Path, default=Path("../shared"), help="the shared data folder")
+    parser.add_argument("--json", type=Path, help="write the figures (median, min, max) and the machine fingerprint")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
@@ -250,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(measure_peak(job["threads"]) if job.get("peak") else measure(job)) + "\n")
         return 0
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.stdout.write(run(args) + "\n")
+    text, report = run(args)
+    sys.stdout.write(text + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
     return 0
 
 

@@ -4,8 +4,11 @@
 2. the server (a real `resnest serve` child process) over gRPC at concurrency 1 and 4, REST and bRPC at 4;
 3. `GET /health/live` latency while a 32-image request is being classified (the event loop must not wait
    for the engine);
-and prints images/s, × bound, latency, and × the same server running Paddle Inference fp32 (what Paddle
-Serving 0.9's pipeline runs in its best configuration).
+and prints images/s (median and min–max over --repeats), × bound, latency, × the same server running Paddle
+Inference fp32 (what Paddle Serving 0.9's pipeline runs in its best configuration), and the CPU each request
+cost in the server's processes: the front door (protocols, preprocessing, batching) and the engine workers.
+`--arch ResNeSt_tiny` gives the per-request overhead (the engine costs next to nothing). `--json` writes
+every figure with the machine fingerprint.
 
     python -m bench.served [--arch ResNeSt50 | --model-dir DIR] [--configs auto:fp32 paddle:fp32 auto:bf16]
 
@@ -19,6 +22,9 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -28,7 +34,9 @@ import numpy as np
 import requests
 
 from bench.engines import ensure_export, in_child
+from client.fingerprint import machine_fingerprint
 from client.images import list_images
+from client.report import strict_json
 from pipeline.bundle import ModelBundle
 from pipeline.preprocess import Preprocessor, PreprocessSpec
 
@@ -72,9 +80,43 @@ def health_during_big_request(server, images: list[bytes]) -> dict:
             "max_ms": max(latencies), "count": len(latencies)}
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def process_tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server process ("front door") and by its children ("engine workers")."""
+    out = {"front door": 0.0, "engine workers": 0.0}
+    try:
+        out["front door"] = _cpu_seconds(pid)
+    except OSError:
+        return out
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            if int(text.rpartition(")")[2].split()[1]) == pid:
+                out["engine workers"] += _cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def flame_graph(pid: int, folder: Path, name: str, seconds: float) -> subprocess.Popen:
+    """Start py-spy recording the front door process (threads, native frames off) for `seconds` into
+    folder/name.svg; the caller waits for it."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise RuntimeError("--flamegraph needs py-spy: pip install py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
+                             "--output", str(folder / f"{name}.svg"), "--threads", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, images: list[bytes],
                image_dir: Path, workdir: Path) -> dict:
-    from client.bench import BenchConfig, run_bench
+    from client.bench import BenchConfig, run_repeats
     from serving.launcher import ServerProcess, write_config
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -88,10 +130,21 @@ def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Name
             bench = BenchConfig(protocol=protocol, endpoint=f"127.0.0.1:{server.ports[protocol]}",
                                 images=sorted(image_dir.iterdir()), concurrency=concurrency,
                                 duration=args.seconds, warmup=4, metrics_url=server.url("/metrics"))
-            summary = asyncio.run(run_bench(bench)).to_dict()["summary"]
+            before = process_tree_cpu(server.proc.pid)
+            profiler = flame_graph(server.proc.pid, args.flamegraph, f"{engine}_{precision}_{protocol}_c{concurrency}",
+                                   args.seconds * args.repeats) if args.flamegraph else None
+            run = asyncio.run(run_repeats(bench, args.repeats))
+            after = process_tree_cpu(server.proc.pid)
+            if profiler is not None:
+                profiler.wait(60)
+            requests_done = sum(len(r.samples) for r in run.reports) + bench.warmup
+            summary = run.median_report.summary()
+            summary["figures"] = run.figures()
+            summary["cpu_ms_per_request"] = {k: 1000 * (after[k] - before[k]) / max(1, requests_done) for k in after}
             results[(protocol, concurrency)] = summary
-            log.info("%s:%s %s c=%d: %.2f images/s", engine, precision, protocol, concurrency,
-                     summary["images_per_s"])
+            log.info("%s:%s %s c=%d: %.2f images/s, CPU/request %s", engine, precision, protocol, concurrency,
+                     summary["images_per_s"],
+                     ", ".join(f"{k} {v:.2f} ms" for k, v in summary["cpu_ms_per_request"].items()))
         results["health"] = health_during_big_request(server, images)
     finally:
         server.stop()
@@ -109,10 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="math threads of the engine")
     parser.add_argument("--batch-size", type=int, default=4, help="server batch_size")
     parser.add_argument("--batch-timeout-ms", type=int, default=2, help="server auto_batching_timeout")
+    parser.add_argument("--repeats", type=int, default=1, help="measure each point N times (median, min–max)")
+    parser.add_argument("--json", type=Path, help="write every figure and the machine fingerprint here")
+    parser.add_argument("--flamegraph", type=Path, metavar="DIR",
+                        help="record a py-spy flame graph of the front door at every point into DIR (pip install py-spy)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    fingerprint = machine_fingerprint()
     image_dir = args.shared / "data" / "images"
     images = [p.read_bytes() for p in list_images(image_dir)]
     shared = {f"image{i}": data for i, data in enumerate(images)}
@@ -142,21 +200,32 @@ def main(argv: list[str] | None = None) -> int:
     out = [f"model {bundle.meta.arch or model_dir} input {bundle.meta.crop_size}, {args.threads} math threads, "
            f"server batch_size {args.batch_size} / auto_batching_timeout {args.batch_timeout_ms} ms, "
            f"{len(images)} real images, preprocessing {1000 * pre_s:.2f} ms/img", "",
-           "| config | engine chosen | protocol | concurrency | images/s | × bound | × paddle fp32 | p50 ms | p99 ms |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| config | engine chosen | protocol | concurrency | images/s (min–max) | × bound | × paddle fp32 | p50 ms "
+           "| p99 ms | CPU ms/request: front door + engine |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for spec, served in rows.items():
         for (protocol, concurrency), s in served.items():
             base = rows.get(BASELINE, {}).get((protocol, concurrency))
             ratio = f"×{s['images_per_s'] / base['images_per_s']:.2f}" if base else "-"
+            spread = s["figures"]["images_per_s"]
+            cpu = s["cpu_ms_per_request"]
             out.append(f"| {spec} | {health[spec][0]} | {protocol} | {concurrency} | "
-                       f"{s['images_per_s']:.2f} | {s['images_per_s'] / bounds[spec]:.2f} | {ratio} | "
-                       f"{s['latency_ms']['p50']:.1f} | {s['latency_ms']['p99']:.1f} |")
+                       f"{spread['median']:.2f} ({spread['min']:.2f}–{spread['max']:.2f}) | "
+                       f"{spread['median'] / bounds[spec]:.2f} | {ratio} | "
+                       f"{s['latency_ms']['p50']:.1f} | {s['latency_ms']['p99']:.1f} | "
+                       f"{cpu['front door']:.2f} + {cpu['engine workers']:.2f} |")
     out += ["", "bound = 1 / (preprocessing + engine at its best batch size, alone in its own process):"]
     out += [f"- {spec}: {bound:.2f} images/s" for spec, bound in bounds.items()]
     out += ["", "GET /health/live while a 32-image request runs (back-to-back checks):"]
     out += [f"- {spec}: p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, max {h['max_ms']:.1f} ms "
             f"({h['count']} checks)" for spec, (_, h) in health.items()]
     sys.stdout.write("\n".join(out) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(strict_json({
+            "fingerprint": fingerprint, "model": str(model_dir), "preprocess_ms": 1000 * pre_s,
+            "bounds_images_per_s": bounds, "health": {k: h for k, (_, h) in health.items()},
+            "points": [{"config": spec, "engine": health[spec][0], "protocol": p, "concurrency": c, **summary}
+                       for spec, served in rows.items() for (p, c), summary in served.items()]}), indent=1))
     return 0
 
 

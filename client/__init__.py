@@ -14,12 +14,13 @@ from __future__ import annotations
 from client.base import AsyncClassifier, Classifier
 from client.codec import Classification, parse_classifications, safe_literal
 from client.credentials import Credentials
-from client.errors import BadResponseError, ClientError, ServingError, TransportError
+from client.errors import TLS_HINT, BadResponseError, ClientError, ServingError, TransportError
 from client.factory import PROTOCOLS, connect, connect_async
 from client.pipeline_client import PipelineClient, PipelinePredictFuture
 
 __all__ = [
     "PROTOCOLS",
+    "TLS_HINT",
     "AsyncClassifier",
     "BadResponseError",
     "Classification",

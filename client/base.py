@@ -3,11 +3,14 @@ adapter only implements ``infer`` (send one pipeline ``Request``, return its ``R
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
 from client.codec import DEFAULT_METHOD, Classification, build_request, parse_classifications
 from client.credentials import Credentials
+from client.errors import CONNECTION_CODES, TransportError, speaks_tls
 from client.images import encode_image, named_images
 from protocol.endpoints import is_loopback, split_host_port  # noqa: F401  (is_loopback re-exported)
 from protocol.pipeline_service_pb2 import Request, Response
@@ -19,6 +22,10 @@ DEFAULT_TIMEOUT = 30.0
 
 
 parse_endpoint = split_host_port  # ``"host:port"`` or ``"[v6]:port"`` → ``(host, port)``
+
+log = logging.getLogger(__name__)
+_warned_clear_token: set[str] = set()
+_TLS_PROBE_S = 2.0
 
 
 class _Common:
@@ -32,6 +39,37 @@ class _Common:
         self.service_name = service_name
         self.method = method
         self.timeout = float(timeout)
+        self._tls_probe: bool | None = None
+        self._warn_if_token_in_clear()
+
+    def _warn_if_token_in_clear(self) -> None:
+        """One WARNING per host when a token is to be sent without TLS beyond loopback."""
+        if self.credentials.token and not self.credentials.tls and not is_loopback(self.host):
+            if self.host not in _warned_clear_token:
+                _warned_clear_token.add(self.host)
+                log.warning("sending a bearer token to %s without TLS: anyone on the network path can read it; give "
+                            "--tls-ca (Credentials(tls_ca=...)) for a server with tls: on", self.endpoint)
+
+    def _needs_tls_hint(self, error: TransportError) -> bool:
+        return not self.credentials.tls and error.code in CONNECTION_CODES
+
+    def _speaks_tls(self) -> bool:
+        """Probed once per client (a load test's many failures cost one handshake)."""
+        if self._tls_probe is None:
+            self._tls_probe = speaks_tls(self.host, self.port, min(self.timeout, _TLS_PROBE_S))
+        return self._tls_probe
+
+    def explained(self, error: TransportError) -> TransportError:
+        """``error``, saying "the server speaks TLS" when a plain-text call was dropped by a TLS port."""
+        if self._needs_tls_hint(error) and self._speaks_tls():
+            return error.with_tls_hint()
+        return error
+
+    async def explained_async(self, error: TransportError) -> TransportError:
+        """``explained`` off the event loop."""
+        if self._needs_tls_hint(error) and await asyncio.to_thread(self._speaks_tls):
+            return error.with_tls_hint()
+        return error
 
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)

@@ -31,6 +31,7 @@ from client.bench_results import (
     BenchAborted,
     BenchConfig,
     BenchReport,
+    RepeatedRun,
     Sample,
     SweepReport,
 )
@@ -38,6 +39,8 @@ from client.codec import build_request
 from client.credentials import Credentials
 from client.errors import BadResponseError, ClientError
 from client.factory import connect_async
+from client.fingerprint import machine_fingerprint
+from client.images import shrink_image
 from client.stats import find_knee, histogram_totals, stage_means
 
 __all__ = [
@@ -46,10 +49,13 @@ __all__ = [
     "BenchAborted",
     "BenchConfig",
     "BenchReport",
+    "RepeatedRun",
     "Sample",
     "SweepReport",
+    "arrival_offsets",
     "default_metrics_url",
     "run_bench",
+    "run_repeats",
     "run_sweep",
 ]
 
@@ -70,7 +76,10 @@ class _Load:
         self.config = config
         self.client = client
         self.checker = checker
-        self.encoded = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in config.images]
+        files = [Path(p).read_bytes() for p in config.images]
+        if config.client_resize:  # done once here: the load measures the server, not the client's resizing
+            files = [shrink_image(data, config.client_resize) for data in files]
+        self.encoded = [base64.b64encode(data).decode("ascii") for data in files]
         self.rng = random.Random(config.seed)
         self.log_ids = itertools.count(1)
         self.error_examples: dict[str, str] = {}
@@ -149,6 +158,24 @@ async def _closed_loop(load: _Load, t0: float, deadline: float, samples: list[Sa
     await asyncio.gather(*(worker() for _ in range(load.config.concurrency)))
 
 
+def arrival_offsets(rate: float, duration: float | None, requests: int | None, arrivals: str,
+                    seed: int = 0) -> list[float]:
+    """Send times (seconds from the start) of an open-loop run offering ``rate`` requests/s until
+    ``duration`` or ``requests``, whichever comes first. ``uniform``: one every 1/rate s. ``poisson``
+    (MLPerf's Server scenario): a Poisson process conditioned on its count, i.e. the N = rate x span arrival
+    times drawn uniformly over the span and sorted, so the offered rate is exactly ``rate`` while the gaps
+    are exponential (bursts and lulls as from independent users)."""
+    span = min(duration if duration is not None else math.inf,
+               requests / rate if requests is not None else math.inf)
+    count = max(1, round(rate * span))
+    if requests is not None:
+        count = min(count, requests)
+    if arrivals == "uniform":
+        return [i / rate for i in range(count)]
+    rng = random.Random(seed)
+    return sorted(rng.uniform(0.0, span) for _ in range(count))
+
+
 async def _open_loop(load: _Load, t0: float, deadline: float, samples: list[Sample]) -> None:
     config = load.config
     assert config.rate is not None
@@ -160,16 +187,13 @@ async def _open_loop(load: _Load, t0: float, deadline: float, samples: list[Samp
             start = time.perf_counter()
             error, ids = await load.one()
             samples.append(Sample(start - t0, time.perf_counter() - start, config.images_per_request, error,
-                                  wait=max(0.0, start - scheduled), image_ids=tuple(ids)))
+                                  wait=start - scheduled, image_ids=tuple(ids)))
         finally:
             slots.release()
 
-    for i in itertools.count():
-        scheduled = t0 + i / config.rate
-        if scheduled >= deadline or (config.requests is not None and i >= config.requests):
-            break
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
+    for offset in arrival_offsets(config.rate, config.duration, config.requests, config.arrivals, config.seed):
+        scheduled = t0 + offset
+        while (delay := scheduled - time.perf_counter()) > 0:  # the loop's timer may wake a hair early
             await asyncio.sleep(delay)
         await slots.acquire()
         if time.perf_counter() >= deadline:
@@ -227,6 +251,7 @@ def _server_section(url: str | None, before: str | None, after: str | None, reas
 
 async def _measure(load: _Load, config: BenchConfig) -> BenchReport:
     before, reason = await _scrape(config.metrics_url, config.credentials)
+    fingerprint = machine_fingerprint()
     samples: list[Sample] = []
     progress = _Progress(config.progress, config, samples)
     started_at = time.time()
@@ -248,7 +273,7 @@ async def _measure(load: _Load, config: BenchConfig) -> BenchReport:
     samples.sort(key=lambda s: s.start)
     return BenchReport(config.to_dict(), started_at, elapsed, samples,
                        _server_section(config.metrics_url, before, after, reason or reason2),
-                       dict(load.error_examples))
+                       dict(load.error_examples), fingerprint=fingerprint)
 
 
 async def _warmup(load: _Load, count: int) -> int:
@@ -281,41 +306,63 @@ def _client(config: BenchConfig) -> AsyncClassifier:
 
 async def run_bench(config: BenchConfig) -> BenchReport:
     """Warm up, then load the server as configured and return the report."""
+    return (await run_repeats(config, 1)).reports[0]
+
+
+async def run_repeats(config: BenchConfig, repeats: int) -> RepeatedRun:
+    """Warm up once, then load the server as configured ``repeats`` times in a row."""
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
     config.validate()
     client = _client(config)
     try:
         load = _Load(config, client, AnswerChecker())
         warmup_errors = await _warmup(load, config.warmup)
-        report = await _measure(load, config)
-        report.warmup_errors = warmup_errors
-        return report
+        reports = []
+        for _ in range(repeats):
+            report = await _measure(load, config)
+            report.warmup_errors = warmup_errors
+            reports.append(report)
+        return RepeatedRun(reports)
     finally:
         await client.close()
 
 
-async def run_sweep(config: BenchConfig, levels: list[int], knee_fraction: float = 0.95) -> SweepReport:
-    """``run_bench`` at each concurrency in ``levels`` (same bounds each), one warm-up before the first;
-    all levels share one client and one answer checker."""
-    if not levels or any(c < 1 for c in levels):
-        raise ValueError(f"concurrency levels must be >= 1, got {levels}")
+async def run_sweep(config: BenchConfig, levels: list[float], knee_fraction: float = 0.95,
+                    axis: str = "concurrency", repeats: int = 1, p99_target_ms: float | None = None) -> SweepReport:
+    """``run_bench`` at each level of ``axis`` ("concurrency", closed loop; or "rate", open loop), the same
+    bounds and ``repeats`` each, one warm-up before the first; all levels share one client and one answer
+    checker."""
+    if axis not in ("concurrency", "rate"):
+        raise ValueError(f"a sweep runs over concurrency or rate, not {axis!r}")
+    if not levels or any(x <= 0 for x in levels):
+        raise ValueError(f"{axis} levels must be > 0, got {levels}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
     find_knee([(1, 1.0)], knee_fraction)  # validates the fraction before any load
     config.validate()
     client = _client(config)
     checker = AnswerChecker()
-    results: list[tuple[int, BenchReport]] = []
+    runs: list[RepeatedRun] = []
     try:
-        warmup_errors = await _warmup(_Load(_with(config, concurrency=max(levels)), client, checker),
-                                      config.warmup)
+        warm = _with(config, concurrency=max(levels)) if axis == "concurrency" else config
+        warmup_errors = await _warmup(_Load(warm, client, checker), config.warmup)
         for level in levels:
-            level_config = _with(config, concurrency=level, warmup=0)
-            report = await _measure(_Load(level_config, client, checker), level_config)
-            report.warmup_errors = warmup_errors
-            results.append((level, report))
-            log.info("concurrency %d: %.2f req/s, %.2f images/s, %d errors", level, report.qps,
-                     report.images_per_s, sum(report.errors.values()))
+            level_config = _with(config, warmup=0, **{axis: int(level) if axis == "concurrency" else level})
+            load = _Load(level_config, client, checker)
+            reports = []
+            for _ in range(repeats):
+                report = await _measure(load, level_config)
+                report.warmup_errors = warmup_errors
+                reports.append(report)
+            runs.append(RepeatedRun(reports))
+            median = runs[-1].median_report
+            log.info("%s %g: %.2f req/s, %.2f images/s, %d errors", axis, level, median.qps, median.images_per_s,
+                     sum(median.errors.values()))
     finally:
         await client.close()
-    return SweepReport(results, knee_fraction)
+    return SweepReport([(level, run.median_report) for level, run in zip(levels, runs, strict=True)], knee_fraction,
+                       axis=axis, runs=runs, p99_target_ms=p99_target_ms)
 
 
 def _with(config: BenchConfig, **changes: Any) -> BenchConfig:

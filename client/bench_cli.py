@@ -14,9 +14,11 @@ from client.bench import (
     BenchAborted,
     BenchConfig,
     default_metrics_url,
-    run_bench,
+    run_repeats,
     run_sweep,
 )
+from client.bench_results import ARRIVALS
+from client.compare import compare_reports, format_spread
 from client.credentials import add_credential_arguments, credentials_from_arguments
 from client.factory import PROTOCOLS
 from client.images import list_images
@@ -44,6 +46,16 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate takes R or R1,R2,...; got {text!r}") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be > 0 requests/s, got {text!r}")
+    return rates
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="load-test a running server (closed or open loop, any protocol)",
@@ -61,8 +73,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--concurrency", type=_levels, default=[1], metavar="N[,N...]",
                    help="requests in flight (closed loop) or in-flight cap (open loop); a list such as "
                         "1,2,4,8,16 runs a sweep and reports the knee (default 1)")
-    p.add_argument("--rate", type=float, metavar="R",
-                   help="open loop: start R requests/s on a fixed schedule, whatever the answers do")
+    p.add_argument("--rate", type=_rates, metavar="R[,R...]",
+                   help="open loop: offer R requests/s whatever the answers do (at most --concurrency in flight); "
+                        "a list such as 5,10,20 runs a rate sweep and, with --p99-ms, reports the highest rate "
+                        "meeting it")
+    p.add_argument("--arrivals", choices=ARRIVALS, default="poisson",
+                   help="open loop: poisson (exponential gaps, as MLPerf's Server scenario; default) or uniform "
+                        "(one every 1/R s)")
+    p.add_argument("--latency-bound-ms", type=float, metavar="MS",
+                   help="also report the share of requests slower than MS (failed ones count as slower)")
+    p.add_argument("--p99-ms", type=float, metavar="MS", help="rate sweep: the p99 response-time target")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="measure each level N times in a row and report median and min–max (default 1)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
+                   help="compare two --json reports (ratios B/A, within-noise verdicts) and exit; no load is sent")
     p.add_argument("--duration", type=float, metavar="S", help=f"seconds of load per level (default "
                    f"{DEFAULT_DURATION:g} unless --requests is given)")
     p.add_argument("--requests", type=int, metavar="N", help="requests per level (stops at whichever of "
@@ -81,6 +105,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--knee-fraction", type=float, default=0.95, metavar="F",
                    help="sweep knee = lowest concurrency reaching F x the best images/s (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing images (default 0)")
+    p.add_argument("--client-resize", type=int, metavar="N",
+                   help="shrink images whose short side is at least 2N to a short side of N, once before the load "
+                        "(the model's resize target, 256 for 224 models): what a client that resizes sends")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report (raw samples included)")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="draw latency over time and a histogram (sweep: throughput/latency per level)")
@@ -91,6 +118,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        print(compare_reports(*args.compare))
+        return 0
+    if args.rate and len(args.rate) > 1 and len(args.concurrency) > 1:
+        raise ValueError("sweep one axis at a time: a list for --rate or for --concurrency, not both")
     folder = args.images or default_images_dir()
     if folder is None:
         raise ValueError("no image folder: give --images DIR (../shared/data/images was not found)")
@@ -98,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
     credentials = credentials_from_arguments(args)
     config = BenchConfig(
         protocol=args.protocol, endpoint=endpoint, images=list_images(folder), service_name=args.service_name,
-        concurrency=args.concurrency[0], rate=args.rate, duration=args.duration, requests=args.requests,
+        concurrency=args.concurrency[0], rate=args.rate[0] if args.rate else None, arrivals=args.arrivals,
+        latency_bound_ms=args.latency_bound_ms, duration=args.duration, requests=args.requests,
         images_per_request=args.images_per_request, warmup=args.warmup, timeout=args.timeout,
         metrics_url=args.metrics_url or default_metrics_url(args.protocol, endpoint, credentials.scheme),
         allow_remote=args.allow_remote, check_answers=not args.no_answer_check, seed=args.seed,
+        client_resize=args.client_resize,
         progress=not args.quiet and sys.stderr.isatty(), credentials=credentials)
     config.validate()
     if args.plot is not None:
@@ -117,16 +151,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, config: BenchConfig) -> int:
-    if len(args.concurrency) > 1:
-        sweep = asyncio.run(run_sweep(config, args.concurrency, args.knee_fraction))
+    axis, levels = (("rate", args.rate) if args.rate and len(args.rate) > 1 else
+                    ("concurrency", args.concurrency) if len(args.concurrency) > 1 else (None, []))
+    if axis is not None:
+        sweep = asyncio.run(run_sweep(config, levels, args.knee_fraction, axis=axis, repeats=args.repeats,
+                                      p99_target_ms=args.p99_ms))
         print(format_sweep(sweep))
         report_obj, errors = sweep, sum(sum(r.errors.values()) for _, r in sweep.levels)
         if args.plot is not None:
             print(f"plot: {plot_sweep(sweep, args.plot)}")
     else:
-        report = asyncio.run(run_bench(config))
+        run_ = asyncio.run(run_repeats(config, args.repeats))
+        report = run_.median_report
         print(format_report(report))
-        report_obj, errors = report, sum(report.errors.values())
+        if args.repeats > 1:
+            print("\n" + format_spread(run_))
+        report_obj = run_ if args.repeats > 1 else report
+        errors = sum(sum(r.errors.values()) for r in run_.reports)
         if args.plot is not None:
             print(f"plot: {plot_report(report, args.plot)}")
     if args.json is not None:
@@ -135,4 +176,3 @@ def _run(args: argparse.Namespace, config: BenchConfig) -> int:
         log.warning("%d measured request(s) failed", errors)
     sys.stdout.flush()
     return 1 if errors else 0
-

@@ -41,7 +41,7 @@ class BrpcClassifier(Classifier):
             return self._client.call_message(PIPELINE_SERVICE, _METHOD, request, Response,
                                              timeout=self._timeout(timeout), log_id=request.logid)
         except BrpcError as exc:
-            raise _transport_error(exc, self.endpoint) from None
+            raise self.explained(_transport_error(exc, self.endpoint)) from None
 
     def close(self) -> None:
         self._client.close()
@@ -62,7 +62,7 @@ class AsyncBrpcClassifier(AsyncClassifier):
             return await self._client.call_message(PIPELINE_SERVICE, _METHOD, request, Response,
                                                    timeout=self._timeout(timeout), log_id=request.logid)
         except BrpcError as exc:
-            raise _transport_error(exc, self.endpoint) from None
+            raise await self.explained_async(_transport_error(exc, self.endpoint)) from None
 
     async def close(self) -> None:
         await self._client.close()

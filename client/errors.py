@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+
 from protocol.wire import ErrorCode
 
-__all__ = ["BadResponseError", "ClientError", "ServingError", "TransportError"]
+__all__ = ["TLS_HINT", "BadResponseError", "ClientError", "ServingError", "TransportError", "speaks_tls"]
+
+TLS_HINT = "the server speaks TLS: give --tls-ca (Python: Credentials(tls_ca=...))"
+CONNECTION_CODES = frozenset({"UNAVAILABLE", "connection", "EFAILEDSOCKET", "EEOF"})
+"""TransportError codes of a call that died with its connection (what a TLS port does to plain text)."""
 
 
 class ClientError(Exception):
@@ -40,6 +47,10 @@ class TransportError(ClientError):
         self.code = code
         self.timeout = timeout
 
+    def with_tls_hint(self) -> TransportError:
+        """The same error, its message ending with TLS_HINT."""
+        return TransportError(f"{self}: {TLS_HINT}", protocol=self.protocol, code=self.code, timeout=self.timeout)
+
     @property
     def kind(self) -> str:  # type: ignore[override]
         if self.timeout:
@@ -51,3 +62,19 @@ class BadResponseError(ClientError):
     """A response that cannot be parsed or does not match the request (wrong count, wrong types)."""
 
     kind = "bad_response"
+
+
+def speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when ``host:port`` answers a TLS handshake (the certificate is not checked: this only tells a
+    plain-text client why its call was dropped)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            with context.wrap_socket(sock):
+                return True
+    except ssl.SSLError as exc:  # a TLS alert (e.g. a client certificate is required) is TLS too
+        return "ALERT" in str(exc.reason or "").upper()
+    except (OSError, ValueError):
+        return False

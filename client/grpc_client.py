@@ -53,7 +53,7 @@ class GrpcClassifier(Classifier):
             return self._stub.inference(request, timeout=self._timeout(timeout),
                                         metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
-            raise _transport_error(exc, self.target) from None
+            raise self.explained(_transport_error(exc, self.target)) from None
 
     def close(self) -> None:
         self._channel.close()
@@ -78,7 +78,7 @@ class AsyncGrpcClassifier(AsyncClassifier):
             return await self._stub.inference(request, timeout=self._timeout(timeout),
                                               metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
-            raise _transport_error(exc, self.target) from None
+            raise await self.explained_async(_transport_error(exc, self.target)) from None
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -84,12 +84,12 @@ class HttpClassifier(Classifier):
                 conn.close()
                 if reused and attempt == 0:  # a keep-alive connection the server had closed: retry once
                     continue
-                raise TransportError(f"HTTP call to {self.url} failed: {exc}", protocol=self.protocol,
-                                     code="connection") from None
+                raise self.explained(TransportError(f"HTTP call to {self.url} failed: {exc}", protocol=self.protocol,
+                                                    code="connection")) from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                raise TransportError(f"HTTP call to {self.url} failed: {exc!r}", protocol=self.protocol,
-                                     code="connection") from None
+                raise self.explained(TransportError(f"HTTP call to {self.url} failed: {exc!r}",
+                                                    protocol=self.protocol, code="connection")) from None
             self._release(conn, reply.will_close)
             return reply.status, data, reply.headers
         raise AssertionError("unreachable")
@@ -152,8 +152,8 @@ class AsyncHttpClassifier(AsyncClassifier):
             raise TransportError(f"HTTP call to {self.url} timed out after {timeout:g} s", protocol=self.protocol,
                                  code="timeout", timeout=True) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"HTTP call to {self.url} failed: {exc!r}", protocol=self.protocol,
-                                 code="connection") from None
+            raise await self.explained_async(TransportError(f"HTTP call to {self.url} failed: {exc!r}",
+                                                            protocol=self.protocol, code="connection")) from None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -10,7 +10,8 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInput", "encode_image", "image_bytes", "list_images", "named_images"]
+__all__ = ["IMAGE_SUFFIXES", "ImageInput", "encode_image", "image_bytes", "list_images", "named_images",
+           "shrink_image"]
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
 """A file path, the bytes of an encoded image file (JPEG, PNG, ...), or a uint8 pixel array
@@ -56,6 +57,28 @@ def named_images(images: Any) -> list[tuple[str, ImageInput]]:
     if not pairs:
         raise ValueError("no images given")
     return pairs
+
+
+def shrink_image(data: bytes, short_side: int, quality: int = 95) -> bytes:
+    """An encoded image whose short side is at least twice ``short_side``, resized (area averaging, EXIF
+    orientation applied) so that its short side is exactly ``short_side``, and re-encoded (JPEG quality
+    ``quality``; PNG stays PNG). Give the model's resize target (``resize_short``: 256 for 224 models): the
+    server then resizes nothing and crops, and the upload and the server's decode shrink with the image.
+    Anything smaller, or not decodable here, is returned unchanged (the server judges it)."""
+    import cv2
+
+    if short_side < 1:
+        raise ValueError(f"the short side to resize to must be >= 1, got {short_side}")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None or min(img.shape[:2]) < 2 * short_side:
+        return data
+    h, w = img.shape[:2]
+    scale = short_side / min(h, w)
+    size = (short_side, max(short_side, round(h * scale))) if w <= h else (max(short_side, round(w * scale)), short_side)
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    is_png = data[:8] == b"\x89PNG\r\n\x1a\n"
+    ok, buf = cv2.imencode(".png" if is_png else ".jpg", small, [] if is_png else [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else data
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:

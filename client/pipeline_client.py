@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 _PROFILE_VALUE = "1"
 
-# numpy dtype -> (Tensor field, pipeline elem_type), reference §5 "Tensor mode" (bf16 travels as uint16).
+# numpy dtype -> (Tensor field, pipeline elem_type), ../shared/reference/paddle_serving_protocol.md §5 "Tensor mode" (bf16 travels as uint16).
 _TENSOR_FIELDS: dict[str, tuple[str, ElemType]] = {
     "int64": ("int64_data", ElemType.INT64),
     "float32": ("float_data", ElemType.FP32),

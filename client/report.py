@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from client.bench import BenchReport, SweepReport
+from client.bench import BenchReport, RepeatedRun, SweepReport
 from client.stats import PERCENTILES
 from client.text_table import text_table
 
-__all__ = ["format_report", "format_sweep", "plot_report", "plot_sweep", "write_json"]
+__all__ = ["format_report", "format_sweep", "plot_report", "plot_sweep", "strict_json", "write_json"]
 
 _LAT_KEYS = ("mean", *(f"p{p}" for p in PERCENTILES), "max")
 
@@ -67,38 +67,49 @@ def _format_server(server: dict[str, Any]) -> str:
 
 
 def format_sweep(sweep: SweepReport) -> str:
-    """One row per concurrency level, the knee marked with ``*``."""
-    knee = sweep.knee
+    """One row per level (concurrency or offered rate), the knee or the best rate marked with ``*``; with
+    repeats, each row is the level's median repeat."""
+    marked = sweep.knee if sweep.axis == "concurrency" else sweep.best_rate
     rows = []
     for level, report in sweep.levels:
         s = report.summary()
-        lat = s["latency_ms"]
-        rows.append([f"{level}{' *' if level == knee else ''}", str(s["requests"]), str(s["errors"]),
+        lat = s.get("response_time_ms") or s["latency_ms"]
+        rows.append([f"{level:g}{' *' if level == marked else ''}", str(s["requests"]), str(s["errors"]),
                      f"{s['qps']:.2f}", f"{s['images_per_s']:.2f}", *(_ms(lat.get(k)) for k in _LAT_KEYS)])
-    headers = ["concurrency", "requests", "errors", "QPS", "images/s", *(f"{k} ms" for k in _LAT_KEYS)]
+    headers = [sweep.axis if sweep.axis == "concurrency" else "rate (req/s)", "requests", "errors", "QPS",
+               "images/s", *(f"{k} ms" for k in _LAT_KEYS)]
     first = sweep.levels[0][1].config
-    knee_line = (f"knee (*): concurrency {knee}, the lowest level reaching {sweep.knee_fraction:.0%} of the "
-                 "best images/s" if knee is not None else "knee: none (no successful requests)")
-    return "\n\n".join([f"resnest bench sweep: {_describe(first | {'concurrency': 'N'})}",
-                        _table(headers, rows), knee_line])
+    if sweep.axis == "concurrency":
+        line = (f"knee (*): concurrency {marked}, the lowest level reaching {sweep.knee_fraction:.0%} of the "
+                "best images/s" if marked is not None else "knee: none (no successful requests)")
+        title = _describe(first | {"concurrency": "N"})
+    else:
+        target = sweep.p99_target_ms
+        line = ("latency is the response time (from the scheduled arrival); give --p99-ms to find the best rate"
+                if target is None else f"best rate (*): {marked:g} req/s, the highest with p99 <= {target:g} ms and "
+                "no errors" if marked is not None else f"best rate: none meets p99 <= {target:g} ms without errors")
+        title = _describe(first | {"rate": 0.0}).replace("at 0 req/s", "at R req/s")
+    runs = len(sweep.runs[0].reports) if sweep.runs else 1
+    repeats = f"\neach row: the median of {runs} repeats" if runs > 1 else ""
+    return "\n\n".join([f"resnest bench sweep: {title}", _table(headers, rows), line + repeats])
 
 
-def write_json(path: str | Path, report: BenchReport | SweepReport) -> Path:
+def write_json(path: str | Path, report: BenchReport | SweepReport | RepeatedRun) -> Path:
     """The full report, raw per-request samples included."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(report.to_dict(raw=True)), indent=1, allow_nan=False))
+    path.write_text(json.dumps(strict_json(report.to_dict(raw=True)), indent=1, allow_nan=False))
     return path
 
 
-def _finite(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """NaN/inf (e.g. latency of a run without successes) → None, so the file is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [strict_json(v) for v in value]
     return value
 
 
@@ -143,19 +154,19 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
 
 
 def plot_sweep(sweep: SweepReport, path: str | Path) -> Path:
-    """Throughput and latency (p50, p99) against concurrency, the knee marked."""
+    """Throughput and latency (p50, p99) against concurrency or offered rate, the knee marked."""
     plt = _pyplot()
     levels = [c for c, _ in sweep.levels]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(levels, [r.images_per_s for _, r in sweep.levels], "o-", label="images/s")
-    ax.set_xlabel("concurrency")
+    ax.set_xlabel(sweep.axis if sweep.axis == "concurrency" else "offered rate (req/s)")
     ax.set_ylabel("images/s")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.set_xticks(levels, [f"{c:g}" for c in levels])
     ax.minorticks_off()
     ax2 = ax.twinx()
     for key, style in (("p50", "s--"), ("p99", "^:")):
-        ax2.plot(levels, [r.summary()["latency_ms"].get(key) for _, r in sweep.levels], style, color="gray",
+        ax2.plot(levels, [r.figures()[f"{key}_ms"] for _, r in sweep.levels], style, color="gray",
                  label=f"{key} ms")
     ax2.set_ylabel("latency (ms)")
     if sweep.knee is not None:
@@ -163,7 +174,7 @@ def plot_sweep(sweep: SweepReport, path: str | Path) -> Path:
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper left")
-    ax.set_title("concurrency sweep")
+    ax.set_title(f"{sweep.axis} sweep")
     fig.tight_layout()
     return _save(fig, plt, path)
 

@@ -233,7 +233,7 @@ class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
             response = self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout),
                                            metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
-            raise self._error(exc) from None
+            raise self.explained(self._error(exc)) from None
         return self._answer(response, len(images), k)
 
 
@@ -268,7 +268,7 @@ class AsyncV2GrpcClassifier(_V2Grpc, AsyncGrpcClassifier):
             response = await self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout),
                                                  metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
-            raise self._error(exc) from None
+            raise self.explained(self._error(exc)) from None
         return self._answer(response, len(images), k)
 
     async def close(self) -> None:

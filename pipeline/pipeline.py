@@ -37,6 +37,7 @@ class PipelineSettings:
     max_images_per_request: int
     max_image_pixels: int
     max_aspect_ratio: float
+    jpeg_dct_scaling: bool
     max_queue_images: int
     preprocess_threads: int
     retry: int  # attempts for a request that timed out (err_no 6000), as Paddle Serving's dag.retry
@@ -59,7 +60,8 @@ class Pipeline:
         self.observer = observer or StageObserver()
         meta = bundle.meta
         self.preprocess = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std,
-                                                      settings.max_image_pixels, settings.max_aspect_ratio))
+                                                      settings.max_image_pixels, settings.max_aspect_ratio,
+                                                      settings.jpeg_dct_scaling))
         self.postprocess = Postprocessor(bundle.labels, settings.topk)
         self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
                                       settings.max_queue_images, self.observer, wait_for_arrivals=True)

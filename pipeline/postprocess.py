@@ -1,4 +1,4 @@
-"""Model output → response values, as PaddleClas clients expect them (reference §8).
+"""Model output → response values, as PaddleClas clients expect them (../shared/reference/paddle_serving_protocol.md §8).
 
 `label` and `prob` are `str(list)` of the top-1 per image (label text with commas removed, prob as a
 Python float); with topk > 1 the response also has `class_ids`, `scores` (rounded to 5 places, as

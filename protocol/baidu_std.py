@@ -4,7 +4,7 @@ A frame is a 12-byte header (``b"PRPC"``, big-endian uint32 ``body_size``, big-e
 ``meta_size``) followed by the body: a serialized ``brpc.policy.RpcMeta`` (``meta_size`` bytes), the
 payload (a serialized protobuf message, possibly compressed) and the attachment
 (``RpcMeta.attachment_size`` bytes, possibly none). ``body_size`` counts meta + payload + attachment,
-not the header. Reference: ``reference/paddle_serving_protocol.md`` §7 and brpc's
+not the header. Reference: ``../shared/reference/paddle_serving_protocol.md`` §7 and brpc's
 ``docs/cn/baidu_std.md``. Pure functions and one incremental parser; no sockets here.
 """
 

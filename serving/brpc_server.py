@@ -5,6 +5,11 @@ they return is sent back, compressed as chosen at registration (gzip for ``Gener
 C++ Serving). Each request runs in its own task, so several calls on one connection proceed at once and
 are answered in completion order, matched by ``correlation_id``. Errors go back as brpc errno values in
 ``RpcResponseMeta``. Framing lives in ``protocol.baidu_std``; this module holds no model code.
+
+Each frame is read in three steps: the 12-byte header (size limits), the ``RpcMeta`` (at most 64 KiB: the token
+and the call's identity), then the payload, only for a call that is let in: a connection that fails the token
+check is answered ERPCAUTH and closed with its payload unread, and a call beyond MAX_CALLS_PER_CONNECTION in
+flight is answered ELIMIT with its payload skipped in small chunks.
 """
 
 from __future__ import annotations
@@ -32,15 +37,17 @@ from protocol.baidu_std import (
     short_service_name,
 )
 from protocol.brpc_meta_pb2 import RpcMeta
-from serving.connections import ConnectionLimits, PeerLimiter, peer_host
+from serving.connections import MAX_CALLS_PER_CONNECTION, ConnectionLimits, PeerLimiter, peer_host
 from serving.security import TokenSet
 
-__all__ = ["BrpcServer", "Handler", "RequestContext"]
+__all__ = ["MAX_CALLS_PER_CONNECTION", "BrpcServer", "Handler", "RequestContext"]
 
 log = logging.getLogger(__name__)
 
 _MAX_META_TO_PEEK = 64 * 1024  # an oversized frame's meta is read (for its correlation_id) up to this size
+_MAX_META_SIZE = 64 * 1024  # an RpcMeta is a few hundred bytes; a larger one is not read (before the token check)
 _PEEK_TIMEOUT_S = 2.0
+_SKIP_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,6 @@ class _Connection:
         self.write_lock = asyncio.Lock()
         self.in_flight = 0  # calls of this connection not yet answered: waiting for them is not idling
         self.authenticated = False  # as brpc: a connection authenticates once, with its first request
-        self.close_after_answer = False
 
     async def send(self, frame: bytes) -> None:
         async with self.write_lock:
@@ -90,6 +96,16 @@ class _Connection:
     def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
+
+
+async def _skip(reader: asyncio.StreamReader, size: int, timeout: float | None) -> None:
+    """Read and drop ``size`` bytes in small chunks (a refused call's payload is never held whole)."""
+    async with asyncio.timeout(timeout):
+        while size > 0:
+            chunk = await reader.read(min(size, _SKIP_CHUNK))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", size)
+            size -= len(chunk)
 
 
 class BrpcServer:
@@ -268,8 +284,19 @@ class BrpcServer:
                 return
             try:
                 body_size, meta_size = parse_header(header, self.max_body_size)
+                if meta_size > _MAX_META_SIZE:
+                    raise FrameError(f"meta_size={meta_size} exceeds {_MAX_META_SIZE} bytes")
                 async with asyncio.timeout(read_timeout):
-                    body = await conn.reader.readexactly(body_size)
+                    meta = parse_meta(await conn.reader.readexactly(meta_size))
+                if not meta.HasField("request"):
+                    raise FrameError("frame without RpcRequestMeta")
+                admitted = await self._admit(conn, meta, body_size - meta_size)
+                if admitted is None:
+                    return
+                if not admitted:
+                    continue
+                async with asyncio.timeout(read_timeout):
+                    rest = await conn.reader.readexactly(body_size - meta_size)
             except TimeoutError:
                 log.warning("brpc closing connection from %s: frame of %d bytes not received within %g s "
                             "(request_read_timeout_s)", conn.peer, body_size, read_timeout)
@@ -284,24 +311,44 @@ class BrpcServer:
             except (asyncio.IncompleteReadError, ConnectionError):
                 log.warning("brpc connection from %s closed in the middle of a frame", conn.peer)
                 return
-            if not self._accept_frame(conn, body, meta_size):
-                return
+            self._start_call(conn, meta, rest)
 
-    def _accept_frame(self, conn: _Connection, body: bytes, meta_size: int) -> bool:
-        """Start a task for one request frame; False when the frame is malformed (close the connection)."""
+    async def _admit(self, conn: _Connection, meta: RpcMeta, payload_size: int) -> bool | None:
+        """Checks made on the meta alone, before any payload byte is read: True, serve the call. A connection
+        that fails the token check gets ERPCAUTH and is closed with its payload unread (None); a connection
+        already at MAX_CALLS_PER_CONNECTION calls in flight gets ELIMIT for this call, whose payload is
+        skipped unkept (False, or None when the client does not read the answer)."""
+        if self.tokens is not None and not conn.authenticated:
+            if not self.tokens.accepts(meta.authentication_data):
+                log.info("brpc log_id=%d from %s refused: missing or invalid token; closing the connection with "
+                         "the %d-byte payload unread", meta.request.log_id, conn.peer, payload_size)
+                await self._answer_error(conn, meta, Errno.ERPCAUTH,
+                                         "missing or invalid token in RpcMeta.authentication_data")
+                return None
+            conn.authenticated = True  # as brpc: a connection authenticates once, with its first request
+        if conn.in_flight >= MAX_CALLS_PER_CONNECTION:
+            await _skip(conn.reader, payload_size, self.limits.read_timeout_s or None)
+            text = (f"Reached the connection's limit of {MAX_CALLS_PER_CONNECTION} calls in flight: wait for "
+                    "answers or open another connection")
+            log.warning("brpc log_id=%d from %s refused: %s", meta.request.log_id, conn.peer, text)
+            await self._answer_error(conn, meta, Errno.ELIMIT, text)  # inline: a client that sends without
+            return None if conn.writer.is_closing() else False          # reading waits, or is closed
+        return True
+
+    async def _answer_error(self, conn: _Connection, meta: RpcMeta, code: int, text: str) -> None:
+        """Send an error answer; a client that does not read it within a few seconds is closed."""
         try:
-            meta = parse_meta(body[:meta_size])
-        except FrameError as exc:
-            log.warning("brpc closing connection from %s: %s", conn.peer, exc.text)
-            return False
-        if not meta.HasField("request"):
-            log.warning("brpc closing connection from %s: frame without RpcRequestMeta", conn.peer)
-            return False
-        task = asyncio.create_task(self._serve_call(conn, meta, body[meta_size:]))
+            await asyncio.wait_for(conn.send(encode_response(meta.correlation_id, error_code=code, error_text=text)),
+                                   _PEEK_TIMEOUT_S)
+        except (ConnectionError, OSError, TimeoutError):
+            conn.close()
+
+    def _start_call(self, conn: _Connection, meta: RpcMeta, rest: bytes) -> None:
+        """Start a task for one admitted request (its meta and its payload + attachment)."""
+        task = asyncio.create_task(self._serve_call(conn, meta, rest))
         self._calls.add(task)
         conn.in_flight += 1
         task.add_done_callback(lambda done: self._call_done(done, conn))
-        return True
 
     def _call_done(self, task: asyncio.Task[None], conn: _Connection) -> None:
         self._calls.discard(task)
@@ -343,8 +390,6 @@ class BrpcServer:
             log.warning("brpc log_id=%d %s.%s from %s: response not sent: %s",
                         req.log_id, req.service_name, req.method_name, conn.peer, exc)
             return
-        if conn.close_after_answer:
-            conn.close()
         ms = (time.monotonic() - start) * 1000
         if code:
             # A handler's own exception is a bug worth a traceback, but only when debugging.
@@ -361,11 +406,6 @@ class BrpcServer:
         req = meta.request
         if self._stopping:
             raise BrpcError(Errno.ELOGOFF, "Server is stopping")
-        if self.tokens is not None and not conn.authenticated:
-            if not self.tokens.accepts(meta.authentication_data):
-                conn.close_after_answer = True  # as brpc: a connection that fails to authenticate is closed
-                raise BrpcError(Errno.ERPCAUTH, "missing or invalid token in RpcMeta.authentication_data")
-            conn.authenticated = True
         if self.max_concurrency and self._in_flight >= self.max_concurrency:
             raise BrpcError(Errno.ELIMIT, f"Reached server's max_concurrency={self.max_concurrency}")
         entry = self._lookup(req.service_name, req.method_name)

@@ -29,7 +29,7 @@ def _optional_commands() -> list:
     import importlib
 
     modules = []
-    for name in ("client.predict_cli", "serving.serve_cli", "client.bench_cli", "demo.cli"):
+    for name in ("client.predict_cli", "serving.serve_cli", "client.bench_cli", "serving.tune", "demo.cli"):
         try:
             modules.append(importlib.import_module(name))
         except ModuleNotFoundError as exc:

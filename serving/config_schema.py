@@ -181,6 +181,19 @@ class LocalServiceConf:
         type_doc="list of `\"host:port\"`", default_doc="[]")
     rpc_timeout_ms: int = setting(20000, "Timeout of each remote model call (`client_type: brpc`).", origin="ours",
                                   minimum=1)
+    rpc_tls_ca_file: Path | None = setting(
+        None, "Remote mode (`client_type: brpc`): PEM CA bundle that verifies the model servers' certificates. "
+        "When set, the pipeline speaks bRPC over TLS to every endpoint of `server_endpoints` (the model servers' "
+        "`tls:` on). Relative to the config file's folder.", origin="ours", kind="path")
+    rpc_tls_cert_file: Path | None = setting(
+        None, "Remote mode: the pipeline's PEM client certificate, for model servers with `tls.client_ca_file` "
+        "(mutual TLS). Needs `rpc_tls_key_file` and `rpc_tls_ca_file`.", origin="ours", kind="path")
+    rpc_tls_key_file: Path | None = setting(None, "Remote mode: the PEM private key of `rpc_tls_cert_file`.",
+                                            origin="ours", kind="path")
+    rpc_token_file: Path | None = setting(
+        None, "Remote mode: a token file in the `auth.token_file` format; its first token is sent to the model "
+        "servers (`RpcMeta.authentication_data`, for their `auth:`). Re-read when it changes (rotation: add the "
+        "new token to the model servers' files first).", origin="ours", kind="path")
 
     @property
     def device(self) -> str:
@@ -253,6 +266,11 @@ class OpConfig:
     max_aspect_ratio: float = setting(20.0, "Limit on an image's long side / short side, checked from the header "
                                             "before decoding (a 1×10000 strip would otherwise be resized to "
                                             "256×2560000).", origin="ours", minimum=1)
+    jpeg_dct_scaling: bool = setting(
+        False, "Decode a JPEG whose short side is at least twice `resize_short` at a libjpeg DCT scale (1/2 ... 1/8) "
+        "that keeps the short side >= `resize_short`, then resize as usual: about half the decode time of a large "
+        "photo, but the pixels differ slightly from PaddleClas's full decode (effect measured in README \"Engines "
+        "and precision\"). Off: PaddleClas's exact pixels.", origin="ours")
     max_queue_images: int = setting(1024, "The number of images that may wait for the engine (backpressure). "
                                           "Requests beyond it are refused.", origin="ours", minimum=1,
                                     type_doc="int ≥ `max_images_per_request`")

@@ -15,6 +15,9 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
+MAX_CALLS_PER_CONNECTION = 128
+"""Calls in flight on one connection: bRPC answers ELIMIT beyond it, gRPC's max_concurrent_streams."""
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:

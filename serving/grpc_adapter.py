@@ -11,7 +11,7 @@ from protocol import pipeline_service_pb2 as pb
 from protocol.wire import PIPELINE_SERVICE
 from serving import v2_grpc
 from serving.config_schema import TlsConfig
-from serving.connections import DoorSettings
+from serving.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
 from serving.core import ServingCore
 from serving.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
 
@@ -33,16 +33,20 @@ class PipelineServicer:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Every call but the health checks needs metadata `authorization: Bearer <token>`."""
+    """Every call but the health checks needs metadata `authorization: Bearer <token>`.
+
+    The check reads only the call's headers. A refused call is answered by a request-streaming handler that
+    never asks for a message, so grpcio does not receive the request (up to max_request_bytes) at all: HTTP/2
+    flow control holds the client's bytes back until UNAUTHENTICATED ends the call."""
 
     def __init__(self, tokens: TokenSet):
         self.tokens = tokens
 
-        async def deny(_request, context: grpc.aio.ServicerContext) -> None:
+        async def deny(_unread_requests, context: grpc.aio.ServicerContext) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token: send metadata "
                                 "'authorization: Bearer <token>'")
 
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny = grpc.stream_unary_rpc_method_handler(deny)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         if details.method in OPEN_GRPC_METHODS:
@@ -64,9 +68,12 @@ async def start_grpc(core: ServingCore, host: str, port: int, door: DoorSettings
                ("grpc.so_reuseport", 1 if reuse_port else 0),
                ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
                ("grpc.server_handshake_timeout_ms", int(limits.read_timeout_s * 1000)),
-               ("grpc.max_concurrent_streams", 128)]
+               ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION)]
     interceptors = [TokenInterceptor(door.tokens)] if door.tokens is not None and door.tokens.enabled else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    # grpcio cannot count connections; it caps calls in progress (RESOURCE_EXHAUSTED beyond, before the message is
+    # read) at max_connections, and streams per connection at MAX_CALLS_PER_CONNECTION, as bRPC does.
+    server = grpc.aio.server(options=options, interceptors=interceptors,
+                             maximum_concurrent_rpcs=limits.max_connections)
     handler = grpc.unary_unary_rpc_method_handler(PipelineServicer(core).inference,
                                                   response_serializer=pb.Response.SerializeToString)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(PIPELINE_SERVICE,

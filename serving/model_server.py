@@ -20,8 +20,15 @@ from protocol.baidu_std import short_service_name
 from protocol.wire import GENERAL_MODEL_SERVICE
 from serving.config import ConfigError, ServerConfig, check_paths
 from serving.model_service import register_model_service, start_model_http
-from serving.security import warn_if_exposed
-from serving.server import door_settings, load_bundle, start_op_engines, write_ready_file
+from serving.security import door_security_line, warn_if_exposed
+from serving.server import (
+    door_settings,
+    load_bundle,
+    reload_tokens_on_sighup,
+    start_op_engines,
+    warn_secret_files,
+    write_ready_file,
+)
 
 __all__ = ["check_model_server_config", "run_model_server", "serve_model"]
 
@@ -53,6 +60,7 @@ async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> i
     engines = await start_op_engines(config, bundle)
     door = door_settings(config)
     warn_if_exposed(config.host, config.tls, door.tokens)
+    warn_secret_files(config)
     brpc = BrpcServer(max_body_size=config.max_request_bytes, limits=door.limits, ssl_context=door.ssl_context,
                       tokens=door.tokens)
     service = register_model_service(
@@ -73,12 +81,14 @@ async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> i
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in ports.items())
         log.info("model server %s: service %r listening %s (pid %d)", bundle.directory,
                  short_service_name(GENERAL_MODEL_SERVICE), listening, os.getpid())
+        log.info("%s", door_security_line(list(ports), config.tls, door.tokens))
         write_ready_file(ready_file, short_service_name(GENERAL_MODEL_SERVICE), config.host, ports)
         # After the model is loaded: importing paddle installs its own SIGTERM handler, which must not win.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reload_tokens_on_sighup(door.tokens)
         await stop.wait()
         log.info("stopping: finishing calls in flight (grace %.0f s)", config.shutdown_grace_s)
     finally:

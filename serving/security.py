@@ -9,6 +9,8 @@ from __future__ import annotations
 import hmac
 import logging
 import ssl
+import stat
+import time
 from pathlib import Path
 
 from protocol.endpoints import is_loopback
@@ -29,34 +31,89 @@ def is_open_path(path: str) -> bool:
     return path in HEALTH_PATHS or (path.startswith("/v2/models/") and path.endswith("/ready"))
 
 
-class TokenSet:
-    """The accepted bearer tokens; an empty set accepts every request (auth off)."""
+def read_tokens(path: Path, key: str = "auth.token_file") -> list[str]:
+    """The tokens of a token file (one per line, blank lines and # comments skipped); ValueError naming `key`
+    when it holds none or one is shorter than 16 characters or has spaces."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    tokens = [line for line in lines if line and not line.startswith("#")]
+    if not tokens:
+        raise ValueError(f"[CONF] {key}: {str(path)!r} holds no token")
+    if any(len(t) < 16 or any(c.isspace() for c in t) for t in tokens):
+        raise ValueError(f"[CONF] {key}: {str(path)!r}: every token must be at least 16 characters, without "
+                         "spaces")
+    return tokens
 
-    def __init__(self, tokens: list[str]):
+
+class TokenSet:
+    """The accepted bearer tokens; an empty set accepts every request (auth off).
+
+    Loaded from a file, the set follows it: `reload()` (on SIGHUP) reads it again, and a change of the file
+    (mtime, size or inode, looked at no more than once a second) is picked up by the next check. A file that
+    becomes unreadable or empty keeps the old tokens (an ERROR says why): rotation never turns auth off."""
+
+    RECHECK_S = 1.0
+
+    def __init__(self, tokens: list[str], path: Path | None = None):
         self._tokens = [t.encode() for t in tokens]
+        self.path = path
+        self._stamp = self._file_stamp()
+        self._checked = time.monotonic()
 
     @classmethod
     def load(cls, auth: AuthConfig) -> TokenSet:
         """Read `auth.token_file` (one token per line, blank lines and # comments skipped)."""
         if auth.token_file is None:
             return cls([])
-        lines = [line.strip() for line in Path(auth.token_file).read_text().splitlines()]
-        tokens = [line for line in lines if line and not line.startswith("#")]
-        if not tokens:
-            raise ValueError(f"[CONF] auth.token_file: {str(auth.token_file)!r} holds no token")
-        if any(len(t) < 16 or any(c.isspace() for c in t) for t in tokens):
-            raise ValueError(f"[CONF] auth.token_file: {str(auth.token_file)!r}: every token must be at least 16 "
-                             "characters, without spaces")
-        return cls(tokens)
+        return cls(read_tokens(auth.token_file), Path(auth.token_file))
 
     @property
     def enabled(self) -> bool:
         return bool(self._tokens)
 
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def reload(self, why: str = "SIGHUP") -> bool:
+        """Read the token file again; True when the new tokens are in use."""
+        if self.path is None:
+            return False
+        self._stamp, self._checked = self._file_stamp(), time.monotonic()
+        try:
+            tokens = read_tokens(self.path)
+        except (OSError, ValueError) as exc:
+            log.error("auth: token file not reloaded (%s), the %d token(s) loaded before stay in use: %s", why,
+                      len(self._tokens), exc)
+            return False
+        self._tokens = [t.encode() for t in tokens]
+        log.info("auth: %d token(s) reloaded from %s (%s)", len(tokens), self.path, why)
+        return True
+
+    def _follow_file(self) -> None:
+        now = time.monotonic()
+        if self.path is None or now - self._checked < self.RECHECK_S:
+            return
+        self._checked = now
+        stamp = self._file_stamp()
+        if stamp is not None and stamp != self._stamp:
+            self.reload("the file changed")
+
+    def first(self) -> bytes:
+        """The file's first token, following changes of the file: what a client of another server sends."""
+        if self._tokens:
+            self._follow_file()
+        return self._tokens[0] if self._tokens else b""
+
     def accepts(self, credential: str | bytes | None) -> bool:
         """True when auth is off, or `credential` ("Bearer <token>", or the bare token) is one of the tokens."""
         if not self._tokens:
             return True
+        self._follow_file()
         if not credential:
             return False
         if isinstance(credential, str):
@@ -103,3 +160,33 @@ def warn_if_exposed(host: str, tls: TlsConfig, tokens: TokenSet) -> None:
     if missing:
         log.warning("listening on %s without %s: anyone who can reach this address can call the model and read "
                     "/metrics; see README \"Limits and security\"", host, " and without ".join(missing))
+
+
+def warn_if_readable_by_others(files: dict[str, Path | None]) -> list[str]:
+    """One WARNING per secret file (token file, TLS private key; {config key: path}) that its group or
+    others may read; returns the keys warned about."""
+    warned = []
+    for key, path in files.items():
+        if path is None:
+            continue
+        try:
+            mode = Path(path).stat().st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s: %s is readable by group/others (mode %s): it holds a secret; chmod 600 it", key, path,
+                        oct(stat.S_IMODE(mode)))
+            warned.append(key)
+    return warned
+
+
+def door_security_line(doors: list[str], tls: TlsConfig, tokens: TokenSet) -> str:
+    """The start-up line that says which doors speak TLS and whether tokens are required."""
+    if tls.enabled:
+        how = "TLS (mutual: client certificates required)" if tls.client_ca_file is not None else "TLS"
+        tls_text = f"{how} on {', '.join(doors)}"
+    else:
+        tls_text = f"no TLS (plain text on {', '.join(doors)})"
+    auth_text = (f"tokens required (auth.token_file {tokens.path}; health checks open)" if tokens.enabled
+                 else "no tokens required (auth off)")
+    return f"security: {tls_text}; {auth_text}"

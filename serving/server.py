@@ -26,7 +26,13 @@ from serving.config import ServerConfig, check_paths
 from serving.connections import ConnectionLimits, DoorSettings
 from serving.core import ServingCore
 from serving.metrics import Metrics, Tracer
-from serving.security import TokenSet, server_ssl_context, warn_if_exposed
+from serving.security import (
+    TokenSet,
+    door_security_line,
+    server_ssl_context,
+    warn_if_exposed,
+    warn_if_readable_by_others,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,7 @@ def pipeline_settings(config: ServerConfig) -> PipelineSettings:
                             auto_batching_timeout_ms=op.auto_batching_timeout, timeout_ms=op.timeout,
                             max_images_per_request=op.max_images_per_request,
                             max_image_pixels=op.max_image_pixels, max_aspect_ratio=op.max_aspect_ratio,
+                            jpeg_dct_scaling=op.jpeg_dct_scaling,
                             max_queue_images=op.max_queue_images,
                             preprocess_threads=max(1, min(4, os.cpu_count() or 1)), retry=config.dag.retry,
                             log_profile=config.dag.use_profile)
@@ -78,12 +85,17 @@ async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[En
     local engines in worker processes, or the remote model server(s) of `client_type: brpc`."""
     op = config.op
     if op.is_remote:
-        from serving.remote_engine import create_remote_engines, with_client_config
+        from serving.config import ConfigError
+        from serving.remote_engine import RemoteSecurity, create_remote_engines, with_client_config
 
+        try:
+            security = RemoteSecurity.from_config(op.local_service_conf, f"op.{op.name}.local_service_conf")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if op.client_config is not None:
             bundle = with_client_config(bundle, op.client_config)
         return create_remote_engines(bundle, op.server_endpoints, op.concurrency,
-                                     op.local_service_conf.rpc_timeout_ms / 1000.0)
+                                     op.local_service_conf.rpc_timeout_ms / 1000.0, security=security)
     engines = await start_engines(bundle, op.engine, engine_options(config), op.concurrency, op.batch_size,
                                   list(op.local_service_conf.devices) or None)
     report = engines[0].report
@@ -133,7 +145,9 @@ class Server:
         self.core = ServingCore(self.pipeline, self.metrics)
         self._grpc = self._rest = self._brpc = self._prometheus = None
         door = door_settings(config)
+        self.tokens = door.tokens
         warn_if_exposed(config.host, config.tls, door.tokens)
+        warn_secret_files(config)
         grace = config.shutdown_grace_s + 1.0  # the pipeline answers what is left at grace; this is a backstop
         if config.rpc_port is not None:
             self._grpc, self.ports["grpc"] = await start_grpc(self.core, config.host, config.rpc_port, door,
@@ -153,6 +167,7 @@ class Server:
                 shutdown_timeout_s=grace)
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in self.ports.items())
         log.info("service %r listening %s (pid %d)", config.service_name, listening, os.getpid())
+        log.info("%s", door_security_line(list(self.ports), config.tls, door.tokens))
         self._tracer = Tracer(self.metrics, config.dag.tracer.interval_s) if config.dag.tracer.interval_s >= 1 else None
         if self._tracer is not None:
             self._tracer.start()
@@ -191,6 +206,20 @@ class Server:
         log.info("stopped")
 
 
+def warn_secret_files(config: ServerConfig) -> None:
+    """A WARNING for each secret file of the config (token files, TLS private keys) readable by others."""
+    lsc = config.op.local_service_conf
+    warn_if_readable_by_others({"auth.token_file": config.auth.token_file, "tls.key_file": config.tls.key_file,
+                                f"op.{config.op.name}.local_service_conf.rpc_token_file": lsc.rpc_token_file,
+                                f"op.{config.op.name}.local_service_conf.rpc_tls_key_file": lsc.rpc_tls_key_file})
+
+
+def reload_tokens_on_sighup(tokens: TokenSet) -> None:
+    """SIGHUP reads the token file again (rotation without a restart)."""
+    if tokens.path is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tokens.reload)
+
+
 def write_ready_file(path: Path | None, service: str, host: str, ports: dict[str, int], engine: str = "") -> None:
     """Announce that every front door is listening: JSON {"pid", "service", "host", "ports": {door: port},
     "engine"}, written atomically (what `serving.launcher` waits for; logs are for people, not programs)."""
@@ -214,6 +243,7 @@ async def serve(config: ServerConfig, reuse_port: bool = False, ready_file: Path
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload_tokens_on_sighup(server.tokens)
     await stop.wait()
     await server.stop()
     return 0
@@ -244,8 +274,14 @@ def run(config: ServerConfig, ready_file: Path | None = None) -> int:
             if worker.is_alive():
                 os.kill(worker.pid, signal.SIGTERM)
 
+    def forward_hup(signum, _frame):
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward_hup)
     log.info("started %d worker processes: %s", len(workers), [w.pid for w in workers])
     codes = []
     for worker in workers:

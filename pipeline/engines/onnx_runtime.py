@@ -44,6 +44,9 @@ class OnnxRuntime(Runtime):
         so.intra_op_num_threads = options.thread_num  # explicit: the default takes every core
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting between runs: the cores are shared with the front doors (see worker.py)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         self._input_name = self.session.get_inputs()[0].name
 

@@ -74,7 +74,8 @@ def test_bench_sweep(topk_server, tmp_path, capsys):
 def test_bench_open_loop(topk_server, tmp_path, capsys):
     report = tmp_path / "open.json"
     rc = main(["--log-level", "WARNING", "bench", "--protocol", "http", "--endpoint", ep(topk_server, "http"),
-               "--rate", "20", "--requests", "10", "--concurrency", "4", "--json", str(report), "--quiet"])
+               "--rate", "20", "--arrivals", "uniform", "--requests", "10", "--concurrency", "4", "--json",
+               str(report), "--quiet"])
     assert rc == 0 and "open loop at 20 req/s" in capsys.readouterr().out
     data = json.loads(report.read_text())
     starts = sorted(x["t_s"] for x in data["samples"])

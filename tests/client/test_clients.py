@@ -94,3 +94,27 @@ def test_nothing_listening(closed_port, image_paths, protocol, code):
         with pytest.raises(TransportError) as info:
             client.classify(image_paths[0])
     assert info.value.code == code and not info.value.timeout
+
+
+def test_token_without_tls_to_a_remote_host_warns_once_per_host(caplog, tmp_path):
+    """Issue #24 (suspected, real): a token went in clear to any host without a word. Nothing is connected here:
+    the clients open their connections on the first call."""
+    import logging
+
+    from client import Credentials, connect
+
+    caplog.set_level(logging.WARNING, logger="client.base")
+    token = Credentials(token="a-token-of-twenty-chars")
+    for protocol in ("grpc", "http", "brpc"):
+        connect(protocol, "192.0.2.7:9993", credentials=token).close()  # TEST-NET-1: never routed
+    warnings = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
+    assert len(warnings) == 1 and "sending a bearer token to 192.0.2.7:9993 without TLS" in warnings[0]
+    caplog.clear()
+    connect("grpc", "127.0.0.1:9993", credentials=token).close()  # loopback: no warning
+    connect("grpc", "[::1]:9993", credentials=token).close()
+    from support import make_tls_files
+
+    ca = make_tls_files(tmp_path)["ca"]
+    connect("grpc", "192.0.2.8:9993", credentials=Credentials(token="a-token-of-twenty-chars", tls_ca=ca)).close()
+    connect("http", "192.0.2.9:9993").close()  # no token: nothing to leak
+    assert not [r for r in caplog.records if "without TLS" in r.getMessage()]

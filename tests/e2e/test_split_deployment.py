@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from support import REPO_ROOT, ServerProcess
+from support import REPO_ROOT, ServerProcess, make_tls_files
 
 from pipeline.local import LocalClassifier
 from protocol import general_model_service_pb2 as gm
@@ -44,12 +44,13 @@ class ModelServerProcess(ServerProcess):
         return sum("GeneralModelService.inference from" in line and " ok in " in line for line in self.lines)
 
 
-def start_model_server(model_dir: Path, brpc_port: int = 0, wait: bool = True) -> ModelServerProcess:
+def start_model_server(model_dir: Path, brpc_port: int = 0, wait: bool = True,
+                       extra: dict | None = None) -> ModelServerProcess:
     """configs/split_model_server.yml on free ports (or brpc_port), serving model_dir, one math thread."""
     lsc = "op.imagenet.local_service_conf"
     return ModelServerProcess(MODEL_SERVER_YML, {
         "brpc_port": brpc_port, "http_port": 0, "log_level": "DEBUG", "shutdown_grace_s": 2,
-        f"{lsc}.model_config": str(model_dir), f"{lsc}.thread_num": 1}, wait=wait)
+        f"{lsc}.model_config": str(model_dir), f"{lsc}.thread_num": 1, **(extra or {})}, wait=wait)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,7 @@ def test_pipeline_over_model_servers_answers_like_in_process(split, local, image
 
 def test_two_model_servers_take_turns(split, image_paths):
     models = split["models"]
+    time.sleep(0.3)  # the previous test's last DEBUG lines may still be on their way
     before = [m.served() for m in models]
     image = image_paths[0].read_bytes()
     for i in range(6):
@@ -114,6 +116,53 @@ def test_two_model_servers_take_turns(split, image_paths):
         time.sleep(0.01)
     served = [m.served() - b for m, b in zip(models, before, strict=True)]
     assert sum(served) == 6 and min(served) >= 2, served
+
+
+TOKEN = "model-server-token-0123456789"
+
+
+def test_secured_split_deployment_tls_and_token(tmp_path, tiny_model_dir, image_paths):
+    """Issue #24.7: a model server with tls: and auth:, a pipeline with the matching rpc_tls_ca_file and
+    rpc_token_file answers; a wrong token (the pipeline's token file rotated to one the model server does not
+    know) gives err_no 10000 naming no internal address, and the right one works again without a restart."""
+    files = make_tls_files(tmp_path / "tls")
+    server_tokens, pipeline_token = tmp_path / "model_tokens.txt", tmp_path / "pipeline_token.txt"
+    server_tokens.write_text(f"{TOKEN}\n")
+    pipeline_token.write_text(f"{TOKEN}\n")
+    for path in (server_tokens, pipeline_token):
+        path.chmod(0o600)
+    model = start_model_server(tiny_model_dir, extra={
+        "tls.cert_file": str(files["server_cert"]), "tls.key_file": str(files["server_key"]),
+        "auth.token_file": str(server_tokens)})
+    lsc = "op.imagenet.local_service_conf"
+    pipeline = None
+    try:
+        assert "security: TLS on brpc, http; tokens required" in model.log
+        pipeline = ServerProcess(PIPELINE_YML, {
+            "rpc_port": 0, "http_port": 0, "op.imagenet.server_endpoints": json.dumps([model.endpoint]),
+            f"{lsc}.rpc_timeout_ms": 5000, f"{lsc}.model_config": str(tiny_model_dir),
+            f"{lsc}.rpc_tls_ca_file": str(files["ca"]), f"{lsc}.rpc_token_file": str(pipeline_token)})
+        assert f"remote model at {model.endpoint} over bRPC (TLS, token from {pipeline_token})" in pipeline.log
+        image = image_paths[0].read_bytes()
+        answer = predict(pipeline, [image], logid=11)
+        assert answer.err_no == 0, answer.err_msg
+
+        pipeline_token.write_text("not-the-model-servers-token-0123\n")
+        time.sleep(1.1)  # the token file is looked at once a second
+        answer = predict(pipeline, [image], logid=12)
+        assert answer.err_no == 10000, answer
+        assert "model server failed" in answer.err_msg and "ERPCAUTH" in answer.err_msg
+        assert "Log_id: 12" in answer.err_msg and str(model.ports["brpc"]) not in answer.err_msg
+        assert f"model server {model.endpoint} failed" in pipeline.log  # the address is in the log
+
+        pipeline_token.write_text(f"{TOKEN}\n")
+        time.sleep(1.1)
+        answer = predict(pipeline, [image], logid=13)
+        assert answer.err_no == 0, answer.err_msg
+    finally:
+        for proc in (pipeline, model):
+            if proc is not None:
+                proc.stop()
 
 
 class Load:
@@ -180,13 +229,14 @@ def test_model_server_killed_then_restarted_under_a_running_pipeline(split, tiny
     port = first.ports["brpc"]
     load = Load(pipeline, image)
     load.wait_answers(4)
-    first.stop(signal.SIGKILL)  # both down: clear errors, the endpoints named in the pipeline's log
+    first.stop(signal.SIGKILL)  # both down: clear errors; the endpoints are named in the log, not to the caller
     down_from = len(load.answers)
     load.wait_answers(down_from + 8)
     failed = [a for a in load.answers[down_from + 4:] if a[2] != 0]
     assert failed, "no request failed with both model servers down"
     for _, _, err_no, err_msg in failed:
-        assert err_no == 10000 and "no model server available" in err_msg, err_msg
+        assert err_no == 10000 and "no model server available" in err_msg and "Log_id: " in err_msg, err_msg
+        assert str(first.ports["brpc"]) not in err_msg and str(second.ports["brpc"]) not in err_msg
     assert f"{first.endpoint}: " in pipeline.log and f"{second.endpoint}: " in pipeline.log
 
     restarted = start_model_server(tiny_model_dir, brpc_port=port)  # the load goes on meanwhile

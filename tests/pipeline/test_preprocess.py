@@ -167,3 +167,55 @@ def test_tiny_image_is_upscaled_like_paddleclas():
     big = cv2.resize(bgr, (72, 72), interpolation=cv2.INTER_LINEAR)[4:68, 4:68, ::-1].astype(np.float32)
     want = ((big / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).transpose(2, 0, 1)
     assert out.shape == (3, 64, 64) and np.abs(out - want).max() < 1e-5
+
+
+# -- op.jpeg_dct_scaling ---------------------------------------------------------------------------------
+
+
+def test_dct_scaling_leaves_small_images_and_pngs_exact(image_paths):
+    """The shared photos (short side 333-500 < 2 x 256) and any PNG decode exactly as without the key."""
+    full, dct = Preprocessor(PreprocessSpec()), Preprocessor(PreprocessSpec(jpeg_dct_scaling=True))
+    for path in image_paths:
+        assert np.array_equal(full.from_bytes(path.name, path.read_bytes()), dct.from_bytes(path.name, path.read_bytes()))
+    png = cv2.imencode(".png", cv2.resize(cv2.imread(str(image_paths[0])), (1200, 900)))[1].tobytes()
+    assert np.array_equal(full.from_bytes("p", png), dct.from_bytes("p", png))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_dct_scaling_decodes_big_jpegs_small_and_close(image_paths, orientation):
+    """A 12-megapixel photo is decoded at 1/8 scale (short side still >= resize_short, EXIF orientation
+    applied) and its model input stays close to the full decode's."""
+    from bench.decode import to_jpeg
+
+    data = to_jpeg(cv2.imread(str(image_paths[0])), (4032, 3024), 92)
+    if orientation != 1:  # the same pixels, tagged "rotate 90° clockwise to display"
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            exif = img.getexif()
+            exif[0x0112] = orientation
+            out = io.BytesIO()
+            img.save(out, "JPEG", quality=92, exif=exif.tobytes())
+            data = out.getvalue()
+    upright = decode_image("k", data, 10**8)
+    small = decode_image("k", data, 10**8, min_short_side=256)
+    assert small.shape[:2] == (-(-upright.shape[0] // 8), -(-upright.shape[1] // 8))  # 1/8, rounded up
+    assert min(small.shape[:2]) >= 256
+    full, dct = Preprocessor(PreprocessSpec()), Preprocessor(PreprocessSpec(jpeg_dct_scaling=True))
+    diff = np.abs(full.from_bytes("k", data) - dct.from_bytes("k", data))
+    assert 0 < diff.mean() < 0.1  # normalized units (about 58 grey levels each): a few grey levels on average
+
+
+def test_dct_scaling_effect_on_the_trained_demo_model(tmp_path):
+    """The figures README "Big photos" records: the demo model on its 360 held-out digits as 640x640 JPEGs,
+    full decode vs DCT-scaled decode and vs a client that shrank the image first (both closer to the 80x80
+    digits it was trained on)."""
+    from bench.decode import demo_export, digit_rows
+
+    rows = digit_rows(demo_export(tmp_path / "demo"))
+    assert rows["images"] == 360
+    for path in ("dct", "client_resize"):  # the client's shrinking (client.images.shrink_image) likewise
+        assert rows[path]["top1_agreement"] >= 0.97, rows
+        assert rows[path]["accuracy"] >= rows["accuracy_full"] - 0.005, rows

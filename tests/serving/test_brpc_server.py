@@ -300,6 +300,48 @@ def test_token_checked_once_per_connection_and_a_failed_check_closes_it() -> Non
     run(main)
 
 
+def test_token_checked_on_the_meta_before_any_payload_byte_is_read() -> None:
+    """Issue #24.3: a header and a meta declaring a 60 MB payload, no token, and not one payload byte sent:
+    the answer (ERPCAUTH) and the close come anyway, so the server never waited for (or read) the payload.
+    A meta over 64 KiB is not read at all (the token is inside it)."""
+    from serving.security import TokenSet
+
+    async def main() -> None:
+        async with serving(tokens=TokenSet(["right-token-0123456789"])) as server:
+            meta = RpcMeta(correlation_id=7, authentication_data=b"wrong-token-0123456789")
+            meta.request.service_name, meta.request.method_name = SVC, "echo"
+            raw = meta.SerializeToString()
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(b"PRPC" + struct.pack(">II", len(raw) + 60 * 10**6, len(raw)) + raw)
+            frame = bs.decode_frame(await asyncio.wait_for(reader.read(65536), 2))
+            assert frame.meta.correlation_id == 7 and frame.meta.response.error_code == bs.Errno.ERPCAUTH
+            assert await closed_by_server(reader)
+            writer.close()
+
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(b"PRPC" + struct.pack(">II", 10**6, 10**6 - 1))  # a 1 MB meta: not awaited
+            assert await closed_by_server(reader)
+            writer.close()
+    run(main)
+
+
+def test_calls_in_flight_per_connection_are_capped_with_elimit() -> None:
+    """Issue #24 (suspected, real): one connection could start any number of calls at once."""
+    from serving.brpc_server import MAX_CALLS_PER_CONNECTION
+
+    async def main() -> None:
+        async with serving() as server, BrpcClient(HOST, server.port, pool_size=1) as client:
+            calls = [asyncio.create_task(client.call(SVC, "sleep", b"0.3"))
+                     for _ in range(MAX_CALLS_PER_CONNECTION + 2)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            refused = [r for r in results if isinstance(r, bs.BrpcError)]
+            assert sum(r == b"0.3" for r in results) == MAX_CALLS_PER_CONNECTION
+            assert len(refused) == 2 and all(r.code == bs.Errno.ELIMIT for r in refused), refused
+            assert f"limit of {MAX_CALLS_PER_CONNECTION} calls in flight" in refused[0].text
+            assert await client.call(SVC, "echo", b"after") == b"after"  # the same connection goes on
+    run(main)
+
+
 def test_body_over_limit_is_answered_then_connection_closed() -> None:
     async def main() -> None:
         async with serving(max_body_size=1024) as server, BrpcClient(HOST, server.port) as client:

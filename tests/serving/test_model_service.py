@@ -474,9 +474,13 @@ def test_remote_engine_skips_dead_endpoints_and_names_them(server, bundle, batch
             errors.append(err.value)
         return errors[0], errors[1]
 
+    caplog.clear()
     first, second = asyncio.run(all_dead())
-    assert f"no model server available ({dead})" in str(first) and "EFAILEDSOCKET 1009" in str(first)
-    assert "down for" in str(second) and "EFAILEDSOCKET" in str(second)
+    assert "no model server available" in str(first) and "1 endpoint(s): EFAILEDSOCKET" in str(first)
+    assert "1 endpoint(s): down" in str(second)
+    assert dead not in str(first) + str(second)  # the caller is not told internal addresses: the log is
+    assert any(f"{dead}: [EFAILEDSOCKET 1009]" in r.getMessage() for r in caplog.records)
+    assert any(f"{dead}: down for" in r.getMessage() for r in caplog.records)
 
 
 def test_remote_engine_retries_a_call_whose_server_died_mid_call(server, bundle, batch, caplog):
@@ -499,13 +503,15 @@ def test_remote_engine_retries_a_call_whose_server_died_mid_call(server, bundle,
     assert any("unreachable" in r.getMessage() and "EEOF 1014" in r.getMessage() for r in caplog.records)
 
 
-def test_remote_engine_surfaces_model_server_errors(server, bundle, batch):
+def test_remote_engine_surfaces_model_server_errors(server, bundle, batch, caplog):
     wrong = replace(bundle, feed_name="input", feed_alias="input")  # a pipeline bundle that is not the served one
     engine = create_remote_engines(wrong, (f"{HOST}:{server.port}",), 1, 10.0)[0]
     with pytest.raises(RemoteModelError) as err:
         asyncio.run(engine.infer(batch[:1]))
     assert err.value.code == -5100 and err.value.endpoint == f"{HOST}:{server.port}"
-    assert f"model server {HOST}:{server.port} failed" in str(err.value) and "unknown feed var 'input'" in str(err.value)
+    assert "model server failed (model call log_id=" in str(err.value)
+    assert "unknown feed var 'input'" in str(err.value) and str(server.port) not in str(err.value)
+    assert any(f"model server {HOST}:{server.port} failed" in r.getMessage() for r in caplog.records)
 
 
 # -- model server config checks ------------------------------------------------------------------------------
@@ -523,3 +529,52 @@ def test_model_server_refuses_configs_it_cannot_serve(tmp_path, tiny_model_dir):
                                                                                 "rpc_port": None, "http_port": None}))
     with pytest.raises(ConfigError, match=r"worker_num: got 2"):
         run_model_server(workers)
+
+
+def test_remote_security_from_config(servers, bundle, batch, tmp_path):
+    """Issue #24.7: the remote engine's TLS keys, mutual TLS included, against an mTLS bRPC front (a proxy to
+    the plain model server); the key rules are refused by name."""
+    from support import make_tls_files
+
+    from protocol.wire import GENERAL_MODEL_SERVICE
+    from serving.config_schema import LocalServiceConf, TlsConfig
+    from serving.remote_engine import RemoteSecurity
+    from serving.security import server_ssl_context
+
+    files = make_tls_files(tmp_path / "tls")
+    base = LocalServiceConf(model_config=tmp_path)
+    bad = [({"rpc_tls_cert_file": files["client_cert"]}, "give rpc_tls_cert_file and rpc_tls_key_file together"),
+           ({"rpc_tls_cert_file": files["client_cert"], "rpc_tls_key_file": files["client_key"]},
+            "a client certificate needs rpc_tls_ca_file"),
+           ({"rpc_token_file": tmp_path / "missing"}, "lsc.rpc_token_file: .* is not a file")]
+    for keys, text in bad:
+        with pytest.raises(ValueError, match=text):
+            RemoteSecurity.from_config(replace(base, **keys), "lsc")
+    mutual = RemoteSecurity.from_config(replace(base, rpc_tls_ca_file=files["ca"], rpc_tls_cert_file=files[
+        "client_cert"], rpc_tls_key_file=files["client_key"]))
+    ca_only = RemoteSecurity.from_config(replace(base, rpc_tls_ca_file=files["ca"]))
+
+    async def start_proxy() -> tuple[BrpcServer, BrpcClient]:
+        upstream = BrpcClient(HOST, servers.main.port)
+
+        async def forward(payload: bytes, ctx) -> bytes:
+            return await upstream.call(GENERAL_MODEL_SERVICE, "inference", payload, log_id=ctx.log_id)
+
+        tls = TlsConfig(cert_file=files["server_cert"], key_file=files["server_key"], client_ca_file=files["ca"])
+        proxy = BrpcServer(ssl_context=server_ssl_context(tls))
+        proxy.register(GENERAL_MODEL_SERVICE, "inference", forward)
+        await proxy.start(HOST, 0)
+        return proxy, upstream
+
+    proxy, upstream = servers.loop.run(start_proxy())
+    try:
+        endpoint = (f"{HOST}:{proxy.port}",)
+        engine = create_remote_engines(bundle, endpoint, 1, 10.0, security=mutual)[0]
+        got = asyncio.run(engine.infer(batch[:1]))
+        assert got.shape == (1, 10) and got.sum() > 0.99
+        without_cert = create_remote_engines(bundle, endpoint, 1, 10.0, security=ca_only)[0]
+        with pytest.raises(RemoteModelError, match="no model server available"):
+            asyncio.run(without_cert.infer(batch[:1]))
+    finally:
+        servers.loop.run(proxy.stop(0.5))
+        servers.loop.run(upstream.close())

@@ -1,0 +1,46 @@
+"""Engine workers do not busy-wait between batches: right after a batch, a worker process uses next to no
+CPU while it waits for the next one (OpenMP and ONNX Runtime thread pools spin by default, which on a
+machine with few cores takes CPU from the front doors)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.model_files import EngineOptions
+from pipeline.bundle import ModelBundle
+from pipeline.engines import start_engines
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("kind", ["paddle", "onnxruntime", "openvino"])
+def test_worker_is_idle_between_batches(tiny_model_dir, kind):
+    bundle = ModelBundle.load(tiny_model_dir)
+    x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+
+    async def main() -> list[float]:
+        (engine,) = await start_engines(bundle, kind, EngineOptions(thread_num=2), 1, 4)
+        idle = []
+        try:
+            for _ in range(3):
+                await engine.infer(x)
+                before = cpu_seconds(engine.pid)
+                await asyncio.sleep(0.4)  # spinning OpenMP threads would burn up to 2 cores x 0.2 s here
+                idle.append(cpu_seconds(engine.pid) - before)
+        finally:
+            await engine.close()
+        return idle
+
+    started = time.monotonic()
+    idle = asyncio.run(main())
+    assert time.monotonic() - started < 120
+    assert min(idle) <= 0.03, f"{kind} worker used {idle} CPU-s in 0.4 s idle windows after a batch"
