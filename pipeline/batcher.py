@@ -1,13 +1,20 @@
-"""Dynamic batching: requests queue up; each engine instance takes the next batch, which closes at
-`batch_size` images or `auto_batching_timeout` after its first request arrived, whichever comes first.
+"""Dynamic batching: requests queue up; each engine instance takes the next batch.
+
+The rule, exactly: an idle engine instance opens a batch with the oldest queued request and takes the next
+queued requests, in order, while their images fit in `batch_size`. If the batch is still short of
+`batch_size`, it waits for more, up to `auto_batching_timeout` after it opened. It closes at the first of:
+- it holds `batch_size` images ("full"), or the next queued request would not fit ("next does not fit");
+- `auto_batching_timeout` has passed since it opened ("timeout"); with auto_batching_timeout <= 0 or
+  batch_size 1 it never waits ("no wait": it takes what is already queued; Paddle Serving would block
+  until the batch is full);
+- with `wait_for_arrivals` (the server's pipeline): no other request is on its way, i.e. being decoded
+  and preprocessed, as the pipeline reports with `announce`/`withdraw` ("nothing arriving"). Waiting
+  then could only add latency (at concurrency 1, all of it), so a lone request never waits out the
+  timeout.
 
 A request's images are never split across batches (a request larger than batch_size runs alone), and
-each request gets back exactly its own rows of the batch output. With auto_batching_timeout ≤ 0 a batch
-takes what is already queued and never waits (Paddle Serving would block until the batch is full).
-
-With `wait_for_arrivals`, a batch only waits while another request is on its way (being decoded and
-preprocessed, as the pipeline reports with `announce`/`withdraw`): with nothing coming, waiting out the
-timeout would only add latency (at concurrency 1, all of it).
+each request gets back exactly its own rows of the batch output. Each batch is logged at DEBUG with its
+size, its requests, why it closed and how long it waited.
 """
 
 from __future__ import annotations
@@ -108,37 +115,52 @@ class DynamicBatcher:
         self._queued_images -= item.count
         return item
 
-    async def _next_batch(self) -> list[_Item]:
+    async def _next_batch(self) -> tuple[list[_Item], str, float]:
+        """The next batch, why it closed (see the module's docstring) and how long it stayed open (s)."""
         while not self._queue:
             self._wakeup.clear()
             await self._wakeup.wait()
         loop = asyncio.get_running_loop()
         batch = [self._take()]
         images = batch[0].count
-        deadline = loop.time() + self.timeout_s
+        opened = loop.time()
+        deadline = opened + self.timeout_s
+        reason = "full"
         while images < self.batch_size:
             if self._queue:
                 if images + self._queue[0].count > self.batch_size:
+                    reason = "next does not fit"
                     break
                 batch.append(self._take())
                 images += batch[-1].count
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0 or (self.wait_for_arrivals and self._arriving == 0):
+            if self.timeout_s <= 0:
+                reason = "no wait"
+                break
+            if remaining <= 0:
+                reason = "timeout"
+                break
+            if self.wait_for_arrivals and self._arriving == 0:
+                reason = "nothing arriving"
                 break
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
+                reason = "timeout"
                 break
         self.observer.queue_depth(self._queued_images)
         if self._queue:
             self._wakeup.set()  # let another idle instance start on what is left
-        return batch
+        return batch, reason, loop.time() - opened
 
     async def _worker(self, engine: Engine) -> None:
         while True:
-            batch = await self._next_batch()
+            batch, reason, open_s = await self._next_batch()
+            log.debug("batch of %d image(s) from %d request(s) closed (%s) after %.1f ms (batch_size %d, "
+                      "auto_batching_timeout %g ms)", sum(item.count for item in batch), len(batch), reason,
+                      open_s * 1000, self.batch_size, self.timeout_s * 1000)
             batch = [item for item in batch if not item.future.done()]  # caller gave up (timeout)
             if not batch:
                 continue

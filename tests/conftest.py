@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, ServerProcess, write_config
+from support import REPO_ROOT, ServerProcess, teardown_problems, write_config
 
 
 def shared_dir() -> Path:
@@ -90,7 +90,8 @@ def demo_export(tmp_path_factory, heldout_digits, image_paths):
 
 @pytest.fixture
 def server_factory(tmp_path, tiny_model_dir):
-    """Start servers (stopped at teardown): server_factory(op={...}, top={...}, model_dir=...)."""
+    """Start servers: server_factory(op={...}, top={...}, model_dir=...). At teardown each one still running
+    is stopped with SIGTERM and must exit 0, and no server's log may hold a Python traceback."""
     started: list[ServerProcess] = []
 
     def start(op: dict | None = None, top: dict | None = None, model_dir: Path | None = None,
@@ -101,18 +102,22 @@ def server_factory(tmp_path, tiny_model_dir):
         return server
 
     yield start
-    for server in started:
-        server.stop()
+    problems = [problem for server in started for problem in teardown_problems(server)]
+    if problems:
+        pytest.fail("\n\n".join(problems))
 
 
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory, tiny_model_dir):
-    """One shared server (top-k 3, batching on) for read-only protocol tests."""
+    """One shared server (top-k 3, batching on) for read-only protocol tests; at the end of the session it
+    must stop with exit code 0 and no traceback in its log."""
     cfg = write_config(tmp_path_factory.mktemp("srv") / "config.yml", tiny_model_dir,
                        op={"topk": 3, "batch_size": 4, "auto_batching_timeout": 5})
     server = ServerProcess(cfg)
     yield server
-    server.stop()
+    problems = teardown_problems(server)
+    if problems:
+        pytest.fail("\n\n".join(problems))
 
 
 def _split_radix(self, x):

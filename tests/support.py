@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from serving import launcher
 from serving.launcher import ServerProcess  # noqa: F401  (re-exported for tests)
 
 REPO_ROOT = launcher.REPO_ROOT
+
+
+def teardown_problems(server: ServerProcess) -> list[str]:
+    """Stop `server` if it still runs (SIGTERM, as a user would) and say what went wrong: that stop's exit
+    code other than 0, or a Python traceback anywhere in its log. A server the test already stopped keeps the
+    exit code the test checked (or meant: SIGKILL)."""
+    problems = []
+    running = server.proc.poll() is None
+    code = server.stop()
+    if running and code != 0:
+        problems.append(f"exited with {code} after SIGTERM")
+    seen, deadline = -1, time.monotonic() + 2.0
+    while len(server.lines) != seen and time.monotonic() < deadline:  # the reader thread drains stderr
+        seen = len(server.lines)
+        time.sleep(0.1)
+    if "Traceback (most recent call last)" in server.log:
+        problems.append("has a Python traceback in its log")
+    args = " ".join(str(a) for a in server.proc.args[3:])
+    return [f"server ({args}) {problem}:\n{server.log[-4000:]}" for problem in problems]
 
 
 def write_config(path: Path, model_dir: Path, op: dict | None = None, top: dict | None = None,

@@ -8,6 +8,7 @@ import base64
 import json
 import re
 import signal
+import socket
 import time
 
 import grpc
@@ -116,11 +117,50 @@ def test_label_file_and_service_name_at_run_time(server_factory, image_paths, tm
 
 
 def test_host_is_the_only_address_listened_on(server_factory, image_paths):
-    server = server_factory(top={"host": "127.0.0.2"})
-    assert server.info["host"] == "127.0.0.2"
-    assert grpc_call(server, image_request(image_paths), host="127.0.0.2").err_no == 0
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"http://127.0.0.1:{server.ports['http']}/health/live", timeout=5)
+    """host: ::1 (IPv6 loopback): every door answers there and none on 127.0.0.1 (the default host)."""
+    server = server_factory(top={"host": "::1"})
+    assert server.info["host"] == "::1"
+    assert grpc_call(server, image_request(image_paths), host="[::1]").err_no == 0
+    assert requests.get(f"http://[::1]:{server.ports['http']}/health/live", timeout=5).status_code == 200
+    with SyncBrpcClient("::1", server.ports["brpc"]) as client:
+        assert client.call_message(PIPELINE_SERVICE, "inference", image_request(image_paths), pb.Response).err_no == 0
+    for door in ("grpc", "http", "brpc"):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.ports[door]), timeout=5).close()
+
+
+def test_max_connections_closes_the_connection_over_the_limit(server_factory, image_paths):
+    """max_connections: 2 from config.yml: on REST and bRPC a third open connection is closed at once, the two
+    held ones keep serving, and once they close a new connection is served again."""
+    server = server_factory(top={"max_connections": 2})
+    health = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    for door in ("http", "brpc"):
+        address = ("127.0.0.1", server.ports[door])
+        held = [socket.create_connection(address, timeout=10) for _ in range(2)]
+        if door == "http":  # both held connections are accepted and answer
+            for sock in held:
+                sock.sendall(health)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        extra = socket.create_connection(address, timeout=10)
+        try:
+            closed = extra.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        assert closed, door
+        extra.close()
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the held connections are gone
+        try:
+            with SyncBrpcClient("127.0.0.1", server.ports["brpc"]) as client:
+                answer = client.call_message(PIPELINE_SERVICE, "inference", image_request(image_paths), pb.Response)
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert answer.err_no == 0
+    assert requests.get(server.url("/health/live"), timeout=10).status_code == 200
 
 
 def test_concurrency_two_serves_from_two_engine_processes(server_factory, image_paths):
@@ -161,17 +201,25 @@ def test_sigint_stops_gracefully(server_factory):
     assert server.stop(signal.SIGINT) == 0 and "stopped" in server.log
 
 
-def test_default_thread_num_gives_every_core_to_one_engine(tmp_path, tiny_model_dir):
+def test_thread_num_given_or_every_core_to_one_engine(tmp_path, tiny_model_dir):
     import os
 
     from serving.launcher import ServerProcess, write_config  # no thread_num: the server's own default
 
+    cores = len(os.sched_getaffinity(0))
     server = ServerProcess(write_config(tmp_path / "c.yml", tiny_model_dir, op={"engine": "onnxruntime"}))
     try:
-        cores = len(os.sched_getaffinity(0))
         assert re.search(rf"engine-0 \(pid \d+\): onnxruntime fp32 \({cores} thread\(s\)", server.log), server.log
     finally:
-        server.stop()
+        assert server.stop() == 0
+    # thread_num given: the engine runs that many, even more than the cores (the default never is)
+    server = ServerProcess(write_config(tmp_path / "given.yml", tiny_model_dir, op={"engine": "onnxruntime"},
+                                        lsc={"thread_num": cores + 1}))
+    try:
+        assert re.search(rf"engine-0 \(pid \d+\): onnxruntime fp32 \({cores + 1} thread\(s\)", server.log), \
+            server.log
+    finally:
+        assert server.stop() == 0
 
 
 def test_full_queue_gives_6000_on_every_protocol(server_factory, image_paths, variant_dirs):

@@ -282,12 +282,28 @@ def test_mutual_tls_needs_a_client_certificate(server_factory, tmp_path, tls_fil
                 client.classify([image])
 
 
-def test_non_loopback_without_tls_or_auth_warns(server_factory):
-    server = server_factory(top={"host": "0.0.0.0"})
-    assert ("listening on 0.0.0.0 without TLS (tls.cert_file/key_file) and without token auth "
-            "(auth.token_file)") in server.log
-    assert requests.get(server.url("/health/live"), timeout=10).json() == {"status": "live"}
+def test_non_loopback_without_tls_or_auth_warns(server_factory, tls_files, caplog):
+    """The WARNING the server logs for the address it binds (serving.security.warn_if_exposed, called directly
+    with non-loopback addresses: tests bind loopback only); quiet on loopback and with TLS and auth."""
+    from serving.config_schema import TlsConfig
+    from serving.security import TokenSet, warn_if_exposed
+
+    tls = TlsConfig(cert_file=tls_files["server_cert"], key_file=tls_files["server_key"])
+    tokens = TokenSet([TOKEN])
+    with caplog.at_level("WARNING", logger="serving.security"):
+        warn_if_exposed("0.0.0.0", TlsConfig(), TokenSet([]))
+        assert ("listening on 0.0.0.0 without TLS (tls.cert_file/key_file) and without token auth "
+                "(auth.token_file)") in caplog.text
+        caplog.clear()
+        warn_if_exposed("10.1.2.3", tls, TokenSet([]))
+        assert "listening on 10.1.2.3 without token auth (auth.token_file)" in caplog.text
+        caplog.clear()
+        for host in ("127.0.0.1", "::1", "localhost"):
+            warn_if_exposed(host, TlsConfig(), TokenSet([]))
+        warn_if_exposed("0.0.0.0", tls, tokens)
+        assert caplog.text == ""
     quiet = server_factory()
+    assert requests.get(quiet.url("/health/live"), timeout=10).json() == {"status": "live"}
     assert "without TLS" not in quiet.log
 
 

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+import ray.serve  # noqa: F401  (make venv-test installs Ray: without it these tests fail, never skip)
 import requests
 from support import ServerProcess, write_config
 
 from client.pipeline_client import PipelineClient
 from protocol import pipeline_service_pb2 as pb
 from protocol import pipeline_service_pb2_grpc as pb_grpc
-
-pytest.importorskip("ray.serve")
 
 HOST = "127.0.0.1"
 REPLICA_TITLE = "ray::ServeReplica:imagenet:ResNeStPipeline"

@@ -7,13 +7,12 @@ import base64
 
 import grpc
 import pytest
+import ray.serve  # noqa: F401  (make venv-test installs Ray: without it these tests fail, never skip)
 import requests
 from support import ServerProcess, write_config
 
 from protocol import pipeline_service_pb2 as pb
 from protocol import pipeline_service_pb2_grpc as pb_grpc
-
-pytest.importorskip("ray.serve")
 
 TOKEN = "ray-token-0123456789abcdef"
 

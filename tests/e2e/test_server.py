@@ -105,11 +105,12 @@ def test_concurrent_requests_get_their_own_answers(tiny_server, local, image_pat
 
 
 def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_paths):
-    server = server_factory(op={"max_images_per_request": 2, "max_image_pixels": 1_000_000},
+    server = server_factory(op={"max_images_per_request": 2, "max_image_pixels": 1_000_000, "max_aspect_ratio": 5},
                             top={"max_request_bytes": 1_000_000})
     jpeg = image_paths[0].read_bytes()
     _, big = cv2.imencode(".png", np.zeros((1000, 1200, 3), np.uint8))
     _, strip = cv2.imencode(".png", np.zeros((10000, 1, 3), np.uint8))
+    _, tall = cv2.imencode(".png", np.zeros((60, 10, 3), np.uint8))  # 6:1, within the default limit of 20
     cases = {
         "bad base64": (["image"], ["@@@@"], 5000, "not valid base64"),
         "not an image": (["image"], [b64(b"GIF89a but not really")], 5000, "not a decodable image"),
@@ -117,6 +118,8 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
         "empty value": (["image"], [""], 5000, "empty value"),
         "pixel limit": (["image"], [b64(big.tobytes())], 5000, "exceeds the limit of 1000000"),
         "aspect ratio": (["image"], [b64(strip.tobytes())], 5000, "1x10000 has an aspect ratio of 1e+04"),
+        "max_aspect_ratio": (["image"], [b64(tall.tobytes())], 5000,
+                             "10x60 has an aspect ratio of 6, over the limit of 5 (max_aspect_ratio)"),
         "too many images": (["a", "b", "c"], [b64(jpeg)] * 3, 5000, "at most 2 per request"),
         "no images": ([], [], 5000, "no images"),
     }
@@ -204,19 +207,62 @@ def free_port() -> int:
 
 
 def test_worker_num_two_processes_share_ports(server_factory, image_paths):
+    """worker_num: 2: two processes listen on the same ports, and each answers on its own: with one of them
+    stopped (SIGSTOP), new connections that the kernel hands to the other are answered on every door."""
+    import os
+
     ports = {"rpc_port": free_port(), "http_port": free_port(), "brpc_port": free_port()}
     server = server_factory(top={"worker_num": 2, **ports})
     deadline = time.time() + 60
+
     def listening() -> list[str]:
         return [line for line in server.log.splitlines() if "service 'imagenet' listening" in line]
 
     while len(listening()) < 2 and time.time() < deadline:
         time.sleep(0.2)
-    pids = {line.split("(pid ")[1].rstrip(")") for line in listening()}
+    pids = sorted({int(line.split("(pid ")[1].rstrip(")")) for line in listening()})
     assert len(pids) == 2
-    for _ in range(4):
-        answer = grpc_call(server, pb.Request(key=["image"], value=[b64(image_paths[0].read_bytes())]))
-        assert answer.err_no == 0
+    assert all(f":{server.ports[door]}" in line for line in listening() for door in ("grpc", "http", "brpc"))
+    value = b64(image_paths[0].read_bytes())
+
+    def answered_by_the_running_one() -> set[str]:
+        """Doors on which some new connection got an answer (each door tried up to 12 times, 2 s each)."""
+        doors = set()
+        for _ in range(12):
+            with grpc.insecure_channel(f"127.0.0.1:{server.ports['grpc']}",
+                                       options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                try:
+                    if pb_grpc.PipelineServiceStub(channel).inference(pb.Request(key=["i"], value=[value]),
+                                                                      timeout=2).err_no == 0:
+                        doors.add("grpc")
+                        break
+                except grpc.RpcError:
+                    pass
+        for _ in range(12):
+            try:
+                if requests.post(server.url("/imagenet/prediction"), timeout=2,
+                                 data=json.dumps({"key": ["i"], "value": [value]})).json()["err_no"] == 0:
+                    doors.add("http")
+                    break
+            except requests.RequestException:
+                pass
+        for _ in range(12):
+            try:
+                with SyncBrpcClient("127.0.0.1", server.ports["brpc"], timeout=2) as client:
+                    if client.call_message("baidu.paddle_serving.pipeline_serving.PipelineService", "inference",
+                                           pb.Request(key=["i"], value=[value]), pb.Response).err_no == 0:
+                        doors.add("brpc")
+                        break
+            except Exception:
+                pass
+        return doors
+
+    for stopped in pids:
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            assert answered_by_the_running_one() == {"grpc", "http", "brpc"}, f"pid {stopped} stopped"
+        finally:
+            os.kill(stopped, signal.SIGCONT)
     assert server.stop() == 0
 
 

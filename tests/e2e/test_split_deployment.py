@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import ast
 import base64
+import itertools
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -163,33 +165,91 @@ def test_secured_split_deployment_tls_and_token(tmp_path, tiny_model_dir, image_
                 proc.stop()
 
 
+class Load:
+    """`threads` gRPC clients sending one-image requests to the pipeline back to back until `stop()`; every
+    answer is kept as (sent, answered, err_no, err_msg), times from time.monotonic()."""
+
+    def __init__(self, pipeline: ServerProcess, image: bytes, threads: int = 4):
+        self.target = f"{HOST}:{pipeline.ports['grpc']}"
+        self.value = base64.b64encode(image).decode()
+        self.answers: list[tuple[float, float, int, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, index: int) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = pb_grpc.PipelineServiceStub(channel)
+            for n in itertools.count():
+                if self._stop.is_set():
+                    return
+                sent = time.monotonic()
+                answer = stub.inference(pb.Request(key=["image"], value=[self.value], logid=10_000 * (index + 1) + n),
+                                        timeout=30)
+                self.answers.append((sent, time.monotonic(), answer.err_no, answer.err_msg))
+
+    def wait_answers(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.answers) < count:
+            assert time.monotonic() < deadline and all(t.is_alive() for t in self._threads), len(self.answers)
+            time.sleep(0.01)
+
+    def in_flight_at(self, moment: float) -> int:
+        return sum(sent < moment < answered for sent, answered, _, _ in self.answers)
+
+    def stop(self) -> list[tuple[float, float, int, str]]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        return self.answers
+
+
 def test_model_server_killed_then_restarted_under_a_running_pipeline(split, tiny_model_dir, image_paths):
-    """Runs last: kills the module's model servers."""
+    """Runs last: kills the module's model servers, each while 4 clients keep requests in flight."""
     pipeline, (first, second) = split["pipeline"], split["models"]
     image = image_paths[0].read_bytes()
 
-    second.stop(signal.SIGKILL)  # one down: the other one answers every request
-    for i in range(4):
-        answer = predict(pipeline, [image], logid=200 + i)
-        assert answer.err_no == 0, answer.err_msg
+    load = Load(pipeline, image)
+    before = second.served()
+    load.wait_answers(8)
+    deadline = time.monotonic() + 10
+    while second.served() == before:  # the load reaches the model server about to die
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed_at = time.monotonic()
+    second.stop(signal.SIGKILL)  # one down: the other one answers every request, those in flight included
+    load.wait_answers(len(load.answers) + 12)
+    answers = load.stop()
+    assert load.in_flight_at(killed_at) >= 2, "the kill did not happen under load"
+    assert sum(sent > killed_at for sent, *_ in answers) >= 8
+    assert all(err_no == 0 for _, _, err_no, _ in answers), [a for a in answers if a[2] != 0][:3]
+    assert f"model server {second.endpoint} unreachable" in pipeline.log
 
     port = first.ports["brpc"]
+    load = Load(pipeline, image)
+    load.wait_answers(4)
     first.stop(signal.SIGKILL)  # both down: clear errors; the endpoints are named in the log, not to the caller
-    for i in range(3):
-        answer = predict(pipeline, [image], logid=300 + i)
-        assert answer.err_no == 10000, answer
-        assert "no model server available" in answer.err_msg and f"Log_id: {300 + i}" in answer.err_msg
-        assert str(first.ports["brpc"]) not in answer.err_msg and str(second.ports["brpc"]) not in answer.err_msg
+    down_from = len(load.answers)
+    load.wait_answers(down_from + 8)
+    failed = [a for a in load.answers[down_from + 4:] if a[2] != 0]
+    assert failed, "no request failed with both model servers down"
+    for _, _, err_no, err_msg in failed:
+        assert err_no == 10000 and "no model server available" in err_msg and "Log_id: " in err_msg, err_msg
+        assert str(first.ports["brpc"]) not in err_msg and str(second.ports["brpc"]) not in err_msg
     assert f"{first.endpoint}: " in pipeline.log and f"{second.endpoint}: " in pipeline.log
 
-    restarted = start_model_server(tiny_model_dir, brpc_port=port)
+    restarted = start_model_server(tiny_model_dir, brpc_port=port)  # the load goes on meanwhile
     split["models"][0] = restarted
     assert restarted.ports["brpc"] == port
-    deadline = time.monotonic() + 15
-    while (answer := predict(pipeline, [image], logid=400)).err_no != 0:  # within the 1 s back-off
-        assert time.monotonic() < deadline, answer.err_msg
-        time.sleep(0.2)
+    back_at = time.monotonic()
+    deadline = back_at + 15
+    while not any(sent > back_at + 1.5 for sent, *_ in load.answers):  # past the 1 s back-off
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    load.wait_answers(len(load.answers) + 8)
+    answers = load.stop()
     assert pipeline.proc.poll() is None  # the same pipeline process throughout
-    for i in range(3):
-        assert predict(pipeline, [image], logid=500 + i).err_no == 0
+    late = [a for a in answers if a[0] > back_at + 1.5]
+    assert len(late) >= 8 and all(err_no == 0 for _, _, err_no, _ in late), late[:3]
     assert restarted.stop() == 0 and "stopped" in restarted.log  # SIGTERM: graceful, exit 0

@@ -592,6 +592,45 @@ def test_onednn_op_lists_refused_where_they_do_nothing(tmp_path: Path) -> None:
                                  tmp_path))
 
 
+def test_paddle_switches_from_config_reach_paddle(tiny_model_dir: Path, cpus) -> None:
+    """local_service_conf's Paddle Inference switches, from config.yml to Paddle: use_mkldnn, ir_optim and
+    mkldnn_cache_capacity show in the real paddle.inference.Config's summary (a capacity of 0, the default,
+    leaves Paddle's own 10); mem_optim turns Paddle's memory optimisation on for GPU/TensorRT and is never
+    applied on CPU, whatever it says (Paddle 3.3's PIR CPU predictor fails to build with it); use_calib and
+    min_subgraph_size reach the TensorRT call (checked as the Config calls: no GPU here)."""
+    from export.model_files import config_calls, paddle_config
+    from pipeline.bundle import ModelBundle
+    from serving.server import engine_options
+
+    bundle = ModelBundle.load(tiny_model_dir)
+
+    def summary(lsc: dict[str, Any]) -> str:
+        options = engine_options(parse(with_op(lsc=lsc)))
+        return paddle_config(bundle.model_file, bundle.params_file, options).summary()
+
+    def option(text: str, name: str) -> str:
+        return re.search(rf"\| {name}\s*\| (\S+)\s*\|", text)[1]
+
+    default = summary({})
+    assert option(default, "enable_mkldnn") == "true" and option(default, "ir_optim") == "true"
+    assert option(default, "mkldnn_cache_capacity") == "10"  # Paddle's own default: 0 leaves it unset
+    assert option(summary({"use_mkldnn": False}), "enable_mkldnn") == "false"
+    assert option(summary({"ir_optim": False}), "ir_optim") == "false"
+    assert option(summary({"mkldnn_cache_capacity": 7}), "mkldnn_cache_capacity") == "7"
+
+    def gpu_calls(**lsc: Any) -> dict[str, tuple]:
+        return dict(config_calls(engine_options(parse(with_op(lsc={"devices": "0", **lsc})))))
+
+    for mem_optim in (True, False):
+        assert option(summary({"mem_optim": mem_optim}), "memory_optim") == "false"
+        for device_type in (1, 2):
+            calls = gpu_calls(device_type=device_type, mem_optim=mem_optim)
+            assert ("enable_memory_optim" in calls) == mem_optim, (device_type, calls)
+    for use_calib, min_subgraph_size in ((True, 7), (False, 3)):
+        trt = gpu_calls(device_type=2, precision="int8", use_calib=use_calib, min_subgraph_size=min_subgraph_size)
+        assert trt["enable_tensorrt_engine"][2] == min_subgraph_size and trt["enable_tensorrt_engine"][5] == use_calib
+
+
 def test_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, PADDLECLAS_YML.read_text())
     config = load_config(path, {"rpc_port": 0, "http_port": 0, "brpc_port": 0,
