@@ -135,7 +135,7 @@ def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path) -> Bu
         shutil.copyfile(opts.label_file, server_dir / label_name)
     onnx_name = ""
     if opts.onnx:
-        onnx_name = _export_onnx(model_file, params_file, server_dir)
+        onnx_name = _export_onnx(model_file, params_file, server_dir, spec.crop_size)
     meta = BundleMeta(arch=opts.arch, resize_short=spec.resize_short, crop_size=spec.crop_size,
                       class_num=fetches[0].shape[-1], softmax=opts.softmax, label_file=label_name,
                       onnx_file=onnx_name, source=source)
@@ -250,11 +250,14 @@ def _io_specs(model_file: Path, params_file: Path, spec: ArchSpec,
     return [feed], [fetch]
 
 
-def _export_onnx(model_file: Path, params_file: Path, server_dir: Path) -> str:
-    """Convert with paddle2onnx in a child process: its converter aborts the process on unsupported ops."""
+def _export_onnx(model_file: Path, params_file: Path, server_dir: Path, size: int) -> str:
+    """Convert with paddle2onnx in a child process (its converter aborts the process on unsupported ops),
+    then make reshape targets computed from the runtime shape constant (`export.onnx_shapes`)."""
     import importlib.util
     import subprocess
     import sys
+
+    from export.onnx_shapes import fold_file
 
     if importlib.util.find_spec("paddle2onnx") is None:
         raise ExportError("--onnx needs the optional extra: pip install 'resnest-serving[onnx]'")
@@ -266,4 +269,5 @@ def _export_onnx(model_file: Path, params_file: Path, server_dir: Path) -> str:
     if proc.returncode != 0 or not (server_dir / name).is_file():
         errors = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "ERROR" in line]
         raise ExportError(f"paddle2onnx failed (exit {proc.returncode}): {' | '.join(errors[:3]) or proc.stderr[-500:]}")
+    fold_file(server_dir / name, size, size)
     return name
