@@ -222,8 +222,33 @@ def _save_inference_model(model, spec: ArchSpec, softmax: bool, server_dir: Path
     return find_model_files(server_dir)
 
 
+def _check_model_file(model_file: Path) -> None:
+    """Refuse a model file Paddle cannot parse before Paddle loads it: a damaged .pdmodel crashes the whole
+    process (SIGSEGV) instead of raising."""
+    import json
+
+    what = f"{model_file} is not a Paddle inference model"
+    if model_file.suffix == ".json":
+        try:
+            json.loads(model_file.read_bytes())
+        except ValueError as exc:
+            raise ExportError(f"{what} (not JSON: {exc})") from None
+        return
+    from google.protobuf.message import DecodeError
+    from paddle.base.proto import framework_pb2
+
+    try:
+        program = framework_pb2.ProgramDesc.FromString(model_file.read_bytes())
+    except DecodeError as exc:
+        raise ExportError(f"{what} ({exc}); give the .pdmodel + .pdiparams of PaddleClas's *_infer.tar") from None
+    ops = {op.type for block in program.blocks for op in block.ops}
+    if not {"feed", "fetch"} <= ops:
+        raise ExportError(f"{what} (no feed/fetch ops: damaged, or not saved for inference)")
+
+
 def _copy_inference_model(src: Path, server_dir: Path) -> tuple[Path, Path]:
     model_file, params_file = find_model_files(src)
+    _check_model_file(model_file)
     for path in (model_file, params_file):
         shutil.copyfile(path, server_dir / path.name)
     return server_dir / model_file.name, server_dir / params_file.name
