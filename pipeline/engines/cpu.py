@@ -4,6 +4,9 @@ Reduced precision is only worth serving where the CPU has the instructions for i
 OpenVINO emulate it slowly or refuse at compile time. `ONEDNN_MAX_CPU_ISA` caps the instruction sets that
 oneDNN (inside Paddle Inference and OpenVINO's CPU plugin) may use, so a cap below the needed level counts
 as "not available" too.
+
+Every capability check in the project reads `cpu_flags()`; for tests only, `RESNEST_CPU_FLAGS` overrides it
+(see there), so the refusals can be tested on any CPU.
 """
 
 from __future__ import annotations
