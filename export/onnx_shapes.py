@@ -63,11 +63,10 @@ def fold_reshape_targets(model, height: int, width: int) -> int:
             needed.update(node.input)
     del graph.node[:]
     graph.node.extend(reversed(kept))
-    used = needed
-    initializers = [i for i in graph.initializer if i.name in used]
+    initializers = [i for i in graph.initializer if i.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
-    del graph.value_info[:]  # shapes are inferred again by the quantizer's pre-processing
+    del graph.value_info[:]  # Paddle2ONNX's were wrong; ONNX Runtime (and the quantizer) infer them again
     return len(constants)
 
 
