@@ -42,6 +42,8 @@ def add_parser(subparsers) -> None:
                    help="images to check bf16/int8 against fp32 on (repeatable; default: the calibration "
                         "images); top-1 agreement and max |Δprob| go into resnest_meta.json")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--debug", action="store_true",
+                   help="on failure, show the traceback (default: one line naming the cause, exit status 2)")
     p.set_defaults(func=run)
 
 
@@ -56,7 +58,26 @@ def read_images(folder: Path) -> dict[str, bytes]:
     return files
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type (unless a ValueError, our "bad input" errors, whose text says it
+    all) and the first non-empty line of its text (Paddle's errors go on for pages)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return first if isinstance(exc, ValueError) else f"{type(exc).__name__}: {first or 'no message'}"
+
+
 def run(args: argparse.Namespace) -> int:
+    """Export; any failure is one error line and exit status 2 (the traceback too with --debug)."""
+    try:
+        return _run(args)
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            log.exception("export failed")
+        else:
+            log.error("export failed: %s (--debug shows the traceback)", one_line(exc))
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from export.exporter import ExportOptions, export
 
     result = export(ExportOptions(

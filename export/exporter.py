@@ -135,7 +135,7 @@ def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path) -> Bu
         shutil.copyfile(opts.label_file, server_dir / label_name)
     onnx_name = ""
     if opts.onnx:
-        onnx_name = _export_onnx(model_file, params_file, server_dir)
+        onnx_name = _export_onnx(model_file, params_file, server_dir, spec.crop_size)
     meta = BundleMeta(arch=opts.arch, resize_short=spec.resize_short, crop_size=spec.crop_size,
                       class_num=fetches[0].shape[-1], softmax=opts.softmax, label_file=label_name,
                       onnx_file=onnx_name, source=source)
@@ -222,8 +222,33 @@ def _save_inference_model(model, spec: ArchSpec, softmax: bool, server_dir: Path
     return find_model_files(server_dir)
 
 
+def _check_model_file(model_file: Path) -> None:
+    """Refuse a model file Paddle cannot parse before Paddle loads it: a damaged .pdmodel crashes the whole
+    process (SIGSEGV) instead of raising."""
+    import json
+
+    what = f"{model_file} is not a Paddle inference model"
+    if model_file.suffix == ".json":
+        try:
+            json.loads(model_file.read_bytes())
+        except ValueError as exc:
+            raise ExportError(f"{what} (not JSON: {exc})") from None
+        return
+    from google.protobuf.message import DecodeError
+    from paddle.base.proto import framework_pb2
+
+    try:
+        program = framework_pb2.ProgramDesc.FromString(model_file.read_bytes())
+    except DecodeError as exc:
+        raise ExportError(f"{what} ({exc}); give the .pdmodel + .pdiparams of PaddleClas's *_infer.tar") from None
+    ops = {op.type for block in program.blocks for op in block.ops}
+    if not {"feed", "fetch"} <= ops:
+        raise ExportError(f"{what} (no feed/fetch ops: damaged, or not saved for inference)")
+
+
 def _copy_inference_model(src: Path, server_dir: Path) -> tuple[Path, Path]:
     model_file, params_file = find_model_files(src)
+    _check_model_file(model_file)
     for path in (model_file, params_file):
         shutil.copyfile(path, server_dir / path.name)
     return server_dir / model_file.name, server_dir / params_file.name
@@ -250,11 +275,14 @@ def _io_specs(model_file: Path, params_file: Path, spec: ArchSpec,
     return [feed], [fetch]
 
 
-def _export_onnx(model_file: Path, params_file: Path, server_dir: Path) -> str:
-    """Convert with paddle2onnx in a child process: its converter aborts the process on unsupported ops."""
+def _export_onnx(model_file: Path, params_file: Path, server_dir: Path, size: int) -> str:
+    """Convert with paddle2onnx in a child process (its converter aborts the process on unsupported ops),
+    then make reshape targets computed from the runtime shape constant (`export.onnx_shapes`)."""
     import importlib.util
     import subprocess
     import sys
+
+    from export.onnx_shapes import fold_file
 
     if importlib.util.find_spec("paddle2onnx") is None:
         raise ExportError("--onnx needs the optional extra: pip install 'resnest-serving[onnx]'")
@@ -266,4 +294,5 @@ def _export_onnx(model_file: Path, params_file: Path, server_dir: Path) -> str:
     if proc.returncode != 0 or not (server_dir / name).is_file():
         errors = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "ERROR" in line]
         raise ExportError(f"paddle2onnx failed (exit {proc.returncode}): {' | '.join(errors[:3]) or proc.stderr[-500:]}")
+    fold_file(server_dir / name, size, size)
     return name

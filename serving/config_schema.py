@@ -156,8 +156,10 @@ class LocalServiceConf:
     precision: str = setting(
         "fp32", "Case-insensitive; stored lowercase. CPU: `bf16` on OpenVINO or Paddle Inference (needs a CPU with "
         "avx512_bf16 or AMX, and for Paddle `use_mkldnn`); `int8` on OpenVINO or ONNX Runtime with a model exported "
-        "with `--int8` (needs VNNI). A CPU without the instructions is refused at start-up rather than emulated. "
-        "GPU: fp16, and int8 with TensorRT.", choices=PRECISIONS, normalize=str.lower)
+        "with `--int8` (needs VNNI; a PaddleClas legacy inference model works too). A CPU without the instructions, "
+        "or an `ONEDNN_MAX_CPU_ISA` cap below them (for OpenVINO and Paddle), is refused at start-up rather than "
+        "emulated: one error line with each engine's reason, exit status 2. With bf16/int8 the start-up log "
+        "shows the accuracy check recorded at export. GPU: fp16, and int8 with TensorRT.", choices=PRECISIONS, normalize=str.lower)
     use_calib: bool = setting(False, "TensorRT int8 calibration mode.")
     use_mkldnn: bool = setting(
         True, "Paddle Inference only: use oneDNN kernels on CPU. Deliberately on by default: 3.7–4.6× faster "

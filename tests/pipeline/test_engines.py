@@ -2,7 +2,12 @@
 also under ONEDNN_MAX_CPU_ISA=AVX2 and AVX512_CORE; `auto` picks the first engine that works and falls
 back past broken ones; a start-up failure names the engine, the batch size and the failing oneDNN
 primitive; the worker process survives being killed; reduced precision is refused where the CPU (or the
-ISA cap) lacks the instructions."""
+ISA cap) lacks the instructions.
+
+No test here depends on which instructions this CPU has: a test of bf16 or int8 runs it where the CPU (as
+`pipeline.engines.cpu.cpu_flags` sees it) has the instructions and checks the refusal where it does not,
+with the text `precision_unsupported` gives; RESNEST_CPU_FLAGS takes flags away to test the refusals on
+any CPU (tests only)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,10 +29,32 @@ from support import REPO_ROOT
 from export.model_files import EngineOptions
 from pipeline.accuracy import preprocess_images
 from pipeline.bundle import ModelBundle
-from pipeline.engines import AUTO_ORDER, EngineError, EngineUnavailable, open_runtime, start_engines
-from pipeline.engines.cpu import cpu_flags, precision_unsupported
+from pipeline.engines import AUTO_ORDER, RUNTIMES, EngineError, EngineUnavailable, open_runtime, start_engines
+from pipeline.engines.cpu import (
+    BF16_FLAGS,
+    FLAGS_OVERRIDE,
+    INT8_FLAGS,
+    cpu_flags,
+    describe,
+    precision_unsupported,
+)
 
 ISA_CAPS = ("", "AVX2", "AVX512_CORE")  # "" = everything this CPU has
+NO_BF16_NO_VNNI = ",".join(f"-{flag}" for flag in (*BF16_FLAGS, *INT8_FLAGS))
+
+
+def expected_why(bundle: ModelBundle, engine: str, precision: str, isa: str) -> str | None:
+    """What `unavailable` says for this engine and precision under the ISA cap `isa` ("" = none), computed
+    here with the cap set as the matrix process has it."""
+    saved = os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+    try:
+        if isa:
+            os.environ["ONEDNN_MAX_CPU_ISA"] = isa
+        return RUNTIMES[engine].unavailable(bundle, EngineOptions(thread_num=1, precision=precision))
+    finally:
+        os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+        if saved is not None:
+            os.environ["ONEDNN_MAX_CPU_ISA"] = saved
 
 
 def start_matrix(models, isa: str, max_batch: int = 8) -> subprocess.Popen:
@@ -54,13 +82,16 @@ def test_every_engine_runs_every_variant_at_batch_1_to_8(variant_dirs, demo_expo
         for arch in ("ResNeSt_tiny", *variant_dirs):
             for engine in AUTO_ORDER:
                 assert status[(arch, engine, "fp32")]["status"] == "ok", (isa, arch, engine)
-        for engine in ("openvino", "onnxruntime"):  # the demo bundle carries an int8 model
-            row = status[("ResNeSt_tiny", engine, "int8")]
-            assert row["status"] == "ok" or precision_unsupported("int8", engine != "onnxruntime") or (
-                isa and f"ONEDNN_MAX_CPU_ISA={isa} rules out" in row["why"]), row
-        if not isa and not precision_unsupported("bf16"):
-            assert status[("ResNeSt50", "openvino", "bf16")]["status"] == "ok"
-            assert status[("ResNeSt50", "paddle", "bf16")]["status"] == "ok"
+        # Every reduced-precision row: run ("ok") exactly where the CPU and the cap allow it, else refused
+        # with the reason the engine gives for this CPU under this cap (the demo bundle carries int8).
+        for model in models:
+            bundle = ModelBundle.load(model)
+            for engine in AUTO_ORDER:
+                for precision in ("bf16", "int8"):
+                    row = status[(bundle.meta.arch, engine, precision)]
+                    why = expected_why(bundle, engine, precision, isa)
+                    want = ("ok", None) if why is None else ("unavailable", why)
+                    assert (row["status"], row.get("why")) == want, (isa, row)
 
 
 def test_engines_agree_in_process(tiny_model_dir):
@@ -180,15 +211,66 @@ def test_closed_engine_leaves_no_process_or_shared_memory(tiny_model_dir):
 
 
 def test_bf16_and_int8_are_refused_under_an_isa_cap(demo_export, monkeypatch):
+    """The cap is named on every CPU (after the CPU's own lack, where it has that too)."""
     bundle = ModelBundle.load(demo_export.server_dir)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     with pytest.raises(EngineError, match="no engine can run this model at bf16: openvino: .*ONEDNN_MAX_CPU_ISA=AVX2 "
                                           "rules out the bf16 instructions"):
         start(bundle, "auto", "bf16")
-    with pytest.raises(EngineUnavailable, match="engine openvino cannot run int8 here: ONEDNN_MAX_CPU_ISA=AVX2"):
+    with pytest.raises(EngineUnavailable, match="engine openvino cannot run int8 here: .*ONEDNN_MAX_CPU_ISA=AVX2 "
+                                                "rules out the VNNI instructions int8 needs"):
         start(bundle, "openvino", "int8")
-    if precision_unsupported("int8", onednn=False) is None:  # ONNX Runtime does not run on oneDNN
+    why = precision_unsupported("int8", onednn=False)  # ONNX Runtime does not run on oneDNN: the cap spares it
+    if why is None:
         assert start(bundle, "auto", "int8")[0].kind == "onnxruntime"
+    else:
+        assert "has no int8 dot-product instructions" in why
+        with pytest.raises(EngineError, match="no engine can run this model at int8") as err:
+            start(bundle, "auto", "int8")
+        assert f"onnxruntime: {why}" in str(err.value)
+
+
+def test_the_flags_override_takes_flags_away_adds_and_replaces(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # the suite may run under a cap or the override
+    monkeypatch.delenv(FLAGS_OVERRIDE, raising=False)
+    real = cpu_flags()
+    monkeypatch.setenv(FLAGS_OVERRIDE, NO_BF16_NO_VNNI)
+    assert cpu_flags() == real - {*BF16_FLAGS, *INT8_FLAGS}
+    assert f"{FLAGS_OVERRIDE}='{NO_BF16_NO_VNNI}' (tests only)" in describe()
+    monkeypatch.setenv(FLAGS_OVERRIDE, "-AVX512_BF16 +amx_int8")
+    assert cpu_flags() == (real - {"avx512_bf16"}) | {"amx_int8"}
+    monkeypatch.setenv(FLAGS_OVERRIDE, "avx2, avx512f +avx512_vnni")
+    assert cpu_flags() == {"avx2", "avx512f", "avx512_vnni"}
+    assert precision_unsupported("int8") is None and "has no bf16 instructions" in precision_unsupported("bf16")
+    monkeypatch.setenv(FLAGS_OVERRIDE, "none")
+    assert cpu_flags() == frozenset()
+    monkeypatch.setenv(FLAGS_OVERRIDE, "  ")
+    assert cpu_flags() == real and FLAGS_OVERRIDE not in describe()
+
+
+def test_no_bf16_no_vnni_override_refuses_in_the_worker_process(demo_export, monkeypatch, caplog):
+    """Claiming a CPU without bf16 and VNNI refuses both precisions on every engine, with the same text on
+    every machine; the refusal is decided inside the worker process, so the override reaches it."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(FLAGS_OVERRIDE, NO_BF16_NO_VNNI)
+    bundle = ModelBundle.load(demo_export.server_dir)
+    note = f"flags as {FLAGS_OVERRIDE}='{NO_BF16_NO_VNNI}' says) "
+    with pytest.raises(EngineError, match="no engine can run this model at bf16") as err:
+        start(bundle, "auto", "bf16")
+    text = str(err.value)
+    for engine in ("openvino", "paddle"):
+        assert re.search(f"{engine}: this CPU \\(.*{re.escape(note)}has no bf16 instructions \\(avx512_bf16 or "
+                         "amx_bf16\\); bf16 would be emulated, slower than fp32", text), text
+    with pytest.raises(EngineError, match="no engine can run this model at int8") as err:
+        start(bundle, "auto", "int8")
+    for engine in ("openvino", "onnxruntime"):
+        assert re.search(f"{engine}: this CPU \\(.*{re.escape(note)}has no int8 dot-product instructions "
+                         "\\(avx512_vnni or avx_vnni or amx_int8\\); int8 would be no faster than fp32", str(err.value))
+    with pytest.raises(EngineUnavailable, match=f"engine onnxruntime cannot run int8 here: this CPU .*{re.escape(note)}"):
+        start(bundle, "onnxruntime", "int8")
+    assert any(f"{FLAGS_OVERRIDE}='{NO_BF16_NO_VNNI}' (tests only)" in r.getMessage() for r in caplog.records)
+    assert start(bundle, "auto")[0].precision == "fp32"  # fp32 needs none of them
 
 
 def test_engines_refuse_precisions_they_do_not_have(demo_export, tiny_model_dir):
@@ -201,40 +283,63 @@ def test_engines_refuse_precisions_they_do_not_have(demo_export, tiny_model_dir)
         start(ModelBundle.load(tiny_model_dir), "openvino", "int8")
 
 
-@pytest.mark.skipif(not any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16")), reason="CPU without bf16")
 def test_bf16_serves_the_digits_like_fp32(demo_export, heldout_digits):
+    """Where the CPU has bf16 (and no cap or override rules it out): served on OpenVINO with the digits' answers
+    of fp32. Elsewhere: refused at start-up by every engine that could run it, with the reason."""
     bundle = ModelBundle.load(demo_export.server_dir)
     x = preprocess_images(bundle, heldout_digits[0])
+    why = precision_unsupported("bf16")
 
     async def main():
         (fp32,) = await start_engines(bundle, "auto", EngineOptions(), 1, 8)
-        (bf16,) = await start_engines(bundle, "auto", EngineOptions(precision="bf16"), 1, 8)
+        try:
+            (bf16,) = await start_engines(bundle, "auto", EngineOptions(precision="bf16"), 1, 8)
+        except BaseException:
+            await fp32.close()
+            raise
         try:
             return fp32.report, bf16.report, await fp32.infer(x), await bf16.infer(x)
         finally:
             await fp32.close()
             await bf16.close()
 
+    if why is not None:
+        with pytest.raises(EngineError, match="no engine can run this model at bf16") as err:
+            asyncio.run(main())
+        assert f"openvino: {why}" in str(err.value) and f"paddle: {why}" in str(err.value)
+        return
     fp32_report, bf16_report, a, b = asyncio.run(main())
-    assert (fp32_report.kind, bf16_report.precision) == ("openvino", "bf16")
+    assert (fp32_report.kind, bf16_report.kind, bf16_report.precision) == ("openvino", "openvino", "bf16")
     assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99
 
 
 def test_int8_export_records_its_accuracy_check(demo_export):
+    """Each engine's check is recorded exactly where it can run that precision here, and skipped with its
+    reason elsewhere: on a CPU with VNNI at least ONNX Runtime's int8, on one without it, the refusal."""
     meta = demo_export.meta
+    bundle = ModelBundle.load(demo_export.server_dir)
     assert meta.int8_onnx_file == "inference.int8.onnx" and (demo_export.server_dir / meta.int8_onnx_file).is_file()
-    checked = 0
+    assert meta.precision_checks["int8"]["cpu"] == describe()
+    checked = set()
     for precision in ("bf16", "int8"):
-        for kind, check in meta.precision_checks[precision]["engines"].items():
-            if "skipped" in check:
+        engines = meta.precision_checks[precision]["engines"]
+        assert sorted(engines) == sorted(AUTO_ORDER)
+        for kind, check in engines.items():
+            why = RUNTIMES[kind].unavailable(bundle, EngineOptions(thread_num=1, precision=precision))
+            if why is not None:
+                assert check == {"skipped": why}, (precision, kind)
                 continue
-            assert "error" not in check, (precision, kind, check)
+            assert "error" not in check and "skipped" not in check, (precision, kind, check)
             digits = check["digits-heldout"]
             assert digits["images"] == 296 and digits["top1_agreement"] >= 0.99, (precision, kind, digits)
             assert check["shared-images"]["images"] == 5
-            checked += 1
-    if precision_unsupported("int8", onednn=False) is None:
-        assert checked >= 1  # ONNX Runtime int8 at least
+            checked.add((precision, kind))
+    why = precision_unsupported("int8", onednn=False)
+    if why is None:
+        assert ("int8", "onnxruntime") in checked
+    else:
+        assert meta.precision_checks["int8"]["engines"]["onnxruntime"] == {"skipped": why}
+        assert "has no int8 dot-product instructions" in why
 
 
 def test_a_cancelled_call_does_not_leak_into_the_next(tiny_model_dir):
