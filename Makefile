@@ -40,7 +40,7 @@ lint: venv-test
 
 test: venv-test
 	$(VENV)/bin/ruff check .
-	RESNEST_SHARED=$(SHARED) RESNEST_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m pytest -q
+	RESNEST_SHARED=$(SHARED) RESNEST_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python $(PY) -m pytest -q
 
 # Regenerate the committed protobuf/gRPC stubs in protocol/ (a test fails when they are stale).
 proto: venv-test

@@ -214,9 +214,12 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         with safe_open(str(path), framework="numpy") as f:
             for key in f.keys():
                 try:
-                    out[key] = f.get_tensor(key)
+                    tensor = f.get_tensor(key)
                 except TypeError:  # numpy has no bfloat16
                     bf16.append(key)
+                    continue
+                # with ml_dtypes imported (onnx does), numpy has bfloat16: widen it as the by-hand path does
+                out[key] = tensor.astype(np.float32) if tensor.dtype.name == "bfloat16" else tensor
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
     if bf16:

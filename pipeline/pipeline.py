@@ -232,6 +232,8 @@ class Pipeline:
         error is raised without its traceback, so no decoded pixels outlive it."""
         jobs = [self._pool.submit(self._prepare, k, v) for k, v in images]
         waiting = [asyncio.wrap_future(job) for job in jobs]
+        for future in waiting:  # an image failing after the answer is decided must not log "never retrieved"
+            future.add_done_callback(_retrieve_exception)
         try:
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
@@ -250,3 +252,8 @@ class Pipeline:
         failed = sum(1 for job in jobs if job.done() and not job.cancelled() and job.exception() is not None)
         more = f" (and {failed - 1} more bad images)" if failed > 1 else ""
         raise PipelineError(first.code, first.message + more) from None
+
+
+def _retrieve_exception(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -64,7 +64,7 @@ def test_sweep_plot_starts_at_zero_and_names_protocol_and_endpoint(tmp_path, mon
 
     config = {"protocol": "brpc", "endpoint": "127.0.0.1:9994", "service_name": "imagenet"}
     levels = [(c, SimpleNamespace(images_per_s=v, config=config,
-                                  summary=lambda: {"latency_ms": {"p50": 10.0, "p99": 20.0}}))
+                                  figures=lambda: {"p50_ms": 10.0, "p99_ms": 20.0}))
               for c, v in ((1, 150.0), (2, 160.0), (4, 161.0))]
     saved = {}
 

@@ -160,6 +160,7 @@ class Session:
         if re.search(r"^\s*(import|from) tritonclient", code, re.M):
             python = os.environ.get("RESNEST_TRITON_PYTHON") or pytest.fail(
                 "set RESNEST_TRITON_PYTHON to the tritonclient environment (make venv-test builds .venv-triton)")
+            python = str(REPO_ROOT / python)  # relative to the checkout (as `make test` gives it); absolute stays
         return self.run([python, str(path)])
 
     def stop_servers(self) -> list[str]:
