@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.bench import BenchConfig, run_bench
+from client.bench import BenchAborted, BenchConfig, run_bench
 from client.bench_cli import default_images_dir
 from client.fingerprint import machine_fingerprint
 from client.images import list_images
@@ -187,6 +187,9 @@ class Tuner:
                 if not levels and (more := self.next_level(cand)) and self.elapsed() + self.level_s < self.budget_s:
                     levels.append(more)
             cand.status = "measured"
+        except BenchAborted as exc:  # the server answered none of the warm-up requests
+            cand.status, cand.why = "failed", str(exc)[:300]
+            log.warning("tune: %s failed under load: %s", cand.name, cand.why)
         finally:
             server.stop()
         return cand
