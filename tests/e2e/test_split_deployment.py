@@ -163,7 +163,8 @@ def test_secured_split_deployment_tls_and_token(tmp_path, tiny_model_dir, image_
         assert answer.err_no == 10000, answer
         assert "model server failed" in answer.err_msg and "ERPCAUTH" in answer.err_msg
         assert "Log_id: 12" in answer.err_msg and str(model.ports["brpc"]) not in answer.err_msg
-        assert f"model server {model.endpoint} failed" in pipeline.log  # the address is in the log
+        logged = until(lambda: pipeline.log, lambda text: f"model server {model.endpoint} failed" in text, 10.0)
+        assert f"model server {model.endpoint} failed" in logged  # the address is in the log (written a moment later)
 
         pipeline_token.write_text(f"{TOKEN}\n")
         answer = until(lambda: predict(pipeline, [image], logid=13), lambda a: a.err_no == 0)
