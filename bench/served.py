@@ -80,7 +80,8 @@ def health_during_big_request(server, images: list[bytes]) -> dict:
             "max_ms": max(latencies), "count": len(latencies)}
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
@@ -89,14 +90,14 @@ def process_tree_cpu(pid: int) -> dict[str, float]:
     """CPU seconds used so far by the server process ("front door") and by its children ("engine workers")."""
     out = {"front door": 0.0, "engine workers": 0.0}
     try:
-        out["front door"] = _cpu_seconds(pid)
+        out["front door"] = cpu_seconds(pid)
     except OSError:
         return out
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
             if int(text.rpartition(")")[2].split()[1]) == pid:
-                out["engine workers"] += _cpu_seconds(int(stat.parent.name))
+                out["engine workers"] += cpu_seconds(int(stat.parent.name))
         except (OSError, ValueError):
             continue
     return out

@@ -89,3 +89,15 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
         paths[label] = folder / f"{label}.pem"
         paths[label].write_bytes(data)
     return paths
+
+
+def run_predictor(model_dir: Path, x):
+    """The exported model in `model_dir` run once on `x` by Paddle Inference (the exporter tests' reference)."""
+    from export.model_files import find_model_files, open_predictor
+
+    predictor = open_predictor(*find_model_files(model_dir))
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(list(x.shape))
+    handle.copy_from_cpu(x)
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()

@@ -10,21 +10,12 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from support import run_predictor
 
 from export.exporter import ExportError, ExportOptions, export
-from export.model_files import find_model_files, open_predictor
 from export.resnest import build_model
 from export.serving_config import read_config
 from serving.cli import main as resnest_main
-
-
-def run_predictor(model_dir: Path, x: np.ndarray) -> np.ndarray:
-    predictor = open_predictor(*find_model_files(model_dir))
-    handle = predictor.get_input_handle(predictor.get_input_names()[0])
-    handle.reshape(list(x.shape))
-    handle.copy_from_cpu(x)
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
 
 def assert_close(got: np.ndarray, want: np.ndarray) -> None:

@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from support import REPO_ROOT
+from support import REPO_ROOT, run_predictor
 
 from export.exporter import ExportOptions, export
-from export.model_files import EngineOptions, find_model_files, open_predictor
+from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
 from pipeline.engines import AUTO_ORDER, RUNTIMES
 
@@ -48,15 +48,6 @@ model.eval()
 paddle.jit.save(model, out + "/inference",
                 input_spec=[paddle.static.InputSpec([None, 3, size, size], "float32", name="x")])
 """
-
-
-def run_predictor(model_dir: Path, x: np.ndarray) -> np.ndarray:
-    predictor = open_predictor(*find_model_files(model_dir))
-    handle = predictor.get_input_handle(predictor.get_input_names()[0])
-    handle.reshape(list(x.shape))
-    handle.copy_from_cpu(x)
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
 
 def save_legacy(folder: Path, arch: str = "ResNeSt_tiny", size: int = 64) -> Path:

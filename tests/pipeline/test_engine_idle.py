@@ -5,21 +5,15 @@ machine with few cores takes CPU from the front doors)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.served import cpu_seconds
 from export.model_files import EngineOptions
 from pipeline.bundle import ModelBundle
 from pipeline.engines import start_engines
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("kind", ["paddle", "onnxruntime", "openvino"])
