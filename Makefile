@@ -33,7 +33,7 @@ venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test $(TRITON_VENV)/.installed
 
 demo: venv
-	$(PY) -m serving.cli demo --shared $(SHARED) $(DEMO_ARGS)
+	$(PY) -m resnest_serving.cli demo --shared $(SHARED) $(DEMO_ARGS)
 
 lint: venv-test
 	$(VENV)/bin/ruff check .
@@ -44,7 +44,7 @@ test: venv-test
 
 # Regenerate the committed protobuf/gRPC stubs in protocol/ (a test fails when they are stale).
 proto: venv-test
-	$(PY) -m protocol.generate
+	$(PY) -m resnest_serving.protocol.generate
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -23,9 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import simplejpeg
-
-from client.images import shrink_image
-from pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.client.images import shrink_image
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 
 PHOTO_SIZE = (4032, 3024)
 
@@ -77,8 +76,8 @@ def photo_rows(shared: Path, repeats: int) -> dict:
 def digit_rows(model_dir: Path) -> dict:
     """The three paths through the trained demo model (`model_dir`: its export) on the held-out digits
     enlarged 8x to JPEGs: top-1 agreement with the full decode, |Δprob| of its top-1 class, accuracy."""
-    from demo.digits import digit_to_bgr, load_heldout_arrays
-    from pipeline.local import LocalClassifier
+    from resnest_serving.demo.digits import digit_to_bgr, load_heldout_arrays
+    from resnest_serving.pipeline.local import LocalClassifier
 
     model = LocalClassifier(model_dir, engine="paddle")
     meta = model.bundle.meta
@@ -102,8 +101,8 @@ def digit_rows(model_dir: Path) -> dict:
 
 def demo_export(out: Path) -> Path:
     """The trained demo model exported (fp32 only) to `out`, once."""
-    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
-    from export.exporter import ExportOptions, export
+    from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
+    from resnest_serving.export.exporter import ExportOptions, export
 
     if not (out / "serving_server").is_dir():
         export(ExportOptions(arch=ARCH, out=out, checkpoint=CHECKPOINT_PATH, label_file=LABELS_PATH, onnx=False))

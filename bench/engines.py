@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from client.fingerprint import machine_fingerprint
+from resnest_serving.client.fingerprint import machine_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ BASE = ("paddle", "fp32")
 
 def ensure_export(arch: str, out_dir: Path, calibration: dict[str, bytes], checks: dict[str, dict[str, bytes]]) -> Path:
     """A random-init export with ONNX, int8 and accuracy checks, made once and reused on later runs."""
-    from export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions, export
 
     target = out_dir / arch
     if not (target / "serving_server" / "inference.int8.onnx").is_file():
@@ -48,8 +47,8 @@ def ensure_export(arch: str, out_dir: Path, calibration: dict[str, bytes], check
 
 def ensure_demo_export(out_dir: Path, shared_images: dict[str, bytes]) -> Path:
     """The trained demo model with int8 calibrated on 64 held-out digits, checked on the other 296."""
-    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
-    from export.exporter import ExportOptions, export
+    from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
+    from resnest_serving.export.exporter import ExportOptions, export
 
     target = out_dir / "demo"
     if not (target / "serving_server" / "inference.int8.onnx").is_file():
@@ -68,9 +67,9 @@ def ensure_demo_export(out_dir: Path, shared_images: dict[str, bytes]) -> Path:
 
 def measure(job: dict) -> dict:
     """In the child: load one engine, warm it up, time each batch size for `seconds`; ms per batch (median)."""
-    from export.model_files import EngineOptions
-    from pipeline.bundle import ModelBundle
-    from pipeline.engines import EngineError, open_runtime
+    from resnest_serving.export.model_files import EngineOptions
+    from resnest_serving.pipeline.bundle import ModelBundle
+    from resnest_serving.pipeline.engines import EngineError, open_runtime
 
     bundle = ModelBundle.load(job["model"])
     options = EngineOptions(thread_num=job["threads"], precision=job["precision"])
@@ -166,16 +165,16 @@ def in_child(job: dict) -> dict:
 
 
 def macs_per_image(arch: str, size: int) -> int:
-    from export.flops import count_macs
-    from export.resnest import build_model
+    from resnest_serving.export.flops import count_macs
+    from resnest_serving.export.resnest import build_model
 
     return count_macs(build_model(arch), size)
 
 
 def run(args: argparse.Namespace) -> tuple[str, dict]:
-    from pipeline.accuracy import describe_check
-    from pipeline.bundle import ModelBundle
-    from pipeline.engines.cpu import describe as describe_cpu
+    from resnest_serving.pipeline.accuracy import describe_check
+    from resnest_serving.pipeline.bundle import ModelBundle
+    from resnest_serving.pipeline.engines.cpu import describe as describe_cpu
 
     shared_images = {p.name: p.read_bytes() for p in sorted((args.shared / "data" / "images").iterdir())}
     out_lines = []

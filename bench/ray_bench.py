@@ -24,10 +24,9 @@ import tempfile
 from pathlib import Path
 
 import requests
-
-from client.bench import BenchConfig, run_bench
-from client.images import list_images
-from serving.launcher import ServerProcess, write_config
+from resnest_serving.client.bench import BenchConfig, run_bench
+from resnest_serving.client.images import list_images
+from resnest_serving.serving.launcher import ServerProcess, write_config
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ray-bench-") as tmp:
         model_dir = args.model_dir
         if model_dir is None:
-            from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
-            from export.exporter import ExportOptions, export
+            from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
+            from resnest_serving.export.exporter import ExportOptions, export
 
             model_dir = export(ExportOptions(arch=ARCH, out=Path(tmp) / "bundle", checkpoint=CHECKPOINT_PATH,
                                              label_file=LABELS_PATH)).server_dir

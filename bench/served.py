@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from resnest_serving.client.fingerprint import machine_fingerprint
+from resnest_serving.client.images import list_images
+from resnest_serving.client.report import strict_json
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 
 from bench.engines import ensure_export, in_child
-from client.fingerprint import machine_fingerprint
-from client.images import list_images
-from client.report import strict_json
-from pipeline.bundle import ModelBundle
-from pipeline.preprocess import Preprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ def flame_graph(pid: int, folder: Path, name: str, seconds: float) -> subprocess
 
 def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, images: list[bytes],
                image_dir: Path, workdir: Path) -> dict:
-    from client.bench import BenchConfig, run_repeats
-    from serving.launcher import ServerProcess, write_config
+    from resnest_serving.client.bench import BenchConfig, run_repeats
+    from resnest_serving.serving.launcher import ServerProcess, write_config
 
     workdir.mkdir(parents=True, exist_ok=True)
     op = {"batch_size": args.batch_size, "auto_batching_timeout": args.batch_timeout_ms, "engine": engine}

@@ -169,8 +169,7 @@ class Worker:
     def __init__(self, target: Target, images: list[bytes], seed: int):
         import grpc
         import requests
-
-        from protocol.brpc_client import SyncBrpcClient
+        from resnest_serving.protocol.brpc_client import SyncBrpcClient
 
         self.target = target
         self.images = images
@@ -189,9 +188,9 @@ class Worker:
 
     def paddle(self, protocol: str, values: list[str]):
         """One Paddle Serving request over `protocol`; the pb.Response (REST: rebuilt from its JSON)."""
-        from protocol import pipeline_service_pb2 as pb
-        from protocol import pipeline_service_pb2_grpc as pb_grpc
-        from protocol.wire import PIPELINE_SERVICE
+        from resnest_serving.protocol import pipeline_service_pb2 as pb
+        from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
+        from resnest_serving.protocol.wire import PIPELINE_SERVICE
 
         keys = [f"image{i}" for i in range(len(values))]
         request = pb.Request(key=keys, value=values)
@@ -230,11 +229,10 @@ class Worker:
 
     def oversized(self, protocol: str) -> str:
         import grpc
-
-        from protocol import baidu_std as bs
-        from protocol import pipeline_service_pb2 as pb
-        from protocol.brpc_client import SyncBrpcClient
-        from protocol.wire import PIPELINE_SERVICE
+        from resnest_serving.protocol import baidu_std as bs
+        from resnest_serving.protocol import pipeline_service_pb2 as pb
+        from resnest_serving.protocol.brpc_client import SyncBrpcClient
+        from resnest_serving.protocol.wire import PIPELINE_SERVICE
 
         filler = "A" * (self.target.max_request_bytes + 1024)
         if protocol == "http":
@@ -265,9 +263,9 @@ class Worker:
 
     def gzip_bomb(self, protocol: str) -> str:
         """64 MiB of zeros as ~64 KB of gzip (REST; bRPC's compress_type path)."""
-        from protocol import baidu_std as bs
-        from protocol import pipeline_service_pb2 as pb
-        from protocol.wire import PIPELINE_SERVICE
+        from resnest_serving.protocol import baidu_std as bs
+        from resnest_serving.protocol import pipeline_service_pb2 as pb
+        from resnest_serving.protocol.wire import PIPELINE_SERVICE
 
         if protocol == "http":
             reply = self.session.post(self.url("/imagenet/prediction"), data=GZIP_BOMB, timeout=ANSWER_S,
@@ -304,7 +302,7 @@ class Worker:
 def raw_exchange(host: str, port: int, data: bytes, half_close: bool, within: float = ANSWER_S) -> bytes:
     """Send `data`, read until the server closes (or, for bRPC, one whole frame came); TimeoutError after
     `within` seconds."""
-    from protocol import baidu_std as bs
+    from resnest_serving.protocol import baidu_std as bs
 
     deadline = time.monotonic() + within
     received = b""
@@ -367,8 +365,7 @@ def run_soak(target: Target, images: list[bytes], duration_s: float, warmup_s: f
     """Drive `target` for `duration_s` with `concurrency` client threads; sample RSS of target.pid every
     `sample_interval_s`."""
     import grpc
-
-    from protocol.baidu_std import BrpcError, Errno
+    from resnest_serving.protocol.baidu_std import BrpcError, Errno
 
     warmup = duration_s / 4 if warmup_s is None else warmup_s
     report = SoakReport(duration_s=duration_s, warmup_s=warmup)
@@ -442,7 +439,7 @@ def run_soak(target: Target, images: list[bytes], duration_s: float, warmup_s: f
 
 def tiny_model(out: Path, label_file: Path | None) -> Path:
     """ResNeSt_tiny with random weights, exported once into `out`."""
-    from export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions, export
 
     target = out / "ResNeSt_tiny"
     if not (target / "serving_server" / "serving_server_conf.prototxt").is_file():
@@ -473,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from client.images import list_images
+    from resnest_serving.client.images import list_images
 
     images = [p.read_bytes() for p in list_images(args.shared / "data" / "images")]
     server = None
@@ -485,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         target = Target(args.endpoint, {"grpc": args.grpc_port, "http": args.http_port, "brpc": args.brpc_port},
                         args.max_request_bytes or 64 * MIB, args.read_timeout or 30.0, args.pid)
     else:
-        from serving.launcher import ServerProcess, write_config
+        from resnest_serving.serving.launcher import ServerProcess, write_config
 
         label_file = args.shared / "data" / "imagenet1k_label_list.txt"
         model_dir = args.model_dir or tiny_model(args.out, label_file if label_file.is_file() else None)

@@ -8,12 +8,12 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
-from client.codec import DEFAULT_METHOD, Classification, build_request, parse_classifications
-from client.credentials import Credentials
-from client.errors import CONNECTION_CODES, TransportError, speaks_tls
-from client.images import encode_image, named_images
-from protocol.endpoints import is_loopback, split_host_port  # noqa: F401  (is_loopback re-exported)
-from protocol.pipeline_service_pb2 import Request, Response
+from resnest_serving.client.codec import DEFAULT_METHOD, Classification, build_request, parse_classifications
+from resnest_serving.client.credentials import Credentials
+from resnest_serving.client.errors import CONNECTION_CODES, TransportError, speaks_tls
+from resnest_serving.client.images import encode_image, named_images
+from resnest_serving.protocol.endpoints import is_loopback, split_host_port  # noqa: F401  (is_loopback re-exported)
+from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClassifier", "Classifier", "is_loopback", "parse_endpoint"]
 

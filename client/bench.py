@@ -24,8 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from client.base import AsyncClassifier
-from client.bench_results import (
+from resnest_serving.client.base import AsyncClassifier
+from resnest_serving.client.bench_results import (
     DEFAULT_DURATION,
     AnswerChecker,
     BenchAborted,
@@ -35,13 +35,13 @@ from client.bench_results import (
     Sample,
     SweepReport,
 )
-from client.codec import build_request
-from client.credentials import Credentials
-from client.errors import BadResponseError, ClientError
-from client.factory import connect_async
-from client.fingerprint import machine_fingerprint
-from client.images import shrink_image
-from client.stats import find_knee, histogram_totals, stage_means
+from resnest_serving.client.codec import build_request
+from resnest_serving.client.credentials import Credentials
+from resnest_serving.client.errors import BadResponseError, ClientError
+from resnest_serving.client.factory import connect_async
+from resnest_serving.client.fingerprint import machine_fingerprint
+from resnest_serving.client.images import shrink_image
+from resnest_serving.client.stats import find_knee, histogram_totals, stage_means
 
 __all__ = [
     "DEFAULT_DURATION",

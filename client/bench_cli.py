@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from client.bench import (
+from resnest_serving.client.bench import (
     DEFAULT_DURATION,
     BenchAborted,
     BenchConfig,
@@ -17,13 +17,13 @@ from client.bench import (
     run_repeats,
     run_sweep,
 )
-from client.bench_results import ARRIVALS
-from client.compare import compare_reports, format_spread
-from client.credentials import add_credential_arguments, credentials_from_arguments
-from client.factory import PROTOCOLS
-from client.images import list_images
-from client.predict_cli import default_endpoint
-from client.report import format_report, format_sweep, plot_report, plot_sweep, write_json
+from resnest_serving.client.bench_results import ARRIVALS
+from resnest_serving.client.compare import compare_reports, format_spread
+from resnest_serving.client.credentials import add_credential_arguments, credentials_from_arguments
+from resnest_serving.client.factory import PROTOCOLS
+from resnest_serving.client.images import list_images
+from resnest_serving.client.predict_cli import default_endpoint
+from resnest_serving.client.report import format_report, format_sweep, plot_report, plot_sweep, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def bench_images(folder: Path) -> list[Path]:
 def sibling_metrics_url(protocol: str, endpoint: str, scheme: str) -> str | None:
     """For gRPC/bRPC on configs/config.yml's default port (9993, 9994) on loopback: the /metrics of that
     config's REST port (18080) on the same host, where our server serves it. None otherwise."""
-    from protocol.endpoints import is_loopback
+    from resnest_serving.protocol.endpoints import is_loopback
 
     host, _, port = endpoint.rpartition(":")
     if protocol in ("http", "v2-http") or not is_loopback(host) or endpoint != default_endpoint(protocol):

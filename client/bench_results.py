@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from client.base import DEFAULT_TIMEOUT, is_loopback, parse_endpoint
-from client.codec import Classification
-from client.credentials import Credentials
-from client.factory import PROTOCOLS
-from client.stats import find_knee, latency_summary
+from resnest_serving.client.base import DEFAULT_TIMEOUT, is_loopback, parse_endpoint
+from resnest_serving.client.codec import Classification
+from resnest_serving.client.credentials import Credentials
+from resnest_serving.client.factory import PROTOCOLS
+from resnest_serving.client.stats import find_knee, latency_summary
 
 __all__ = ["ARRIVALS", "DEFAULT_DURATION", "AnswerChecker", "BenchAborted", "BenchConfig", "BenchReport",
            "RepeatedRun", "Sample", "SweepReport", "figures_from_summary"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.base import AsyncClassifier, Classifier
-from client.errors import TransportError
-from protocol.baidu_std import BrpcError, Errno
-from protocol.brpc_client import BrpcClient, SyncBrpcClient
-from protocol.pipeline_service_pb2 import Request, Response
-from protocol.wire import PIPELINE_SERVICE
+from resnest_serving.client.base import AsyncClassifier, Classifier
+from resnest_serving.client.errors import TransportError
+from resnest_serving.protocol.baidu_std import BrpcError, Errno
+from resnest_serving.protocol.brpc_client import BrpcClient, SyncBrpcClient
+from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
+from resnest_serving.protocol.wire import PIPELINE_SERVICE
 
 __all__ = ["PIPELINE_SERVICE", "AsyncBrpcClassifier", "BrpcClassifier"]
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from client.errors import BadResponseError, ServingError
-from protocol.pipeline_service_pb2 import Request, Response
+from resnest_serving.client.errors import BadResponseError, ServingError
+from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
 
 __all__ = [
     "DEFAULT_METHOD",

@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from client.bench_results import RepeatedRun, figures_from_summary
-from client.text_table import text_table
+from resnest_serving.client.bench_results import RepeatedRun, figures_from_summary
+from resnest_serving.client.text_table import text_table
 
 __all__ = ["FIGURE_NAMES", "compare_reports", "format_spread", "load_levels"]
 

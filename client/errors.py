@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from protocol.wire import ErrorCode
+from resnest_serving.protocol.wire import ErrorCode
 
 __all__ = ["TLS_HINT", "BadResponseError", "ClientError", "ServingError", "TransportError", "speaks_tls"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from client.base import DEFAULT_TIMEOUT, AsyncClassifier, Classifier
-from client.codec import DEFAULT_METHOD
-from client.credentials import Credentials
+from resnest_serving.client.base import DEFAULT_TIMEOUT, AsyncClassifier, Classifier
+from resnest_serving.client.codec import DEFAULT_METHOD
+from resnest_serving.client.credentials import Credentials
 
 __all__ = ["PROTOCOLS", "connect", "connect_async"]
 
@@ -35,19 +35,19 @@ def connect_async(protocol: str, endpoint: str, *, service_name: str = "imagenet
 def _classes(protocol: str) -> tuple[type[Classifier], type[AsyncClassifier]]:
     name = protocol.lower()
     if name == "grpc":
-        from client.grpc_client import AsyncGrpcClassifier, GrpcClassifier
+        from resnest_serving.client.grpc_client import AsyncGrpcClassifier, GrpcClassifier
 
         return GrpcClassifier, AsyncGrpcClassifier
     if name in ("http", "rest"):
-        from client.http_client import AsyncHttpClassifier, HttpClassifier
+        from resnest_serving.client.http_client import AsyncHttpClassifier, HttpClassifier
 
         return HttpClassifier, AsyncHttpClassifier
     if name in ("v2-http", "v2-grpc"):
-        from client import v2_client
+        from resnest_serving.client import v2_client
 
         return v2_client.CLASSES[name]
     if name == "brpc":
-        from client.brpc_client import AsyncBrpcClassifier, BrpcClassifier
+        from resnest_serving.client.brpc_client import AsyncBrpcClassifier, BrpcClassifier
 
         return BrpcClassifier, AsyncBrpcClassifier
     raise ValueError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")

@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-
-from client.base import AsyncClassifier, Classifier
-from client.errors import TransportError
-from protocol.endpoints import join_host_port
-from protocol.pipeline_service_pb2 import Request, Response
-from protocol.pipeline_service_pb2_grpc import PipelineServiceStub
+from resnest_serving.client.base import AsyncClassifier, Classifier
+from resnest_serving.client.errors import TransportError
+from resnest_serving.protocol.endpoints import join_host_port
+from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
+from resnest_serving.protocol.pipeline_service_pb2_grpc import PipelineServiceStub
 
 __all__ = ["CHANNEL_OPTIONS", "AsyncGrpcClassifier", "GrpcClassifier", "grpc_target"]
 

@@ -10,11 +10,10 @@ from typing import Any
 from urllib.parse import quote
 
 from google.protobuf import json_format
-
-from client.base import AsyncClassifier, Classifier
-from client.errors import BadResponseError, TransportError
-from protocol.endpoints import join_host_port
-from protocol.pipeline_service_pb2 import Request, Response
+from resnest_serving.client.base import AsyncClassifier, Classifier
+from resnest_serving.client.errors import BadResponseError, TransportError
+from resnest_serving.protocol.endpoints import join_host_port
+from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
 
 __all__ = ["AsyncHttpClassifier", "HttpClassifier", "decode_http_response", "encode_http_request"]
 

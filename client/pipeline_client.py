@@ -19,13 +19,12 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
-
-from client.base import parse_endpoint
-from client.grpc_client import CHANNEL_OPTIONS
-from protocol.endpoints import join_host_port
-from protocol.pipeline_service_pb2 import Request, Response, Tensor
-from protocol.pipeline_service_pb2_grpc import PipelineServiceStub
-from protocol.wire import PROFILE_KEY, ElemType
+from resnest_serving.client.base import parse_endpoint
+from resnest_serving.client.grpc_client import CHANNEL_OPTIONS
+from resnest_serving.protocol.endpoints import join_host_port
+from resnest_serving.protocol.pipeline_service_pb2 import Request, Response, Tensor
+from resnest_serving.protocol.pipeline_service_pb2_grpc import PipelineServiceStub
+from resnest_serving.protocol.wire import PROFILE_KEY, ElemType
 
 __all__ = ["PipelineClient", "PipelinePredictFuture", "pack_request"]
 

@@ -8,11 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from client.credentials import add_credential_arguments, credentials_from_arguments
-from client.errors import ClientError
-from client.factory import PROTOCOLS, connect
-from client.images import list_images, shrink_image
-from client.text_table import text_table
+from resnest_serving.client.credentials import add_credential_arguments, credentials_from_arguments
+from resnest_serving.client.errors import ClientError
+from resnest_serving.client.factory import PROTOCOLS, connect
+from resnest_serving.client.images import list_images, shrink_image
+from resnest_serving.client.text_table import text_table
 
 DEFAULT_PORTS = {"grpc": 9993, "http": 18080, "brpc": 9994, "v2-http": 18080, "v2-grpc": 9993}
 """The ports of configs/config.yml (PaddleClas's rpc_port and http_port, and our brpc_port; the Open
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _in_process(model_dir: Path, images: list[Path], k: int) -> list[dict]:
     """Rows shaped like the clients' Classification.to_dict(), computed with the pipeline's own code."""
-    from pipeline.local import LocalClassifier
+    from resnest_serving.pipeline.local import LocalClassifier
 
     classifier = LocalClassifier(model_dir)
     return [{"image": str(path), "label": p.labels[0].replace(",", ""), "prob": p.scores[0],

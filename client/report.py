@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from client.bench import BenchReport, RepeatedRun, SweepReport
-from client.stats import PERCENTILES
-from client.text_table import text_table
+from resnest_serving.client.bench import BenchReport, RepeatedRun, SweepReport
+from resnest_serving.client.stats import PERCENTILES
+from resnest_serving.client.text_table import text_table
 
 __all__ = ["format_report", "format_sweep", "plot_report", "plot_sweep", "strict_json", "write_json"]
 

@@ -18,17 +18,16 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-
-from client.base import AsyncClassifier, Classifier
-from client.codec import Classification
-from client.errors import BadResponseError, TransportError
-from client.grpc_client import AsyncGrpcClassifier, GrpcClassifier, _transport_error
-from client.http_client import AsyncHttpClassifier, HttpClassifier
-from client.images import image_bytes, named_images
-from protocol import grpc_predict_v2_pb2 as pb
-from protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from protocol.endpoints import join_host_port
-from protocol.pipeline_service_pb2 import Request, Response
+from resnest_serving.client.base import AsyncClassifier, Classifier
+from resnest_serving.client.codec import Classification
+from resnest_serving.client.errors import BadResponseError, TransportError
+from resnest_serving.client.grpc_client import AsyncGrpcClassifier, GrpcClassifier, _transport_error
+from resnest_serving.client.http_client import AsyncHttpClassifier, HttpClassifier
+from resnest_serving.client.images import image_bytes, named_images
+from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
+from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from resnest_serving.protocol.endpoints import join_host_port
+from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
 
 __all__ = ["CLASSES", "DEFAULT_TOPK", "AsyncV2GrpcClassifier", "AsyncV2HttpClassifier", "V2GrpcClassifier",
            "V2HttpClassifier", "parse_classification"]
@@ -257,8 +256,7 @@ class AsyncV2GrpcClassifier(_V2Grpc, AsyncGrpcClassifier):
 
     async def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
         import grpc
-
-        from client.grpc_client import _CLASSIFIER_OPTIONS
+        from resnest_serving.client.grpc_client import _CLASSIFIER_OPTIONS
 
         if self._channel is None:
             self._channel = self.credentials.grpc_channel(self.target, _CLASSIFIER_OPTIONS, aio=True)

@@ -46,8 +46,8 @@ def say(text: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.local import LocalClassifier
-    from serving.launcher import ServerProcess, write_config
+    from resnest_serving.pipeline.local import LocalClassifier
+    from resnest_serving.serving.launcher import ServerProcess, write_config
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,15 +94,15 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
     """The model to serve and the images to send (with their true classes when known)."""
     if args.model_dir is not None:
         folder = args.images or args.shared / "data" / "images"
-        from client.images import list_images
+        from resnest_serving.client.images import list_images
 
         paths = list_images(folder)
         if not paths:
             raise ValueError(f"no images in {folder}")
         return args.model_dir, [p.read_bytes() for p in paths], None
-    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
-    from export.exporter import ExportOptions, export
-    from pipeline.accuracy import describe_check
+    from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
+    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.pipeline.accuracy import describe_check
 
     say(f"== exporting the demo checkpoint {CHECKPOINT_PATH.name} ({ARCH}) with resnest export, plus an int8 "
         f"model calibrated on {CALIBRATION_DIGITS} held-out digits")
@@ -127,7 +127,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
 
 def classify_over(protocol: str, port: int, images: list[bytes]) -> tuple[list[int], list[str], float]:
     """Top-1 class ids and labels of every image, BATCH images per request."""
-    from client import connect
+    from resnest_serving.client import connect
 
     preds, labels = [], []
     started = time.perf_counter()
@@ -170,8 +170,8 @@ def write_bench_images(folder: Path, images: list[bytes]) -> Path:
 
 
 def run_load_test(server, images: Path, seconds: float) -> None:
-    from client.bench import BenchConfig, run_bench
-    from client.report import format_report
+    from resnest_serving.client.bench import BenchConfig, run_bench
+    from resnest_serving.client.report import format_report
 
     say(f"== load test: resnest bench --protocol grpc --concurrency 4 --duration {seconds:g}")
     config = BenchConfig(protocol="grpc", endpoint=f"127.0.0.1:{server.ports['grpc']}",

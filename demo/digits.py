@@ -19,8 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 
 __all__ = [
     "ARCH",

@@ -1,6 +1,6 @@
 """Train the demo model: ResNeSt_tiny on scikit-learn's 8x8 handwritten digits (1797 images, 10 classes).
 
-    python -m demo.train            # writes demo/resnest_digits.pdparams, heldout_digits.npz, demo_model.json
+    python -m resnest_serving.demo.train            # writes demo/resnest_digits.pdparams, heldout_digits.npz, demo_model.json
 
 Every image goes through the serving path: `digits.digit_to_png` → `cv2.imdecode` → `Preprocessor.from_bgr`
 (resize short 72, crop 64), so the held-out accuracy measured here is what the server gives on the same PNGs.
@@ -28,8 +28,7 @@ import cv2
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-
-from demo.digits import (
+from resnest_serving.demo.digits import (
     ARCH,
     CHECKPOINT_PATH,
     HELDOUT_PATH,
@@ -41,8 +40,8 @@ from demo.digits import (
     load_heldout,
     preprocess_pngs,
 )
-from export.resnest import ResNeSt, build_model
-from pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.export.resnest import ResNeSt, build_model
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 
 log = logging.getLogger("demo.train")
 
@@ -81,7 +80,7 @@ def _sha256(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m demo.train", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m resnest_serving.demo.train", description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, cosine decay)")
@@ -188,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint_sha256": _sha256(ckpt),
         "heldout_file": held_path.name,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "-m", "demo.train", *sys.argv[1:]]) if argv is None
-        else " ".join(["python", "-m", "demo.train", *argv]),
+        "command": " ".join(["python", "-m", "resnest_serving.demo.train", *sys.argv[1:]]) if argv is None
+        else " ".join(["python", "-m", "resnest_serving.demo.train", *argv]),
         "versions": {"python": platform.python_version(), "paddlepaddle": paddle.__version__,
                      "numpy": np.__version__, "opencv": cv2.__version__, "scikit-learn": sklearn.__version__},
         "host": f"{platform.machine()} CPU, {paddle.get_device()}",

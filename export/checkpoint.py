@@ -36,8 +36,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
-
-from export.checkpoint_files import (
+from resnest_serving.export.checkpoint_files import (
     SHOW,
     SUPPORTED_SUFFIXES,
     CheckpointError,
@@ -47,7 +46,7 @@ from export.checkpoint_files import (
     read_checkpoint,
     read_state_dict,
 )
-from export.resnest import ARCHS, ArchSpec, ResNeSt, arch_spec, build_model
+from resnest_serving.export.resnest import ARCHS, ArchSpec, ResNeSt, arch_spec, build_model
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("export.checkpoint")
+log = logging.getLogger("resnest_serving.export.checkpoint")
 SHOW = 5  # how many keys of each kind a message lists
 
 __all__ = ["SUPPORTED_SUFFIXES", "CheckpointError", "RawCheckpoint", "SourceFormat", "detect_format",

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from export.specs import ARCHS
+from resnest_serving.export.specs import ARCHS
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions, export
 
     result = export(ExportOptions(
         arch=args.arch, out=args.out, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed,

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-
-from export.bundle_meta import BundleMeta, resize_short_for_crop
-from export.checkpoint import SUPPORTED_SUFFIXES
-from export.model_files import find_model_files, open_predictor
-from export.resnest import ArchSpec, arch_spec, build_model
-from export.serving_config import VarSpec, build_config, write_config_files
-from protocol.wire import NUMPY_ELEM_TYPES, ElemType
+from resnest_serving.export.bundle_meta import BundleMeta, resize_short_for_crop
+from resnest_serving.export.checkpoint import SUPPORTED_SUFFIXES
+from resnest_serving.export.model_files import find_model_files, open_predictor
+from resnest_serving.export.resnest import ArchSpec, arch_spec, build_model
+from resnest_serving.export.serving_config import VarSpec, build_config, write_config_files
+from resnest_serving.protocol.wire import NUMPY_ELEM_TYPES, ElemType
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +149,9 @@ def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path) -> Bu
 
 
 def _quantize(opts: ExportOptions, server_dir: Path, meta: BundleMeta) -> BundleMeta:
-    from export.quantize import INT8_ONNX, quantize_int8
-    from pipeline.accuracy import preprocess_images
-    from pipeline.bundle import ModelBundle
+    from resnest_serving.export.quantize import INT8_ONNX, quantize_int8
+    from resnest_serving.pipeline.accuracy import preprocess_images
+    from resnest_serving.pipeline.bundle import ModelBundle
 
     calibration = preprocess_images(ModelBundle.load(server_dir), opts.calibration_images)
     quantize_int8(server_dir / meta.onnx_file, server_dir / INT8_ONNX, calibration)
@@ -163,8 +162,8 @@ def _quantize(opts: ExportOptions, server_dir: Path, meta: BundleMeta) -> Bundle
 
 def _check_precisions(opts: ExportOptions, server_dir: Path, meta: BundleMeta) -> BundleMeta:
     """bf16 and int8 against fp32 on every engine that runs them here, recorded in the meta file."""
-    from pipeline.accuracy import check_precisions
-    from pipeline.bundle import ModelBundle
+    from resnest_serving.pipeline.accuracy import check_precisions
+    from resnest_serving.pipeline.bundle import ModelBundle
 
     sets = dict(opts.check_images) or {"calibration": opts.calibration_images}
     precisions = ("bf16", "int8") if meta.int8_onnx_file else ("bf16",)
@@ -190,7 +189,7 @@ def _load_dygraph(opts: ExportOptions):
         paddle.seed(opts.seed)
         overrides = {"class_num": opts.class_num} if opts.class_num else {}
         return build_model(opts.arch, **overrides), {"random_init": True, "seed": opts.seed}
-    from export.checkpoint import load_checkpoint_model
+    from resnest_serving.export.checkpoint import load_checkpoint_model
 
     model, info = load_checkpoint_model(opts.arch, opts.checkpoint, class_num=opts.class_num)
     return model, {"checkpoint": str(opts.checkpoint.resolve()), **info.to_dict()}
@@ -282,7 +281,7 @@ def _export_onnx(model_file: Path, params_file: Path, server_dir: Path, size: in
     import subprocess
     import sys
 
-    from export.onnx_shapes import fold_file
+    from resnest_serving.export.onnx_shapes import fold_file
 
     if importlib.util.find_spec("paddle2onnx") is None:
         raise ExportError("--onnx needs the optional extra: pip install 'resnest-serving[onnx]'")

@@ -19,8 +19,7 @@ from dataclasses import replace
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
-
-from export.specs import ARCHS, ArchSpec, arch_spec  # noqa: F401  (re-exported)
+from resnest_serving.export.specs import ARCHS, ArchSpec, arch_spec  # noqa: F401  (re-exported)
 
 
 class ConvBNLayer(nn.Layer):

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
-
-from protocol.general_model_config_pb2 import GeneralModelConfig
+from resnest_serving.protocol.general_model_config_pb2 import GeneralModelConfig
 
 SERVER_CONF = "serving_server_conf.prototxt"
 SERVER_STREAM = "serving_server_conf.stream.prototxt"

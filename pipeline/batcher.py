@@ -26,8 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from pipeline.engines.base import Engine
+from resnest_serving.pipeline.engines.base import Engine
 
 log = logging.getLogger(__name__)
 

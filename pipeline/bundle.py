@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.bundle_meta import BundleMeta, resize_short_for_crop
-from export.model_files import find_model_files
-from export.serving_config import read_config
-from pipeline.labels import load_labels
+from resnest_serving.export.bundle_meta import BundleMeta, resize_short_for_crop
+from resnest_serving.export.model_files import find_model_files
+from resnest_serving.export.serving_config import read_config
+from resnest_serving.pipeline.labels import load_labels
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol.wire import ErrorCode
+from resnest_serving.protocol.wire import ErrorCode
 
 __all__ = ["ErrorCode", "PipelineError"]
 

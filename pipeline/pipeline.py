@@ -10,15 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-
-from pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
-from pipeline.bundle import ModelBundle
-from pipeline.engines.base import Engine, EngineError
-from pipeline.errors import ErrorCode, PipelineError
-from pipeline.postprocess import Postprocessor
-from pipeline.preprocess import Preprocessor, PreprocessSpec
-from pipeline.types import Request, Response
-from protocol.wire import PROFILE_KEY
+from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.base import Engine, EngineError
+from resnest_serving.pipeline.errors import ErrorCode, PipelineError
+from resnest_serving.pipeline.postprocess import Postprocessor
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.pipeline.types import Request, Response
+from resnest_serving.protocol.wire import PROFILE_KEY
 
 log = logging.getLogger(__name__)
 

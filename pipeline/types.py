@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from pipeline.errors import PipelineError
+from resnest_serving.pipeline.errors import PipelineError
 
 
 @dataclass

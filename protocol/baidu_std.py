@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from google.protobuf.message import DecodeError
-
-from protocol.brpc_meta_pb2 import RpcMeta
-from protocol.inflate import InflateError, inflate
+from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
+from resnest_serving.protocol.inflate import InflateError, inflate
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",

@@ -4,9 +4,8 @@ sends, and the tensor decoder both sides use."""
 from __future__ import annotations
 
 import numpy as np
-
-from protocol import general_model_service_pb2 as gm
-from protocol.wire import ElemType, elem_name
+from resnest_serving.protocol import general_model_service_pb2 as gm
+from resnest_serving.protocol.wire import ElemType, elem_name
 
 # Raw dtypes of tensor_content per elem_type (C++ Serving reads tensor_content for these).
 CONTENT_DTYPES = {ElemType.FP32: np.dtype("<f4"), ElemType.FP16: np.dtype("<f2"), ElemType.UINT8: np.dtype("u1")}

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protocol import general_model_service_pb2 as protocol_dot_general__model__service__pb2
+from resnest_serving.protocol import general_model_service_pb2 as resnest__serving_dot_protocol_dot_general__model__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protocol/general_model_service_pb2_grpc.py depends on'
+        + ' but the generated code in resnest_serving/protocol/general_model_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class GeneralModelServiceStub:
         """
         self.inference = channel.unary_unary(
                 '/baidu.paddle_serving.predictor.general_model.GeneralModelService/inference',
-                request_serializer=protocol_dot_general__model__service__pb2.Request.SerializeToString,
-                response_deserializer=protocol_dot_general__model__service__pb2.Response.FromString,
+                request_serializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Request.SerializeToString,
+                response_deserializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Response.FromString,
                 _registered_method=True)
         self.debug = channel.unary_unary(
                 '/baidu.paddle_serving.predictor.general_model.GeneralModelService/debug',
-                request_serializer=protocol_dot_general__model__service__pb2.Request.SerializeToString,
-                response_deserializer=protocol_dot_general__model__service__pb2.Response.FromString,
+                request_serializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Request.SerializeToString,
+                response_deserializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Response.FromString,
                 _registered_method=True)
 
 
@@ -66,13 +66,13 @@ def add_GeneralModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'inference': grpc.unary_unary_rpc_method_handler(
                     servicer.inference,
-                    request_deserializer=protocol_dot_general__model__service__pb2.Request.FromString,
-                    response_serializer=protocol_dot_general__model__service__pb2.Response.SerializeToString,
+                    request_deserializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Request.FromString,
+                    response_serializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Response.SerializeToString,
             ),
             'debug': grpc.unary_unary_rpc_method_handler(
                     servicer.debug,
-                    request_deserializer=protocol_dot_general__model__service__pb2.Request.FromString,
-                    response_serializer=protocol_dot_general__model__service__pb2.Response.SerializeToString,
+                    request_deserializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Request.FromString,
+                    response_serializer=resnest__serving_dot_protocol_dot_general__model__service__pb2.Response.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -100,8 +100,8 @@ class GeneralModelService:
             request,
             target,
             '/baidu.paddle_serving.predictor.general_model.GeneralModelService/inference',
-            protocol_dot_general__model__service__pb2.Request.SerializeToString,
-            protocol_dot_general__model__service__pb2.Response.FromString,
+            resnest__serving_dot_protocol_dot_general__model__service__pb2.Request.SerializeToString,
+            resnest__serving_dot_protocol_dot_general__model__service__pb2.Response.FromString,
             options,
             channel_credentials,
             insecure,
@@ -127,8 +127,8 @@ class GeneralModelService:
             request,
             target,
             '/baidu.paddle_serving.predictor.general_model.GeneralModelService/debug',
-            protocol_dot_general__model__service__pb2.Request.SerializeToString,
-            protocol_dot_general__model__service__pb2.Response.FromString,
+            resnest__serving_dot_protocol_dot_general__model__service__pb2.Request.SerializeToString,
+            resnest__serving_dot_protocol_dot_general__model__service__pb2.Response.FromString,
             options,
             channel_credentials,
             insecure,

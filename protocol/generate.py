@@ -1,35 +1,44 @@
 """Regenerate the committed protobuf/gRPC stubs from the .proto files in this folder.
 
-Run `make proto` (or `python -m protocol.generate`). tests/protocol/test_stubs.py fails when the
+Run `make proto` (or `python -m resnest_serving.protocol.generate`). tests/protocol/test_stubs.py fails when the
 committed stubs differ from what this produces, so a .proto edit cannot land without its stubs.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 PROTOCOL_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTOCOL_DIR.parent
+PACKAGE_PATH = Path("resnest_serving") / "protocol"  # where the stubs live once installed
 PROTOS = ["pipeline_service.proto", "general_model_config.proto", "general_model_service.proto", "brpc_meta.proto",
           "grpc_predict_v2.proto"]
 WITH_GRPC = {"pipeline_service.proto", "general_model_service.proto", "grpc_predict_v2.proto"}
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Run protoc for every .proto into out_root/protocol/ and return the files written."""
+    """Run protoc for every .proto into out_root/resnest_serving/protocol/ and return the files written.
+
+    The .proto files are copied under `resnest_serving/protocol/` first, so that the generated gRPC stubs
+    import `resnest_serving.protocol.*_pb2` (the installed name), not a top-level `protocol`."""
     from grpc_tools import protoc  # test/dev extra only
 
-    out_dir = out_root / "protocol"
+    out_dir = out_root / PACKAGE_PATH
     out_dir.mkdir(parents=True, exist_ok=True)
+    source_root = out_root / "proto_src"
+    (source_root / PACKAGE_PATH).mkdir(parents=True)
     written: list[Path] = []
     include = str(Path(protoc.__file__).parent / "_proto")
     for name in PROTOS:
-        args = ["protoc", f"-I{REPO_ROOT}", f"-I{include}", f"--python_out={out_root}"]
+        shutil.copyfile(PROTOCOL_DIR / name, source_root / PACKAGE_PATH / name)
+    for name in PROTOS:
+        args = ["protoc", f"-I{source_root}", f"-I{include}", f"--python_out={out_root}"]
         if name in WITH_GRPC:
             args.append(f"--grpc_python_out={out_root}")
-        args.append(str(REPO_ROOT / "protocol" / name))
+        args.append(str(source_root / PACKAGE_PATH / name))
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {name}")
         stem = name.removesuffix(".proto")

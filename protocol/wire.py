@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from protocol import general_model_service_pb2, pipeline_service_pb2
+from resnest_serving.protocol import general_model_service_pb2, pipeline_service_pb2
 
 
 class ErrorCode(IntEnum):

@@ -3,11 +3,11 @@ answering exactly as the gRPC front door does (same protobuf messages)."""
 
 from __future__ import annotations
 
-from protocol import pipeline_service_pb2 as pb
-from protocol.baidu_std import parse_message
-from protocol.wire import PIPELINE_SERVICE
-from serving.brpc_server import BrpcServer, RequestContext
-from serving.core import ServingCore
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol.baidu_std import parse_message
+from resnest_serving.protocol.wire import PIPELINE_SERVICE
+from resnest_serving.serving.brpc_server import BrpcServer, RequestContext
+from resnest_serving.serving.core import ServingCore
 
 
 def register_pipeline(server: BrpcServer, core: ServingCore) -> None:

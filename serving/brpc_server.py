@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from protocol.baidu_std import (
+from resnest_serving.protocol.baidu_std import (
     DEFAULT_MAX_BODY_SIZE,
     HEADER_SIZE,
     BrpcError,
@@ -36,9 +36,14 @@ from protocol.baidu_std import (
     parse_meta,
     short_service_name,
 )
-from protocol.brpc_meta_pb2 import RpcMeta
-from serving.connections import MAX_CALLS_PER_CONNECTION, ConnectionLimits, PeerLimiter, peer_host
-from serving.security import TokenSet
+from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
+from resnest_serving.serving.connections import (
+    MAX_CALLS_PER_CONNECTION,
+    ConnectionLimits,
+    PeerLimiter,
+    peer_host,
+)
+from resnest_serving.serving.security import TokenSet
 
 __all__ = ["MAX_CALLS_PER_CONNECTION", "BrpcServer", "Handler", "RequestContext"]
 

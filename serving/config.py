@@ -17,9 +17,17 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from protocol.endpoints import split_host_port
-from serving.config_reader import Section, read_bool, read_int, read_path, read_plain, read_str, read_str_list
-from serving.config_schema import (
+from resnest_serving.protocol.endpoints import split_host_port
+from resnest_serving.serving.config_reader import (
+    Section,
+    read_bool,
+    read_int,
+    read_path,
+    read_plain,
+    read_str,
+    read_str_list,
+)
+from resnest_serving.serving.config_schema import (
     CLIENT_TYPES,
     AuthConfig,
     DagConfig,
@@ -30,7 +38,13 @@ from serving.config_schema import (
     TlsConfig,
     TracerConfig,
 )
-from serving.config_yaml import ConfigError, apply_overrides, parse_override, read_yaml, type_name
+from resnest_serving.serving.config_yaml import (
+    ConfigError,
+    apply_overrides,
+    parse_override,
+    read_yaml,
+    type_name,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -323,7 +337,7 @@ def _check_op_lists(config: ServerConfig, lsc_path: str) -> None:
     given = [name for name in ("mkldnn_op_list", "mkldnn_bf16_op_list") if getattr(lsc, name)]
     if not given or config.op.is_remote:
         return
-    from export.model_files import find_model_files
+    from resnest_serving.export.model_files import find_model_files
 
     try:
         model_file = find_model_files(lsc.model_config)[0]
@@ -376,7 +390,10 @@ def check_paths(config: ServerConfig) -> None:
                       ("tls.client_ca_file", config.tls.client_ca_file), ("auth.token_file", config.auth.token_file)):
         if path is not None and not path.is_file():
             raise ConfigError(f"[CONF] {key}: {str(path)!r} is not a file")
-    from serving.security import TokenSet, server_ssl_context  # read them now, before any model is loaded
+    from resnest_serving.serving.security import (  # read them now, before any model is loaded
+        TokenSet,
+        server_ssl_context,
+    )
 
     try:
         TokenSet.load(config.auth)

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serving.config_schema import Setting, settings_of
-from serving.config_yaml import ConfigError, type_name
+from resnest_serving.serving.config_schema import Setting, settings_of
+from resnest_serving.serving.config_yaml import ConfigError, type_name
 
-_LOGGER = logging.getLogger("serving.config")
+_LOGGER = logging.getLogger("resnest_serving.serving.config")
 MISSING = object()
 
 

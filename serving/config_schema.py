@@ -10,7 +10,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.choose import ENGINE_CHOICES
+from resnest_serving.pipeline.engines.choose import ENGINE_CHOICES
 
 MIB = 1024 * 1024
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.errors import ErrorCode, PipelineError
-from pipeline.pipeline import Pipeline
-from pipeline.types import Request, Response
-from protocol import pipeline_service_pb2 as pb
-from protocol.wire import ElemType
-from serving.metrics import Metrics
+from resnest_serving.pipeline.errors import ErrorCode, PipelineError
+from resnest_serving.pipeline.pipeline import Pipeline
+from resnest_serving.pipeline.types import Request, Response
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol.wire import ElemType
+from resnest_serving.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

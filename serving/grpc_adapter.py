@@ -6,14 +6,13 @@ import logging
 
 import grpc
 from google.protobuf.message import DecodeError
-
-from protocol import pipeline_service_pb2 as pb
-from protocol.wire import PIPELINE_SERVICE
-from serving import v2_grpc
-from serving.config_schema import TlsConfig
-from serving.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
-from serving.core import ServingCore
-from serving.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol.wire import PIPELINE_SERVICE
+from resnest_serving.serving import v2_grpc
+from resnest_serving.serving.config_schema import TlsConfig
+from resnest_serving.serving.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
+from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
 
 log = logging.getLogger(__name__)
 

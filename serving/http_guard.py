@@ -14,12 +14,11 @@ from typing import Any, TypeVar
 from aiohttp import ClientPayloadError, HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-
-from pipeline.errors import ErrorCode
-from protocol.inflate import InflateError, inflate
-from serving.connections import DoorSettings
-from serving.metrics import Metrics
-from serving.security import TokenSet, is_open_path
+from resnest_serving.pipeline.errors import ErrorCode
+from resnest_serving.protocol.inflate import InflateError, inflate
+from resnest_serving.serving.connections import DoorSettings
+from resnest_serving.serving.metrics import Metrics
+from resnest_serving.serving.security import TokenSet, is_open_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -16,12 +16,12 @@ import signal
 import time
 from pathlib import Path
 
-from protocol.baidu_std import short_service_name
-from protocol.wire import GENERAL_MODEL_SERVICE
-from serving.config import ConfigError, ServerConfig, check_paths
-from serving.model_service import register_model_service, start_model_http
-from serving.security import door_security_line, warn_if_exposed
-from serving.server import (
+from resnest_serving.protocol.baidu_std import short_service_name
+from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE
+from resnest_serving.serving.config import ConfigError, ServerConfig, check_paths
+from resnest_serving.serving.model_service import register_model_service, start_model_http
+from resnest_serving.serving.security import door_security_line, warn_if_exposed
+from resnest_serving.serving.server import (
     door_settings,
     load_bundle,
     reload_tokens_on_sighup,
@@ -48,7 +48,7 @@ def check_model_server_config(config: ServerConfig) -> None:
 
 async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> int:
     """Load the model, serve GeneralModelService until SIGTERM/SIGINT, stop gracefully; returns 0."""
-    from serving.brpc_server import BrpcServer
+    from resnest_serving.serving.brpc_server import BrpcServer
 
     check_model_server_config(config)
     op = config.op

@@ -41,17 +41,22 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-
-from pipeline.batcher import DynamicBatcher, QueueFull
-from pipeline.bundle import ModelBundle
-from pipeline.engines import Engine
-from protocol import general_model_service_pb2 as gm
-from protocol.baidu_std import BrpcError, CompressType, Errno, parse_message, short_service_name
-from protocol.general_model import tensor_values
-from protocol.wire import GENERAL_MODEL_SERVICE, ElemType
-from serving.brpc_server import BrpcServer, RequestContext
-from serving.connections import DoorSettings
-from serving.http_guard import ascii_int, request_body
+from resnest_serving.pipeline.batcher import DynamicBatcher, QueueFull
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import Engine
+from resnest_serving.protocol import general_model_service_pb2 as gm
+from resnest_serving.protocol.baidu_std import (
+    BrpcError,
+    CompressType,
+    Errno,
+    parse_message,
+    short_service_name,
+)
+from resnest_serving.protocol.general_model import tensor_values
+from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE, ElemType
+from resnest_serving.serving.brpc_server import BrpcServer, RequestContext
+from resnest_serving.serving.connections import DoorSettings
+from resnest_serving.serving.http_guard import ascii_int, request_body
 
 __all__ = [
     "ENGINE_NAME",
@@ -300,7 +305,7 @@ class _ModelHttp:
 
 
 def model_http_app(service: ModelService, door: DoorSettings) -> web.Application:
-    from serving.http_guard import http_guard
+    from resnest_serving.serving.http_guard import http_guard
 
     handler = _ModelHttp(service)
     guard = http_guard(door, takes_body=lambda method, path: method == "POST" and
@@ -314,6 +319,6 @@ async def start_model_http(service: ModelService, host: str, port: int, door: Do
                            reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start GeneralModelService over HTTP on its own port, within `door`'s limits, TLS and tokens; returns
     the runner (for cleanup) and the port."""
-    from serving.rest_adapter import serve_app
+    from resnest_serving.serving.rest_adapter import serve_app
 
     return await serve_app(model_http_app(service, door), host, port, door, name="model-http", reuse_port=reuse_port)

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.config import ServerConfig
+from resnest_serving.serving.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
-GRPC_SERVICER = "protocol.pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server"
+GRPC_SERVICER = "resnest_serving.protocol.pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server"
 DEPLOYMENT_NAME = "ResNeStPipeline"
 
 
@@ -81,13 +81,14 @@ class PipelineReplica:
     """One Ray Serve replica: a full pipeline (engines, batcher) serving the gRPC and HTTP proxies."""
 
     async def __init__(self, config: ServerConfig):
-        from serving.cli import setup_logging
-        from serving.connections import DoorSettings
-        from serving.core import ServingCore
-        from serving.metrics import Metrics
-        from serving.rest_adapter import RestAdapter
-        from serving.security import TokenSet
-        from serving.server import build_pipeline
+        from resnest_serving.serving.connections import DoorSettings
+        from resnest_serving.serving.core import ServingCore
+        from resnest_serving.serving.metrics import Metrics
+        from resnest_serving.serving.rest_adapter import RestAdapter
+        from resnest_serving.serving.security import TokenSet
+        from resnest_serving.serving.server import build_pipeline
+
+        from resnest_serving.cli import setup_logging
 
         setup_logging(config.log_level)
         started = time.perf_counter()
@@ -116,9 +117,8 @@ class PipelineReplica:
         size, limit = request.ByteSize(), self.config.max_request_bytes
         if size > limit:
             import grpc
-
-            from pipeline.errors import ErrorCode
-            from protocol import pipeline_service_pb2 as pb
+            from resnest_serving.pipeline.errors import ErrorCode
+            from resnest_serving.protocol import pipeline_service_pb2 as pb
 
             self.metrics.request_done("grpc", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
             if grpc_context is not None:
@@ -130,8 +130,7 @@ class PipelineReplica:
             metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
             if not self.tokens.accepts(metadata.get("authorization")):
                 import grpc
-
-                from protocol import pipeline_service_pb2 as pb
+                from resnest_serving.protocol import pipeline_service_pb2 as pb
 
                 grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)
                 grpc_context.set_details("missing or invalid bearer token: send metadata 'authorization: Bearer "
@@ -142,8 +141,8 @@ class PipelineReplica:
     async def __call__(self, request):
         """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: answered by the same
         RestAdapter.answer as `resnest serve`'s aiohttp server, after the same token check."""
-        from pipeline.errors import ErrorCode
-        from serving.http_guard import (
+        from resnest_serving.pipeline.errors import ErrorCode
+        from resnest_serving.serving.http_guard import (
             BodyRefused,
             ascii_int,
             decoded_body,
@@ -153,8 +152,8 @@ class PipelineReplica:
             too_large,
             unauthenticated,
         )
-        from serving.rest_adapter import rest_takes_body
-        from serving.security import is_open_path
+        from resnest_serving.serving.rest_adapter import rest_takes_body
+        from resnest_serving.serving.security import is_open_path
 
         # the same order as serving.http_guard: open paths, token, method, size, then the body is read
         path, method, headers = request.url.path, request.method, request.headers
@@ -242,7 +241,7 @@ def app_builder(args: dict[str, Any]):
     """Application builder for `serve run serving.ray_app:app_builder config=PATH` and serveConfigV2
     (KubeRay): args `config` (path, required), `overrides` ({key: value} as --set), `min_replicas`,
     `max_replicas`, `target_ongoing`, `max_ongoing`, `replica_cpus`."""
-    from serving.config import load_config
+    from resnest_serving.serving.config import load_config
 
     args = dict(args)
     if "config" not in args:
@@ -274,7 +273,7 @@ ANY_HOSTS = ("[::]", "0.0.0.0", "")
 
 
 def is_loopback_host(host: str) -> bool:
-    from protocol.endpoints import is_loopback
+    from resnest_serving.protocol.endpoints import is_loopback
 
     return is_loopback(host)
 
@@ -309,17 +308,13 @@ def bind_only_config_host() -> None:
 
 
 def local_runtime_env(host: str) -> dict[str, Any]:
-    """The runtime env of a local Ray instance. Its workers import this checkout's code (PYTHONPATH: the
-    same `serving` as the driver, not another copy installed in the environment). When the config `host`
-    is loopback, every process Ray starts stays on loopback: Ray takes the node address 127.0.0.1 under
+    """The runtime env of a local Ray instance (its workers import the installed `resnest_serving`, like the
+    driver). When the config `host` is loopback, every process Ray starts stays on loopback: Ray takes the node address 127.0.0.1 under
     `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (GCS, raylet, workers and agents then bind it; Ray replaces
     `_node_ip_address="127.0.0.1"` with the machine's address), and the setup hook moves Ray Serve's
     `[::]` binds to `host`. The variables are inherited by every process Ray starts."""
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    env: dict[str, Any] = {"env_vars": {"PYTHONPATH": path}}
     if not is_loopback_host(host):
-        return env
+        return {}
     import sys
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -327,8 +322,7 @@ def local_runtime_env(host: str) -> dict[str, Any]:
     if constants is not None:  # read at import time: set it too when ray was imported already
         constants.ENABLE_RAY_CLUSTER = False
     os.environ[BIND_HOST_ENV] = host
-    os.environ["PYTHONPATH"] = path  # the setup hook is imported before env_vars apply
-    return {**env, "worker_process_setup_hook": f"{__name__}.bind_only_config_host"}
+    return {"worker_process_setup_hook": f"{__name__}.bind_only_config_host"}
 
 
 def bound_addresses(host: str, ports: dict[str, int], local: bool) -> str:
@@ -353,8 +347,8 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
     """`resnest serve --ray`: deploy the application (starting a local Ray instance when `options.address`
     is None), write the ready file, serve until SIGTERM/SIGINT, then delete the application (and stop the
     local Ray instance)."""
-    from serving.config import check_paths
-    from serving.server import write_ready_file
+    from resnest_serving.serving.config import check_paths
+    from resnest_serving.serving.server import write_ready_file
 
     options.validate()
     check_paths(config)

@@ -31,18 +31,17 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf.message import DecodeError
-
-from export.serving_config import read_config
-from pipeline.bundle import ModelBundle
-from pipeline.engines import EngineError, StartReport
-from protocol import general_model_service_pb2 as gm
-from protocol.baidu_std import BrpcError, Errno
-from protocol.brpc_client import BrpcClient
-from protocol.endpoints import split_host_port
-from protocol.general_model import encode_request, tensor_values
-from protocol.wire import GENERAL_MODEL_SERVICE
-from serving.config_schema import LocalServiceConf
-from serving.security import TokenSet, read_tokens
+from resnest_serving.export.serving_config import read_config
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import EngineError, StartReport
+from resnest_serving.protocol import general_model_service_pb2 as gm
+from resnest_serving.protocol.baidu_std import BrpcError, Errno
+from resnest_serving.protocol.brpc_client import BrpcClient
+from resnest_serving.protocol.endpoints import split_host_port
+from resnest_serving.protocol.general_model import encode_request, tensor_values
+from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE
+from resnest_serving.serving.config_schema import LocalServiceConf
+from resnest_serving.serving.security import TokenSet, read_tokens
 
 __all__ = ["RemoteEngine", "RemoteModel", "RemoteModelError", "RemoteSecurity", "create_remote_engines"]
 

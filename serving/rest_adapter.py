@@ -17,13 +17,12 @@ import logging
 
 from aiohttp import web
 from google.protobuf import json_format
-
-from pipeline.errors import ErrorCode
-from protocol import pipeline_service_pb2 as pb
-from serving import v2_rest
-from serving.connections import DoorSettings, LimitedSite, PeerLimiter
-from serving.core import ServingCore
-from serving.http_guard import (
+from resnest_serving.pipeline.errors import ErrorCode
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.serving import v2_rest
+from resnest_serving.serving.connections import DoorSettings, LimitedSite, PeerLimiter
+from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.http_guard import (
     GRPC_INVALID_ARGUMENT,
     OPEN_METHODS,
     ascii_int,
@@ -33,7 +32,7 @@ from serving.http_guard import (
     off_loop_if_large,
     request_body,
 )
-from serving.security import HEALTH_PATHS
+from resnest_serving.serving.security import HEALTH_PATHS
 
 MAX_JSON_ELEMENTS = 100_000  # list items, fields and containers in one Paddle Serving REST body
 

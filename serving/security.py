@@ -13,8 +13,8 @@ import stat
 import time
 from pathlib import Path
 
-from protocol.endpoints import is_loopback
-from serving.config_schema import AuthConfig, TlsConfig
+from resnest_serving.protocol.endpoints import is_loopback
+from resnest_serving.serving.config_schema import AuthConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ def ray_options(args: argparse.Namespace):
         return None
     if args.model_server:
         raise ValueError("--model-server and --ray do not combine: Ray Serve has no bRPC proxy")
-    from serving.ray_app import RayOptions
+    from resnest_serving.serving.ray_app import RayOptions
 
     options = RayOptions(address=args.ray or None, **given)
     options.validate()
@@ -71,15 +71,15 @@ def ray_options(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.config import load_config, parse_override
-    from serving.server import run as run_server
+    from resnest_serving.serving.config import load_config, parse_override
+    from resnest_serving.serving.server import run as run_server
 
     options = ray_options(args)
     overrides = dict(parse_override(item) for item in args.overrides)
     config = load_config(args.config, overrides)
     logging.getLogger().setLevel(config.log_level if args.log_level.upper() == "INFO" else args.log_level.upper())
     if args.model_server:
-        from serving.model_server import run_model_server
+        from resnest_serving.serving.model_server import run_model_server
 
         return run_model_server(config, args.ready_file)
     if options is not None:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
         if importlib.util.find_spec("ray") is None:
             raise ValueError("--ray needs Ray Serve: pip install 'resnest-serving[ray]'")
-        from serving.ray_app import run_ray
+        from resnest_serving.serving.ray_app import run_ray
 
         return run_ray(config, options, args.ready_file)
     return run_server(config, args.ready_file)

@@ -17,16 +17,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.model_files import EngineOptions
-from pipeline.accuracy import recorded_check
-from pipeline.bundle import ModelBundle
-from pipeline.engines import Engine, start_engines
-from pipeline.pipeline import Pipeline, PipelineSettings
-from serving.config import ServerConfig, check_paths
-from serving.connections import ConnectionLimits, DoorSettings
-from serving.core import ServingCore
-from serving.metrics import Metrics, Tracer
-from serving.security import (
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.accuracy import recorded_check
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import Engine, start_engines
+from resnest_serving.pipeline.pipeline import Pipeline, PipelineSettings
+from resnest_serving.serving.config import ServerConfig, check_paths
+from resnest_serving.serving.connections import ConnectionLimits, DoorSettings
+from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.metrics import Metrics, Tracer
+from resnest_serving.serving.security import (
     TokenSet,
     door_security_line,
     server_ssl_context,
@@ -85,8 +85,12 @@ async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[En
     local engines in worker processes, or the remote model server(s) of `client_type: brpc`."""
     op = config.op
     if op.is_remote:
-        from serving.config import ConfigError
-        from serving.remote_engine import RemoteSecurity, create_remote_engines, with_client_config
+        from resnest_serving.serving.config import ConfigError
+        from resnest_serving.serving.remote_engine import (
+            RemoteSecurity,
+            create_remote_engines,
+            with_client_config,
+        )
 
         try:
             security = RemoteSecurity.from_config(op.local_service_conf, f"op.{op.name}.local_service_conf")
@@ -125,10 +129,10 @@ class Server:
     ports: dict[str, int] = field(default_factory=dict)
 
     async def start(self) -> None:
-        from serving.brpc_adapter import register_pipeline
-        from serving.brpc_server import BrpcServer
-        from serving.grpc_adapter import start_grpc
-        from serving.rest_adapter import start_rest
+        from resnest_serving.serving.brpc_adapter import register_pipeline
+        from resnest_serving.serving.brpc_server import BrpcServer
+        from resnest_serving.serving.grpc_adapter import start_grpc
+        from resnest_serving.serving.rest_adapter import start_rest
 
         config = self.config
         started = time.perf_counter()
@@ -250,7 +254,7 @@ async def serve(config: ServerConfig, reuse_port: bool = False, ready_file: Path
 
 
 def _worker_main(config: ServerConfig, index: int, ready_file: Path | None) -> None:
-    from serving.cli import setup_logging
+    from resnest_serving.cli import setup_logging
 
     setup_logging(config.log_level)
     log.info("worker %d starting", index)

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.bench import BenchAborted, BenchConfig, run_bench
-from client.bench_cli import default_images_dir
-from client.fingerprint import machine_fingerprint
-from client.images import list_images
-from pipeline.bundle import ModelBundle
-from pipeline.engines.choose import AUTO_ORDER, RUNTIMES
-from serving.launcher import ServerProcess, write_config
+from resnest_serving.client.bench import BenchAborted, BenchConfig, run_bench
+from resnest_serving.client.bench_cli import default_images_dir
+from resnest_serving.client.fingerprint import machine_fingerprint
+from resnest_serving.client.images import list_images
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.choose import AUTO_ORDER, RUNTIMES
+from resnest_serving.serving.launcher import ServerProcess, write_config
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def accuracy_gate(bundle: ModelBundle, engine: str, precision: str, threshold: f
 
 def engine_candidates(bundle: ModelBundle, threshold: float) -> list[Candidate]:
     """Stage 1: the default config, then every engine × precision, refused ones with their reason."""
-    from export.model_files import EngineOptions
+    from resnest_serving.export.model_files import EngineOptions
 
     out = [Candidate("default config (schema defaults)")]
     for precision in PRECISIONS:
@@ -265,7 +265,7 @@ def parse_duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.tune_report import write_outputs
+    from resnest_serving.serving.tune_report import write_outputs
 
     budget = parse_duration(args.time_budget)
     if not 0 <= args.accuracy_threshold <= 1:

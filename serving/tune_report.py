@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from client.report import strict_json
-from client.text_table import text_table
-from serving.launcher import write_config
-from serving.tune import Candidate, Point, as_dict
+from resnest_serving.client.report import strict_json
+from resnest_serving.client.text_table import text_table
+from resnest_serving.serving.launcher import write_config
+from resnest_serving.serving.tune import Candidate, Point, as_dict
 
 __all__ = ["choose", "write_outputs"]
 

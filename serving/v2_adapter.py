@@ -21,12 +21,11 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import ErrorCode
-from pipeline.postprocess import top_k
-from pipeline.types import Request
-from serving.core import ServingCore
-from serving.http_guard import ascii_int
+from resnest_serving.pipeline.errors import ErrorCode
+from resnest_serving.pipeline.postprocess import top_k
+from resnest_serving.pipeline.types import Request
+from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.http_guard import ascii_int
 
 log = logging.getLogger(__name__)
 

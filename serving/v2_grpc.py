@@ -11,11 +11,10 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
-
-from protocol import grpc_predict_v2_pb2 as pb
-from protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from serving.core import ServingCore
-from serving.v2_adapter import (
+from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
+from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.v2_adapter import (
     MODEL_VERSION,
     NUMERIC_DTYPES,
     RequestedOutput,

@@ -17,10 +17,9 @@ import logging
 from typing import Any
 
 from aiohttp import web
-
-from serving.core import ServingCore
-from serving.http_guard import ascii_int, load_json, off_loop_if_large, request_body
-from serving.v2_adapter import (
+from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.http_guard import ascii_int, load_json, off_loop_if_large, request_body
+from resnest_serving.serving.v2_adapter import (
     MAX_REQUESTED_OUTPUTS,
     ErrorKind,
     RequestedOutput,

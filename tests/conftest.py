@@ -35,7 +35,7 @@ def label_file(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, label_file: Path):
     """ResNeSt_tiny with random weights, exported once per session (with ONNX) by the real exporter."""
-    from export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions, export
 
     out = tmp_path_factory.mktemp("tiny") / "bundle"
     return export(ExportOptions(arch="ResNeSt_tiny", out=out, random_init=True, seed=7, label_file=label_file))
@@ -54,7 +54,7 @@ def variant_dirs(tmp_path_factory) -> dict[str, Path]:
     """Every published variant exported once (random init, with ONNX): ResNeSt50 at its own 224x224, the
     others at 64x64 (the same blocks and channel widths, which decide which kernels run, in a fraction of
     the time)."""
-    from export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions, export
 
     root = tmp_path_factory.mktemp("variants")
     small = {"crop_size": 64, "resize_short": 72}
@@ -66,7 +66,7 @@ def variant_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def heldout_digits() -> tuple[dict[str, bytes], list[int]]:
     """The demo's 360 held-out digits as named PNGs, with their labels."""
-    from demo.digits import load_heldout
+    from resnest_serving.demo.digits import load_heldout
 
     pngs, labels = load_heldout()
     return {f"digit{i:03d}.png": png for i, png in enumerate(pngs)}, [int(x) for x in labels]
@@ -76,8 +76,8 @@ def heldout_digits() -> tuple[dict[str, bytes], list[int]]:
 def demo_export(tmp_path_factory, heldout_digits, image_paths):
     """The trained demo model exported as `resnest demo` does: int8 calibrated on 64 held-out digits,
     bf16/int8 checked against fp32 on the other 296 and on the shared images."""
-    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
-    from export.exporter import ExportOptions, export
+    from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
+    from resnest_serving.export.exporter import ExportOptions, export
 
     digits = heldout_digits[0]
     names = list(digits)
@@ -130,8 +130,8 @@ def _split_radix(self, x):
 def split_model_dir(tmp_path_factory):
     """ResNeSt_tiny cut into radix parts with `paddle.split` (as exported before this project switched to
     `slice`): Paddle 3.3's oneDNN fails on it at batch >= 2 unless the ISA is capped at AVX2."""
-    from export.exporter import ExportOptions, export
-    from export.resnest import SplatConv
+    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.export.resnest import SplatConv
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SplatConv, "_radix_slices", _split_radix)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from serving import launcher
-from serving.launcher import ServerProcess  # noqa: F401  (re-exported for tests)
+from resnest_serving.serving import launcher
+from resnest_serving.serving.launcher import ServerProcess  # noqa: F401  (re-exported for tests)
 
 REPO_ROOT = launcher.REPO_ROOT
 
@@ -93,7 +93,7 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
 
 def run_predictor(model_dir: Path, x):
     """The exported model in `model_dir` run once on `x` by Paddle Inference (the exporter tests' reference)."""
-    from export.model_files import find_model_files, open_predictor
+    from resnest_serving.export.model_files import find_model_files, open_predictor
 
     predictor = open_predictor(*find_model_files(model_dir))
     handle = predictor.get_input_handle(predictor.get_input_names()[0])

@@ -7,12 +7,18 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines.base import Engine, EngineError, EngineUnavailable, Runtime, StartReport
-from pipeline.engines.choose import AUTO_ORDER, ENGINE_CHOICES, RUNTIMES, candidates, open_runtime
-from pipeline.engines.cpu import describe as describe_cpu
-from pipeline.engines.worker import ProcessEngine
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.base import Engine, EngineError, EngineUnavailable, Runtime, StartReport
+from resnest_serving.pipeline.engines.choose import (
+    AUTO_ORDER,
+    ENGINE_CHOICES,
+    RUNTIMES,
+    candidates,
+    open_runtime,
+)
+from resnest_serving.pipeline.engines.cpu import describe as describe_cpu
+from resnest_serving.pipeline.engines.worker import ProcessEngine
 
 __all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "RUNTIMES", "Engine", "EngineError", "EngineUnavailable",
            "ProcessEngine", "Runtime", "StartReport", "candidates", "open_runtime", "start_engines"]

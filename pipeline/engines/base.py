@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines.cpu import precision_unsupported
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.cpu import precision_unsupported
 
 WARM_UP_SEED = 20261201
 # Same image, different batch size: answers may differ by float rounding only (kernels change with the

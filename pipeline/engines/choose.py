@@ -12,12 +12,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines.base import EngineError, EngineUnavailable, Runtime, StartReport, describe_failure
-from pipeline.engines.onnx_runtime import OnnxRuntime
-from pipeline.engines.openvino_runtime import OpenVinoRuntime
-from pipeline.engines.paddle_runtime import PaddleRuntime
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.base import (
+    EngineError,
+    EngineUnavailable,
+    Runtime,
+    StartReport,
+    describe_failure,
+)
+from resnest_serving.pipeline.engines.onnx_runtime import OnnxRuntime
+from resnest_serving.pipeline.engines.openvino_runtime import OpenVinoRuntime
+from resnest_serving.pipeline.engines.paddle_runtime import PaddleRuntime
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 answer for the same image at every size) on each model, and fp32 engines are compared with ONNX Runtime
 (whose CPU kernels do not depend on oneDNN or ONEDNN_MAX_CPU_ISA).
 
-    python -m pipeline.engines.matrix MODEL_DIR [MODEL_DIR ...] [--max-batch 8] [--json]
+    python -m resnest_serving.pipeline.engines.matrix MODEL_DIR [MODEL_DIR ...] [--max-batch 8] [--json]
 
 Run it under ONEDNN_MAX_CPU_ISA=AVX2 or AVX512_CORE to check the code paths of another CPU generation
 (the tests do). Exit status 1 when any engine that should run failed.
@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines.base import EngineError
-from pipeline.engines.choose import AUTO_ORDER, RUNTIMES, open_runtime
-from pipeline.engines.cpu import describe
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.base import EngineError
+from resnest_serving.pipeline.engines.choose import AUTO_ORDER, RUNTIMES, open_runtime
+from resnest_serving.pipeline.engines.cpu import describe
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # fp32 against ONNX Runtime: float rounding moves a random-weight ResNeSt50's peaked softmax by up to ~4e-4

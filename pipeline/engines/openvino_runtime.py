@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines.base import EngineError, Runtime
-from pipeline.engines.onnx_runtime import onnx_model
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.base import EngineError, Runtime
+from resnest_serving.pipeline.engines.onnx_runtime import onnx_model
 
 
 class OpenVinoRuntime(Runtime):

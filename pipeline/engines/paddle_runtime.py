@@ -8,11 +8,10 @@ in a worker process. GPU and TensorRT are configured through `export.model_files
 from __future__ import annotations
 
 import numpy as np
-
-from export.model_files import EngineOptions, paddle_config
-from pipeline.bundle import ModelBundle
-from pipeline.engines.base import Runtime
-from pipeline.engines.cpu import precision_unsupported
+from resnest_serving.export.model_files import EngineOptions, paddle_config
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.base import Runtime
+from resnest_serving.pipeline.engines.cpu import precision_unsupported
 
 
 class PaddleRuntime(Runtime):

@@ -11,7 +11,7 @@ on its event loop (`add_reader`, no thread); the worker runs the model on the sh
 probabilities back. A batch larger than `max_batch` runs as consecutive chunks. Only small control messages
 are pickled.
 
-The worker is a fresh interpreter (`python -m pipeline.engines FD`, the socket's fd inherited), not a
+The worker is a fresh interpreter (`python -m resnest_serving.pipeline.engines FD`, the socket's fd inherited), not a
 `multiprocessing` child: nothing of the server's `__main__` is re-imported, so any script can start one.
 """
 
@@ -32,19 +32,16 @@ from collections.abc import Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
-from pathlib import Path
 
 import numpy as np
-
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines.base import EngineError, EngineUnavailable, StartReport
-from pipeline.engines.choose import log_event, open_runtime
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.base import EngineError, EngineUnavailable, StartReport
+from resnest_serving.pipeline.engines.choose import log_event, open_runtime
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
-_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the `pipeline` package
 
 
 class _WorkerDied(Exception):
@@ -106,11 +103,9 @@ class ProcessEngine:
         self._inputs = np.ndarray(self._input_shape, np.float32, buffer=self._shm.buf)
         self._outputs = np.ndarray((self.max_batch, self._classes), np.float32, buffer=self._shm.buf, offset=in_bytes)
         ours, theirs = socket.socketpair()
-        path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
         with theirs:
-            self._proc = subprocess.Popen([sys.executable, "-m", "pipeline.engines", str(theirs.fileno())],
-                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                          env={**os.environ, "PYTHONPATH": path})
+            self._proc = subprocess.Popen([sys.executable, "-m", "resnest_serving.pipeline.engines", str(theirs.fileno())],
+                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         self._conn = Connection(ours.detach())
         self._conn.send((self.bundle, tuple(kinds), self.options, self.max_batch, self._shm.name, self._classes))
         self._unanswered = 0

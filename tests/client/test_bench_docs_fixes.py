@@ -7,11 +7,11 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+from resnest_serving.client.bench_cli import bench_images, sibling_metrics_url
+from resnest_serving.client.bench_results import SweepReport
+from resnest_serving.client.report import knee_line, still_rising
 
 from bench.soak import SoakReport
-from client.bench_cli import bench_images, sibling_metrics_url
-from client.bench_results import SweepReport
-from client.report import knee_line, still_rising
 
 
 def sweep(*images_per_s: float) -> SweepReport:
@@ -60,7 +60,7 @@ def test_short_soak_is_inconclusive_not_fail():
 
 def test_sweep_plot_starts_at_zero_and_names_protocol_and_endpoint(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from client import report as report_module
+    from resnest_serving.client import report as report_module
 
     config = {"protocol": "brpc", "endpoint": "127.0.0.1:9994", "service_name": "imagenet"}
     levels = [(c, SimpleNamespace(images_per_s=v, config=config,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from serving.cli import main
+from resnest_serving.cli import main
 
 
 def ep(server, protocol: str) -> str:
@@ -115,8 +115,9 @@ def test_predict_in_process_matches_local_classifier(tiny_model_dir, image_paths
     """`resnest predict --model DIR` classifies without a server, with the pipeline's own code."""
     import json as _json
 
-    from pipeline.local import LocalClassifier
-    from serving.cli import main
+    from resnest_serving.pipeline.local import LocalClassifier
+
+    from resnest_serving.cli import main
 
     assert main(["predict", "--model", str(tiny_model_dir), "--topk", "3", "--json", *map(str, image_paths)]) == 0
     rows = _json.loads(capsys.readouterr().out)
@@ -162,10 +163,9 @@ def test_bench_answer_check_catches_servers_that_disagree(tmp_path, tiny_export,
     """Two model servers with different weights behind one pipeline (a rolling upgrade gone wrong): the
     same image gets a different top-1 from each in turn. bench counts those as wrong_answer and exits 1;
     with --no-answer-check it counts none."""
+    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.pipeline.local import LocalClassifier
     from support import ServerProcess, write_config
-
-    from export.exporter import ExportOptions, export
-    from pipeline.local import LocalClassifier
 
     other = export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "other", random_init=True, seed=8,
                                  label_file=label_file, onnx=False))

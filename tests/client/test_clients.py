@@ -6,8 +6,7 @@ import asyncio
 
 import cv2
 import pytest
-
-from client import ServingError, TransportError, connect, connect_async
+from resnest_serving.client import ServingError, TransportError, connect, connect_async
 
 PROTOCOLS = ["grpc", "http", "brpc"]
 
@@ -101,9 +100,9 @@ def test_token_without_tls_to_a_remote_host_warns_once_per_host(caplog, tmp_path
     the clients open their connections on the first call."""
     import logging
 
-    from client import Credentials, connect
+    from resnest_serving.client import Credentials, connect
 
-    caplog.set_level(logging.WARNING, logger="client.base")
+    caplog.set_level(logging.WARNING, logger="resnest_serving.client.base")
     token = Credentials(token="a-token-of-twenty-chars")
     for protocol in ("grpc", "http", "brpc"):
         connect(protocol, "192.0.2.7:9993", credentials=token).close()  # TEST-NET-1: never routed

@@ -7,12 +7,11 @@ import base64
 import cv2
 import numpy as np
 import pytest
-
-from client.base import is_loopback, parse_endpoint
-from client.codec import Classification, build_request, parse_classifications, safe_literal
-from client.errors import BadResponseError, ServingError, TransportError
-from client.images import encode_image, named_images
-from protocol.pipeline_service_pb2 import Response
+from resnest_serving.client.base import is_loopback, parse_endpoint
+from resnest_serving.client.codec import Classification, build_request, parse_classifications, safe_literal
+from resnest_serving.client.errors import BadResponseError, ServingError, TransportError
+from resnest_serving.client.images import encode_image, named_images
+from resnest_serving.protocol.pipeline_service_pb2 import Response
 
 
 def response(**values: str) -> Response:

@@ -7,13 +7,12 @@ import base64
 import subprocess
 import sys
 
+from resnest_serving.client import PipelineClient
 from support import REPO_ROOT
-
-from client import PipelineClient
 
 # PaddleClas deploy/paddleserving/pipeline_rpc_client.py, with only the import changed.
 SCRIPT = '''
-from client import PipelineClient  # was: from paddle_serving_server.pipeline import PipelineClient
+from resnest_serving.client import PipelineClient  # was: from paddle_serving_server.pipeline import PipelineClient
 import base64
 
 client = PipelineClient()

@@ -6,9 +6,8 @@ import io
 
 import numpy as np
 import pytest
-
-from client import PipelineClient
-from client.pipeline_client import _channel_target, pack_request
+from resnest_serving.client import PipelineClient
+from resnest_serving.client.pipeline_client import _channel_target, pack_request
 
 
 def test_string_mode():

@@ -7,13 +7,12 @@ import math
 import random
 
 import pytest
-
-from client.base import AsyncClassifier
-from client.bench import AnswerChecker, BenchConfig, BenchReport, Sample, _Load
-from client.codec import Classification
-from client.errors import TransportError
-from client.stats import find_knee, histogram_totals, latency_summary, stage_means
-from protocol.pipeline_service_pb2 import Response
+from resnest_serving.client.base import AsyncClassifier
+from resnest_serving.client.bench import AnswerChecker, BenchConfig, BenchReport, Sample, _Load
+from resnest_serving.client.codec import Classification
+from resnest_serving.client.errors import TransportError
+from resnest_serving.client.stats import find_knee, histogram_totals, latency_summary, stage_means
+from resnest_serving.protocol.pipeline_service_pb2 import Response
 
 
 def test_latency_summary_is_ordered_and_in_ms():

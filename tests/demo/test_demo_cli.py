@@ -3,7 +3,7 @@ replaces the images of the first instead of adding to them."""
 
 from __future__ import annotations
 
-from demo.cli import write_bench_images
+from resnest_serving.demo.cli import write_bench_images
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"digit"
 JPEG = b"\xff\xd8\xff\xe0" + b"photo"

@@ -9,8 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from demo.digits import (
+from resnest_serving.demo.digits import (
     ARCH,
     CHECKPOINT_PATH,
     HELDOUT_PATH,
@@ -73,8 +72,7 @@ def test_heldout_set_and_labels(meta):
 
 def test_checkpoint_matches_tiny_arch(meta):
     import paddle
-
-    from export.resnest import build_model
+    from resnest_serving.export.resnest import build_model
 
     assert CHECKPOINT_PATH.stat().st_size < 4 * 1024 * 1024
     assert hashlib.sha256(CHECKPOINT_PATH.read_bytes()).hexdigest() == meta["checkpoint_sha256"]
@@ -90,8 +88,7 @@ def test_checkpoint_matches_tiny_arch(meta):
 
 def test_heldout_accuracy_matches_recorded(meta):
     import paddle
-
-    from export.resnest import build_model
+    from resnest_serving.export.resnest import build_model
 
     model = build_model(ARCH)  # eval mode
     missing, unexpected = model.set_state_dict(paddle.load(str(CHECKPOINT_PATH)))

@@ -39,7 +39,7 @@ FENCE = re.compile(r"^```(\S*)\s*$")
 BLOCK_TIMEOUT_S = 300
 # The server a file's examples were produced with, named in its prose (started before its blocks).
 FILE_SERVER = {"docs/clients.md": "resnest serve --config configs/config.yml --set op.imagenet.topk=3"}
-SETUP = [sys.executable, "-m", "serving.cli", "demo", "--shared", "../shared", "--bench-seconds", "2", "--show", "1"]
+SETUP = [sys.executable, "-m", "resnest_serving.cli", "demo", "--shared", "../shared", "--bench-seconds", "2", "--show", "1"]
 
 
 def doc_files() -> list[str]:

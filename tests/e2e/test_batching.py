@@ -21,9 +21,8 @@ import grpc
 import numpy as np
 import pytest
 import requests
-
-from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 
 TIMEOUT_MS = 300
 BATCH_LINE = re.compile(r"batch of (\d+) image\(s\) from (\d+) request\(s\) closed \(([^)]+)\) after ([\d.]+) ms")

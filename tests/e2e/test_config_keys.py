@@ -14,13 +14,12 @@ import time
 import grpc
 import pytest
 import requests
-
-from client import connect
-from client.errors import ServingError
-from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
-from protocol.brpc_client import SyncBrpcClient
-from protocol.wire import PIPELINE_SERVICE, ElemType
+from resnest_serving.client import connect
+from resnest_serving.client.errors import ServingError
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
+from resnest_serving.protocol.brpc_client import SyncBrpcClient
+from resnest_serving.protocol.wire import PIPELINE_SERVICE, ElemType
 
 
 def b64(data: bytes) -> str:
@@ -174,7 +173,7 @@ def test_concurrency_two_serves_from_two_engine_processes(server_factory, image_
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "paddle"])
 def test_engine_setting_serves_with_that_engine(server_factory, image_paths, tiny_model_dir, engine):
-    from pipeline.local import LocalClassifier
+    from resnest_serving.pipeline.local import LocalClassifier
 
     server = server_factory(op={"engine": engine, "topk": 3})
     assert server.info["engine"] == f"{engine} fp32"
@@ -204,7 +203,10 @@ def test_sigint_stops_gracefully(server_factory):
 def test_thread_num_given_or_every_core_to_one_engine(tmp_path, tiny_model_dir):
     import os
 
-    from serving.launcher import ServerProcess, write_config  # no thread_num: the server's own default
+    from resnest_serving.serving.launcher import (  # no thread_num: the server's own default
+        ServerProcess,
+        write_config,
+    )
 
     cores = len(os.sched_getaffinity(0))
     server = ServerProcess(write_config(tmp_path / "c.yml", tiny_model_dir, op={"engine": "onnxruntime"}))

@@ -10,13 +10,12 @@ import re
 import subprocess
 import sys
 
+from resnest_serving.demo.digits import META_PATH
 from support import REPO_ROOT
-
-from demo.digits import META_PATH
 
 
 def test_demo_end_to_end(tmp_path, shared):
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "demo", "--out", str(tmp_path / "demo"),
+    proc = subprocess.run([sys.executable, "-m", "resnest_serving.cli", "demo", "--out", str(tmp_path / "demo"),
                            "--shared", str(shared), "--bench-seconds", "2", "--show", "3"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     out = proc.stdout

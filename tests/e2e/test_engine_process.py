@@ -45,7 +45,7 @@ def test_health_answers_while_a_32_image_request_runs(server_factory, variant_di
 
 def test_engine_failing_its_startup_check_stops_the_server_before_any_port(tmp_path, split_model_dir):
     config = write_config(tmp_path / "config.yml", split_model_dir, op={"engine": "paddle", "batch_size": 4})
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--config", str(config)], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "resnest_serving.cli", "serve", "--config", str(config)], cwd=REPO_ROOT,
                           env={**os.environ, "ONEDNN_MAX_CPU_ISA": "SSE41"}, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2

@@ -16,15 +16,15 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+from resnest_serving.client import Credentials, TransportError, connect
+from resnest_serving.protocol import baidu_std as bs
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
+from resnest_serving.protocol.brpc_client import SyncBrpcClient
+from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from support import make_tls_files
 
 from bench.soak import png_of_zeros
-from client import Credentials, TransportError, connect
-from protocol import baidu_std as bs
-from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
-from protocol.brpc_client import SyncBrpcClient
-from protocol.wire import PIPELINE_SERVICE
 
 GIB = 1024 ** 3
 
@@ -285,12 +285,12 @@ def test_mutual_tls_needs_a_client_certificate(server_factory, tmp_path, tls_fil
 def test_non_loopback_without_tls_or_auth_warns(server_factory, tls_files, caplog):
     """The WARNING the server logs for the address it binds (serving.security.warn_if_exposed, called directly
     with non-loopback addresses: tests bind loopback only); quiet on loopback and with TLS and auth."""
-    from serving.config_schema import TlsConfig
-    from serving.security import TokenSet, warn_if_exposed
+    from resnest_serving.serving.config_schema import TlsConfig
+    from resnest_serving.serving.security import TokenSet, warn_if_exposed
 
     tls = TlsConfig(cert_file=tls_files["server_cert"], key_file=tls_files["server_key"])
     tokens = TokenSet([TOKEN])
-    with caplog.at_level("WARNING", logger="serving.security"):
+    with caplog.at_level("WARNING", logger="resnest_serving.serving.security"):
         warn_if_exposed("0.0.0.0", TlsConfig(), TokenSet([]))
         assert ("listening on 0.0.0.0 without TLS (tls.cert_file/key_file) and without token auth "
                 "(auth.token_file)") in caplog.text
@@ -308,9 +308,8 @@ def test_non_loopback_without_tls_or_auth_warns(server_factory, tls_files, caplo
 
 
 def test_bad_security_config_stops_before_binding(tmp_path, tiny_model_dir, tls_files):
+    from resnest_serving.serving.launcher import ServerProcess
     from support import write_config
-
-    from serving.launcher import ServerProcess
 
     cases = {
         "tls: give cert_file and key_file together": {"tls": {"cert_file": str(tls_files["server_cert"])}},

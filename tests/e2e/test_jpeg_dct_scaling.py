@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import simplejpeg
-
-from client import connect
-from pipeline.local import LocalClassifier
-from pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.client import connect
+from resnest_serving.pipeline.local import LocalClassifier
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 
 
 def stripes_jpeg() -> bytes:

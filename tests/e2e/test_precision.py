@@ -12,14 +12,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from resnest_serving.client import connect
+from resnest_serving.demo.digits import LABELS_PATH
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES
+from resnest_serving.pipeline.engines.cpu import BF16_FLAGS, FLAGS_OVERRIDE, INT8_FLAGS
 from support import ServerProcess, write_config
-
-from client import connect
-from demo.digits import LABELS_PATH
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines import AUTO_ORDER, RUNTIMES
-from pipeline.engines.cpu import BF16_FLAGS, FLAGS_OVERRIDE, INT8_FLAGS
 
 DIGITS = 32  # (a request's limit) of the 296 held-out digits the export checked (the 64 before them calibrated int8)
 NO_BF16_NO_VNNI = ",".join(f"-{flag}" for flag in (*BF16_FLAGS, *INT8_FLAGS))

@@ -8,7 +8,7 @@ import socket
 import pytest
 from support import ServerProcess, write_config
 
-from serving.cli import main
+from resnest_serving.cli import main
 
 
 def test_paddle_engine_log_has_no_import_notices(tmp_path, tiny_model_dir, monkeypatch):

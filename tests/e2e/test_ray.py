@@ -21,15 +21,14 @@ import grpc
 import pytest
 import ray.serve  # noqa: F401  (make venv-test installs Ray: without it these tests fail, never skip)
 import requests
+from resnest_serving.client.pipeline_client import PipelineClient
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 from support import ServerProcess, write_config
-
-from client.pipeline_client import PipelineClient
-from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
 
 HOST = "127.0.0.1"
 REPLICA_TITLE = "ray::ServeReplica:imagenet:ResNeStPipeline"
-ENGINE_ARGV = ["-m", "pipeline.engines"]
+ENGINE_ARGV = ["-m", "resnest_serving.pipeline.engines"]
 MAX_REQUEST_BYTES = 1_000_000
 
 
@@ -79,8 +78,8 @@ def wait_for(condition, what: str, timeout: float = 60.0):
 @pytest.fixture(scope="module")
 def demo_model_dir(tmp_path_factory) -> Path:
     """The trained demo checkpoint exported with ONNX (no int8: not needed here)."""
-    from demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
-    from export.exporter import ExportOptions, export
+    from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
+    from resnest_serving.export.exporter import ExportOptions, export
 
     out = tmp_path_factory.mktemp("ray-demo") / "bundle"
     return export(ExportOptions(arch=ARCH, out=out, checkpoint=CHECKPOINT_PATH, label_file=LABELS_PATH)).server_dir

@@ -9,16 +9,15 @@ import grpc
 import pytest
 import ray.serve  # noqa: F401  (make venv-test installs Ray: without it these tests fail, never skip)
 import requests
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 from support import ServerProcess, write_config
-
-from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
 
 TOKEN = "ray-token-0123456789abcdef"
 
 
 def server_brpc_port(config_path) -> int:
-    from serving.config import load_config
+    from resnest_serving.serving.config import load_config
 
     return load_config(config_path).brpc_port
 

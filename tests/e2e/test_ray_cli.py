@@ -4,9 +4,9 @@ anything starts (no Ray instance here)."""
 from __future__ import annotations
 
 import pytest
+from resnest_serving.serving.ray_app import RayOptions
 
-from serving.cli import main
-from serving.ray_app import RayOptions
+from resnest_serving.cli import main
 
 CASES = [
     (["--ray-min-replicas", "2"], "--ray-min-replicas only apply with --ray"),
@@ -38,9 +38,8 @@ def test_help_documents_every_ray_flag(capsys):
 
 
 def test_defaults_follow_the_config(tmp_path, tiny_model_dir):
+    from resnest_serving.serving.config import load_config
     from support import write_config
-
-    from serving.config import load_config
 
     config = load_config(write_config(tmp_path / "c.yml", tiny_model_dir, op={"batch_size": 8, "concurrency": 2},
                                       lsc={"thread_num": 2}))
@@ -63,9 +62,8 @@ def test_tls_is_refused_with_ray(capsys, tmp_path, tiny_model_dir):
 
 def test_tls_is_refused_under_serve_run(tmp_path, tiny_model_dir):
     """`serve run serving.ray_app:app_builder config=...` calls app_builder: tls: is refused there too."""
+    from resnest_serving.serving.ray_app import app_builder
     from support import make_tls_files, write_config
-
-    from serving.ray_app import app_builder
 
     files = make_tls_files(tmp_path / "tls")
     config = write_config(tmp_path / "config.yml", tiny_model_dir,
@@ -76,9 +74,8 @@ def test_tls_is_refused_under_serve_run(tmp_path, tiny_model_dir):
 
 def test_gpu_config_reserves_one_gpu_per_engine_instance(tmp_path, tiny_model_dir):
     """A GPU config's replicas ask Ray for GPUs (deployment options, no GPU needed to build them)."""
+    from resnest_serving.serving.ray_app import app_builder
     from support import write_config
-
-    from serving.ray_app import app_builder
 
     config = write_config(tmp_path / "gpu.yml", tiny_model_dir, op={"concurrency": 2},
                           lsc={"device_type": 1, "devices": "0,1"})
@@ -95,9 +92,8 @@ def test_readme_serve_run_line_fits_two_cores():
     builds two replicas that fit on 2 cores."""
     import re
 
+    from resnest_serving.serving.ray_app import app_builder
     from support import REPO_ROOT
-
-    from serving.ray_app import app_builder
 
     readme = (REPO_ROOT / "README.md").read_text().replace("\n", " ")
     line = re.search(r"`serve run serving\.ray_app:app_builder ([^`]+)`", readme)[1]

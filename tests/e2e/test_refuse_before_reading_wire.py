@@ -14,12 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+from resnest_serving.client import Credentials, TransportError, connect
+from resnest_serving.protocol import baidu_std as bs
+from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
+from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from support import ServerProcess, make_tls_files, write_config
-
-from client import Credentials, TransportError, connect
-from protocol import baidu_std as bs
-from protocol.brpc_meta_pb2 import RpcMeta
-from protocol.wire import PIPELINE_SERVICE
 
 MB = 1000 * 1000
 BIG = 60 * MB  # under max_request_bytes (64 MiB): only the token can refuse it
@@ -152,7 +151,7 @@ def test_start_up_log_says_which_doors_have_tls_and_whether_tokens_are_required(
 
 
 def test_plain_client_meeting_a_tls_port_is_told_so(tls_server, image_paths):
-    from client import TLS_HINT
+    from resnest_serving.client import TLS_HINT
 
     image = image_paths[0].read_bytes()
     for protocol, door in PROTOCOL_DOOR.items():

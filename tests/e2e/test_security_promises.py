@@ -19,10 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+from resnest_serving.protocol import grpc_predict_v2_pb2 as v2
+from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as v2_grpc
 from support import REPO_ROOT, make_tls_files
-
-from protocol import grpc_predict_v2_pb2 as v2
-from protocol import grpc_predict_v2_pb2_grpc as v2_grpc
 
 TOKEN = "promise-token-0123456789abcdef"
 
@@ -71,7 +70,7 @@ def predict(protocol: str, endpoint: str, image: Path, *flags: str, env_token: s
     env = {k: v for k, v in os.environ.items() if k != "RESNEST_TOKEN"}
     if env_token is not None:
         env["RESNEST_TOKEN"] = env_token
-    return subprocess.run([sys.executable, "-m", "serving.cli", "predict", "--protocol", protocol, "--endpoint",
+    return subprocess.run([sys.executable, "-m", "resnest_serving.cli", "predict", "--protocol", protocol, "--endpoint",
                            endpoint, "--json", "--timeout", "20", *flags, str(image)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 

@@ -18,11 +18,10 @@ import grpc
 import numpy as np
 import pytest
 import requests
-
-from pipeline.local import LocalClassifier
-from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
-from protocol.brpc_client import SyncBrpcClient
+from resnest_serving.pipeline.local import LocalClassifier
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
+from resnest_serving.protocol.brpc_client import SyncBrpcClient
 
 
 def b64(data: bytes) -> str:
@@ -154,7 +153,7 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
     as_tensor = pb.Request(tensors=[pb.Tensor(name="image", elem_type=12, str_data=[b64(jpeg)])])
     assert grpc_call(server, as_tensor).err_no == 0
 
-    from protocol.baidu_std import BrpcError, Errno
+    from resnest_serving.protocol.baidu_std import BrpcError, Errno
 
     with SyncBrpcClient("127.0.0.1", server.ports["brpc"]) as client:
         with pytest.raises(BrpcError) as info:
@@ -280,7 +279,7 @@ def test_bad_config_stops_before_binding(tmp_path, tiny_model_dir, op, message):
 
     port = free_port()
     cfg = write_config(tmp_path / "bad.yml", tiny_model_dir, op=op, top={"http_port": port})
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--config", str(cfg)], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "resnest_serving.cli", "serve", "--config", str(cfg)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr

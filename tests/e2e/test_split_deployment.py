@@ -16,13 +16,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from resnest_serving.pipeline.local import LocalClassifier
+from resnest_serving.protocol import general_model_service_pb2 as gm
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
+from resnest_serving.protocol.brpc_client import SyncBrpcClient
 from support import REPO_ROOT, ServerProcess, make_tls_files
-
-from pipeline.local import LocalClassifier
-from protocol import general_model_service_pb2 as gm
-from protocol import pipeline_service_pb2 as pb
-from protocol import pipeline_service_pb2_grpc as pb_grpc
-from protocol.brpc_client import SyncBrpcClient
 
 HOST = "127.0.0.1"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"

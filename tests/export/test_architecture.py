@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-
-from export.flops import count_macs
-from export.resnest import ARCHS, arch_spec, build_model
+from resnest_serving.export.flops import count_macs
+from resnest_serving.export.resnest import ARCHS, arch_spec, build_model
 
 PUBLISHED = {  # PaddleClas model zoo: Params (M, BN statistics included), FLOPs (G)
     "ResNeSt50_fast_1s1x64d": (26.27, 4.36),

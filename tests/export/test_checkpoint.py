@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from safetensors.numpy import save_file
-
-from export.checkpoint import (
+from resnest_serving.export.checkpoint import (
     CheckpointError,
     Layout,
     SourceFormat,
@@ -25,7 +23,8 @@ from export.checkpoint import (
     read_checkpoint,
     read_state_dict,
 )
-from export.resnest import ResNeSt, build_model
+from resnest_serving.export.resnest import ResNeSt, build_model
+from safetensors.numpy import save_file
 
 TINY = "ResNeSt_tiny"
 
@@ -92,7 +91,7 @@ def test_pdparams_release25_zero_fills_biases(tiny, x, tmp_path, caplog):
     release = {k: v for k, v in state.items() if not k.endswith(".conv2.conv3.bias")}
     assert len(state) - len(release) == 4  # one block per stage in the tiny net
     path = save_pdparams(release, tmp_path / "release.pdparams")
-    with caplog.at_level(logging.INFO, logger="export.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="resnest_serving.export.checkpoint"):
         loaded, info = load_checkpoint_model(TINY, path)
     assert info.layout is Layout.PADDLE_RELEASE_2_5 and info.zero_filled_biases == 4
     zero_fill_lines = [r.getMessage() for r in caplog.records if "zero-filled" in r.getMessage()]

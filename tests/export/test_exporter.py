@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from resnest_serving.export.exporter import ExportError, ExportOptions, export
+from resnest_serving.export.resnest import build_model
+from resnest_serving.export.serving_config import read_config
 from support import run_predictor
 
-from export.exporter import ExportError, ExportOptions, export
-from export.resnest import build_model
-from export.serving_config import read_config
-from serving.cli import main as resnest_main
+from resnest_serving.cli import main as resnest_main
 
 
 def assert_close(got: np.ndarray, want: np.ndarray) -> None:
@@ -127,7 +127,7 @@ def test_cli_export_and_error_exit_code(tmp_path, capfd):
 def test_ceil_mode_shortcut_dropped_only_where_it_is_a_no_op(tmp_path):
     """PyTorch sources build the shortcut pool in ceil mode; at sizes divisible by 32 the exporter uses floor
     mode (identical there, and faster under oneDNN), and the exported output still equals the ceil-mode net."""
-    from export.exporter import _save_inference_model
+    from resnest_serving.export.exporter import _save_inference_model
 
     paddle.seed(11)
     model = build_model("ResNeSt_tiny", shortcut_ceil_mode=True, avg_pool_exclusive=False)
@@ -166,7 +166,7 @@ def test_serving_dir_without_meta_serves_with_feed_shape_defaults(tiny_export, t
     feed shape (crop 64 → resize 64, PaddleClas's rule for sizes other than 224/256)."""
     import shutil
 
-    from pipeline.local import LocalClassifier
+    from resnest_serving.pipeline.local import LocalClassifier
 
     foreign = tmp_path / "serving_server"
     shutil.copytree(tiny_export.server_dir, foreign)

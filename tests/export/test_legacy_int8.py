@@ -15,12 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from resnest_serving.export.exporter import ExportOptions, export
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES
 from support import REPO_ROOT, run_predictor
-
-from export.exporter import ExportOptions, export
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines import AUTO_ORDER, RUNTIMES
 
 # PaddleClas's rSoftmax reads `batch, r, h, w = x.shape` and reshapes to [batch, cardinality, radix, r*h*w/...]:
 # traced by Paddle 2.x's dy2static with a dynamic batch, that is Shape → Slice → Mul/Div → Cast → Concat →
@@ -28,7 +27,7 @@ from pipeline.engines import AUTO_ORDER, RUNTIMES
 PADDLECLAS_STYLE_LEGACY = """
 import sys, paddle
 import paddle.nn.functional as F
-from export import resnest
+from resnest_serving.export import resnest
 
 def forward(self, x):
     if self.radix == 1:
@@ -103,7 +102,7 @@ def test_int8_export_of_a_paddleclas_legacy_inference_model(legacy_model, tmp_pa
 
 
 def resnest(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving.cli", "export", "--arch", "ResNeSt_tiny", *args],
+    return subprocess.run([sys.executable, "-m", "resnest_serving.cli", "export", "--arch", "ResNeSt_tiny", *args],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 

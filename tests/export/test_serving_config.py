@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from export.serving_config import VarSpec, build_config, read_config, render_text, write_config_files
+from resnest_serving.export.serving_config import (
+    VarSpec,
+    build_config,
+    read_config,
+    render_text,
+    write_config_files,
+)
 
 REFERENCE_TEXT = """feed_var {
   name: "inputs"

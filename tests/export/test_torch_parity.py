@@ -13,7 +13,7 @@ except ImportError as exc:
     raise ImportError(f"torch parity needs the test extras ({exc}): pip install torch==2.13.0 && pip install "
                       "--no-deps resnest==0.0.5 (make test does)") from exc
 
-from export.checkpoint import CheckpointError, Layout, SourceFormat, load_checkpoint_model  # noqa: E402
+from resnest_serving.export.checkpoint import CheckpointError, Layout, SourceFormat, load_checkpoint_model  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -18,17 +18,16 @@ from fuzz.fuzz_support import encoded, fuzz, mutate, mutations
 from google.protobuf import json_format
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
-
-from pipeline.errors import ErrorCode, PipelineError
-from pipeline.preprocess import b64decode_image, decode_image
-from pipeline.types import Request
-from protocol import baidu_std as bs
-from protocol import pipeline_service_pb2 as pb
-from protocol.brpc_meta_pb2 import RpcMeta
-from protocol.inflate import MAX_GZIP_MEMBERS, InflateError, inflate
-from serving import v2_adapter, v2_rest
-from serving.core import request_from_proto
-from serving.rest_adapter import parse_request_json
+from resnest_serving.pipeline.errors import ErrorCode, PipelineError
+from resnest_serving.pipeline.preprocess import b64decode_image, decode_image
+from resnest_serving.pipeline.types import Request
+from resnest_serving.protocol import baidu_std as bs
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
+from resnest_serving.protocol.inflate import MAX_GZIP_MEMBERS, InflateError, inflate
+from resnest_serving.serving import v2_adapter, v2_rest
+from resnest_serving.serving.core import request_from_proto
+from resnest_serving.serving.rest_adapter import parse_request_json
 
 # -- strategies ------------------------------------------------------------------------------------------
 

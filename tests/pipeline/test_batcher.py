@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-
-from export.model_files import EngineOptions
-from pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
-from pipeline.bundle import ModelBundle
-from pipeline.engines import open_runtime, start_engines
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import open_runtime, start_engines
 
 
 class Recorder(BatchObserver):

@@ -4,9 +4,8 @@ these tests check that the right paddle.inference.Config switches are set (unver
 from __future__ import annotations
 
 import pytest
-
-from export.model_files import EngineOptions, config_calls, paddle_config
-from pipeline.bundle import ModelBundle
+from resnest_serving.export.model_files import EngineOptions, config_calls, paddle_config
+from resnest_serving.pipeline.bundle import ModelBundle
 
 
 def config_for(model_dir, **options):

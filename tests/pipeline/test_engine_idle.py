@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import start_engines
 
 from bench.served import cpu_seconds
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines import start_engines
 
 
 @pytest.mark.parametrize("kind", ["paddle", "onnxruntime", "openvino"])

@@ -24,13 +24,18 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from support import REPO_ROOT
-
-from export.model_files import EngineOptions
-from pipeline.accuracy import preprocess_images
-from pipeline.bundle import ModelBundle
-from pipeline.engines import AUTO_ORDER, RUNTIMES, EngineError, EngineUnavailable, open_runtime, start_engines
-from pipeline.engines.cpu import (
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.accuracy import preprocess_images
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import (
+    AUTO_ORDER,
+    RUNTIMES,
+    EngineError,
+    EngineUnavailable,
+    open_runtime,
+    start_engines,
+)
+from resnest_serving.pipeline.engines.cpu import (
     BF16_FLAGS,
     FLAGS_OVERRIDE,
     INT8_FLAGS,
@@ -38,6 +43,7 @@ from pipeline.engines.cpu import (
     describe,
     precision_unsupported,
 )
+from support import REPO_ROOT
 
 ISA_CAPS = ("", "AVX2", "AVX512_CORE")  # "" = everything this CPU has
 NO_BF16_NO_VNNI = ",".join(f"-{flag}" for flag in (*BF16_FLAGS, *INT8_FLAGS))
@@ -60,7 +66,7 @@ def expected_why(bundle: ModelBundle, engine: str, precision: str, isa: str) -> 
 def start_matrix(models, isa: str, max_batch: int = 8) -> subprocess.Popen:
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa} if isa else {
         k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.engines.matrix", *map(str, models), "--json",
+    return subprocess.Popen([sys.executable, "-m", "resnest_serving.pipeline.engines.matrix", *map(str, models), "--json",
                              "--max-batch", str(max_batch)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

@@ -6,9 +6,8 @@ import ast
 
 import numpy as np
 import pytest
-
-from pipeline.labels import load_labels
-from pipeline.postprocess import Postprocessor, top_k
+from resnest_serving.pipeline.labels import load_labels
+from resnest_serving.pipeline.postprocess import Postprocessor, top_k
 
 
 def test_top1_paddleclas_shape():

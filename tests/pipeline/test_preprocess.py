@@ -7,9 +7,8 @@ import base64
 import cv2
 import numpy as np
 import pytest
-
-from pipeline.errors import ErrorCode, PipelineError
-from pipeline.preprocess import Preprocessor, PreprocessSpec, b64decode_image, decode_image
+from resnest_serving.pipeline.errors import ErrorCode, PipelineError
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec, b64decode_image, decode_image
 
 
 def paddleclas_reference(path, resize_short=256, crop=224) -> np.ndarray:

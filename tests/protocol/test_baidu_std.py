@@ -7,9 +7,8 @@ import struct
 import zlib
 
 import pytest
-
-from protocol import baidu_std as bs
-from protocol.brpc_meta_pb2 import RpcMeta
+from resnest_serving.protocol import baidu_std as bs
+from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 
 SERVICE = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
 

@@ -8,8 +8,7 @@ import tracemalloc
 import zlib
 
 import pytest
-
-from protocol.inflate import CHUNK_BYTES, MAX_GZIP_MEMBERS, InflateError, inflate
+from resnest_serving.protocol.inflate import CHUNK_BYTES, MAX_GZIP_MEMBERS, InflateError, inflate
 
 
 @pytest.mark.parametrize("fmt,pack", [("gzip", gzip.compress), ("zlib", zlib.compress), ("deflate", zlib.compress),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol import generate
-from protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol import generate
+from resnest_serving.protocol import pipeline_service_pb2 as pb
 
 
 def test_committed_stubs_are_fresh(tmp_path):

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from serving import config as config_mod
-from serving.config import (
+from resnest_serving.serving import config as config_mod
+from resnest_serving.serving.config import (
     ConfigError,
     DagConfig,
     LocalServiceConf,
@@ -154,7 +153,7 @@ def test_defaults_filled(cpus) -> None:
 
 
 def test_defaults_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="serving.config"):
+    with caplog.at_level(logging.DEBUG, logger="resnest_serving.serving.config"):
         parse(minimal())
     messages = [r.getMessage() for r in caplog.records]
     assert "[CONF] worker_num not set, use default: 1" in messages
@@ -598,9 +597,9 @@ def test_paddle_switches_from_config_reach_paddle(tiny_model_dir: Path, cpus) ->
     leaves Paddle's own 10); mem_optim turns Paddle's memory optimisation on for GPU/TensorRT and is never
     applied on CPU, whatever it says (Paddle 3.3's PIR CPU predictor fails to build with it); use_calib and
     min_subgraph_size reach the TensorRT call (checked as the Config calls: no GPU here)."""
-    from export.model_files import config_calls, paddle_config
-    from pipeline.bundle import ModelBundle
-    from serving.server import engine_options
+    from resnest_serving.export.model_files import config_calls, paddle_config
+    from resnest_serving.pipeline.bundle import ModelBundle
+    from resnest_serving.serving.server import engine_options
 
     bundle = ModelBundle.load(tiny_model_dir)
 
@@ -668,18 +667,18 @@ def test_parse_override() -> None:
 
 
 def test_configuration_doc_tables_are_current() -> None:
-    from serving.config_docs import DOC, render
+    from resnest_serving.serving.config_docs import DOC, render
 
     text = DOC.read_text()
-    assert render(text) == text, "docs/configuration.md is out of date: run python -m serving.config_docs"
+    assert render(text) == text, "docs/configuration.md is out of date: run python -m resnest_serving.serving.config_docs"
 
 
 def test_every_schema_key_is_documented_and_parsed() -> None:
-    from serving.config_docs import DOC
-    from serving.config_schema import settings_of
+    from resnest_serving.serving.config_docs import DOC
+    from resnest_serving.serving.config_schema import settings_of
 
     text = DOC.read_text()
-    from serving.config_schema import AuthConfig, TlsConfig
+    from resnest_serving.serving.config_schema import AuthConfig, TlsConfig
 
     for schema, prefix in ((ServerConfig, ""), (DagConfig, ""), (OpConfig, ""), (LocalServiceConf, ""),
                            (TlsConfig, "tls."), (AuthConfig, "auth.")):
@@ -690,8 +689,8 @@ def test_every_schema_key_is_documented_and_parsed() -> None:
 
 def test_key_coverage_table_is_complete() -> None:
     """docs/configuration.md lists every key with a test that exists."""
-    from serving.config_docs import DOC
-    from serving.config_schema import AuthConfig, TlsConfig, TracerConfig, settings_of
+    from resnest_serving.serving.config_docs import DOC
+    from resnest_serving.serving.config_schema import AuthConfig, TlsConfig, TracerConfig, settings_of
 
     text = DOC.read_text().split("## Which test covers each key", 1)[1]
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-
-from protocol import pipeline_service_pb2 as pb
-from protocol.wire import PIPELINE_SERVICE
-from serving.connections import ConnectionLimits, DoorSettings
-from serving.grpc_adapter import start_grpc
-from serving.security import TokenSet
+from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol.wire import PIPELINE_SERVICE
+from resnest_serving.serving.connections import ConnectionLimits, DoorSettings
+from resnest_serving.serving.grpc_adapter import start_grpc
+from resnest_serving.serving.security import TokenSet
 
 TOKEN = "grpc-door-token-0123456789"
 

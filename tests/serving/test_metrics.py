@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 
-from serving.metrics import Metrics, Window, describe_window
+from resnest_serving.serving.metrics import Metrics, Window, describe_window
 
 
 def test_window_is_fixed_size_with_the_tracer_off():

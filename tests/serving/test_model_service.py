@@ -16,22 +16,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
+from resnest_serving.export.model_files import EngineOptions
+from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines import start_engines
+from resnest_serving.pipeline.local import LocalClassifier
+from resnest_serving.protocol import baidu_std as bs
+from resnest_serving.protocol import general_model_service_pb2 as gm
+from resnest_serving.protocol.brpc_client import BrpcClient, SyncBrpcClient
+from resnest_serving.protocol.general_model import encode_request
+from resnest_serving.serving.brpc_server import BrpcServer
+from resnest_serving.serving.config import ConfigError, load_config
+from resnest_serving.serving.connections import DoorSettings
+from resnest_serving.serving.model_server import run_model_server, serve_model
+from resnest_serving.serving.model_service import ModelService, register_model_service, start_model_http
+from resnest_serving.serving.remote_engine import RemoteModelError, create_remote_engines
 from support import write_config
-
-from export.model_files import EngineOptions
-from pipeline.bundle import ModelBundle
-from pipeline.engines import start_engines
-from pipeline.local import LocalClassifier
-from protocol import baidu_std as bs
-from protocol import general_model_service_pb2 as gm
-from protocol.brpc_client import BrpcClient, SyncBrpcClient
-from protocol.general_model import encode_request
-from serving.brpc_server import BrpcServer
-from serving.config import ConfigError, load_config
-from serving.connections import DoorSettings
-from serving.model_server import run_model_server, serve_model
-from serving.model_service import ModelService, register_model_service, start_model_http
-from serving.remote_engine import RemoteModelError, create_remote_engines
 
 HOST = "127.0.0.1"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
@@ -534,12 +533,11 @@ def test_model_server_refuses_configs_it_cannot_serve(tmp_path, tiny_model_dir):
 def test_remote_security_from_config(servers, bundle, batch, tmp_path):
     """Issue #24.7: the remote engine's TLS keys, mutual TLS included, against an mTLS bRPC front (a proxy to
     the plain model server); the key rules are refused by name."""
+    from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE
+    from resnest_serving.serving.config_schema import LocalServiceConf, TlsConfig
+    from resnest_serving.serving.remote_engine import RemoteSecurity
+    from resnest_serving.serving.security import server_ssl_context
     from support import make_tls_files
-
-    from protocol.wire import GENERAL_MODEL_SERVICE
-    from serving.config_schema import LocalServiceConf, TlsConfig
-    from serving.remote_engine import RemoteSecurity
-    from serving.security import server_ssl_context
 
     files = make_tls_files(tmp_path / "tls")
     base = LocalServiceConf(model_config=tmp_path)

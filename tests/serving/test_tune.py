@@ -11,10 +11,10 @@ import time
 import pytest
 import requests
 import yaml
+from resnest_serving.serving.tune import Candidate, Tuner, accuracy_gate, parse_duration
 from support import ServerProcess
 
-from serving.cli import main
-from serving.tune import Candidate, Tuner, accuracy_gate, parse_duration
+from resnest_serving.cli import main
 
 
 def test_tune_picks_a_config_that_serves(demo_export, shared, tmp_path, capsys):
@@ -53,7 +53,7 @@ def test_a_candidate_that_cannot_start_is_reported_not_chosen(tiny_model_dir, sh
 
 
 def test_accuracy_gate_and_budget_parsing(demo_export, tiny_model_dir):
-    from pipeline.bundle import ModelBundle
+    from resnest_serving.pipeline.bundle import ModelBundle
 
     bundle = ModelBundle.load(demo_export.server_dir)
     assert accuracy_gate(bundle, "paddle", "fp32", 0.99) is None

@@ -10,10 +10,9 @@ import grpc
 import numpy as np
 import pytest
 import requests
+from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
+from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from support import ServerProcess, write_config
-
-from protocol import grpc_predict_v2_pb2 as pb
-from protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 
 Input = pb.ModelInferRequest.InferInputTensor
 Output = pb.ModelInferRequest.InferRequestedOutputTensor

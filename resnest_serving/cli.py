@@ -12,7 +12,7 @@ warnings.filterwarnings("ignore", message="No ccache found")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export import cli as export_cli
+    from resnest_serving.export import cli as export_cli
 
     parser = argparse.ArgumentParser(prog="resnest", description="Export, serve and load-test ResNeSt classifiers "
                                      "(wire-compatible with Paddle Serving 0.9).")
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    from pipeline.engines.base import EngineError
+    from resnest_serving.pipeline.engines.base import EngineError
 
     try:
         return int(args.func(args) or 0)
