@@ -6,7 +6,9 @@ committed stubs differ from what this produces, so a .proto edit cannot land wit
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,23 +26,27 @@ def generate(out_root: Path) -> list[Path]:
 
     The .proto files are copied under `resnest_serving/protocol/` first, so that the generated gRPC stubs
     import `resnest_serving.protocol.*_pb2` (the installed name), not a top-level `protocol`."""
-    from grpc_tools import protoc  # test/dev extra only
-
     out_dir = out_root / PACKAGE_PATH
     out_dir.mkdir(parents=True, exist_ok=True)
     source_root = out_root / "proto_src"
     (source_root / PACKAGE_PATH).mkdir(parents=True)
     written: list[Path] = []
-    include = str(Path(protoc.__file__).parent / "_proto")
+    # protoc runs in a child process: grpc_tools' protobuf library and Paddle's abort when both are loaded
+    # into one process (a test process imports Paddle too).
+    tools = importlib.util.find_spec("grpc_tools")  # test/dev extra only
+    if tools is None or not tools.submodule_search_locations:
+        raise RuntimeError("grpcio-tools is not installed (pip install -e '.[test]')")
+    include = str(Path(next(iter(tools.submodule_search_locations))) / "_proto")
     for name in PROTOS:
         shutil.copyfile(PROTOCOL_DIR / name, source_root / PACKAGE_PATH / name)
     for name in PROTOS:
-        args = ["protoc", f"-I{source_root}", f"-I{include}", f"--python_out={out_root}"]
+        args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{source_root}", f"-I{include}", f"--python_out={out_root}"]
         if name in WITH_GRPC:
             args.append(f"--grpc_python_out={out_root}")
         args.append(str(source_root / PACKAGE_PATH / name))
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {name}")
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc failed on {name}: {done.stderr.strip()}")
         stem = name.removesuffix(".proto")
         written.append(out_dir / f"{stem}_pb2.py")
         if name in WITH_GRPC:
