@@ -12,7 +12,7 @@ import paddle
 import pytest
 from resnest_serving.export.exporter import ExportError, ExportOptions, export
 from resnest_serving.export.resnest import build_model
-from resnest_serving.export.serving_config import read_config
+from resnest_serving.protocol.serving_config import read_config
 from support import run_predictor
 
 from resnest_serving.cli import main as resnest_main
