@@ -1,4 +1,4 @@
-"""serving_*_conf.prototxt in Paddle Serving's exact text rendering and binary bytes (reference §6)."""
+"""serving_*_conf.prototxt in Paddle Serving's exact text rendering and binary bytes (../shared/reference/paddle_serving_protocol.md §6)."""
 
 from __future__ import annotations
 
