@@ -36,7 +36,7 @@ async def start_engines(bundle: ModelBundle, kind: str, options: EngineOptions, 
         return ProcessEngine(bundle, kinds, opts, max_batch, name=f"engine-{i}")
 
     log.info("starting %d engine instance(s), engine %s, precision %s, on %s", concurrency, kind,
-             options.precision, describe_cpu() if not options.on_gpu else f"GPU {devices}")
+             options.precision, f"GPU {devices}" if options.on_gpu else describe_cpu())
     engines = [instance(0, candidates(kind))]
     try:
         first = await engines[0].start()
