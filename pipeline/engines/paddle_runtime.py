@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from resnest_serving.pipeline.engines.base import Runtime
 from resnest_serving.pipeline.engines.cpu import precision_unsupported
-from resnest_serving.pipeline.engines.paddle_config import paddle_config
+from resnest_serving.pipeline.engines.paddle_config import open_predictor
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import TENSORRT, EngineOptions
 
@@ -38,9 +38,7 @@ class PaddleRuntime(Runtime):
 
     def __init__(self, bundle: ModelBundle, options: EngineOptions):
         super().__init__(bundle, options)
-        from paddle import inference
-
-        self.predictor = inference.create_predictor(paddle_config(bundle.model_file, bundle.params_file, options))
+        self.predictor = open_predictor(bundle.model_file, bundle.params_file, options)
         self._input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self._output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
 
