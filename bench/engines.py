@@ -36,29 +36,33 @@ BASE = ("paddle", "fp32")
 
 def ensure_export(arch: str, out_dir: Path, calibration: dict[str, bytes], checks: dict[str, dict[str, bytes]]) -> Path:
     """A random-init export with ONNX, int8 and accuracy checks, made once and reused on later runs."""
-    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions
+
+    from resnest_serving.export_command import export_model
 
     target = out_dir / arch
     if not (target / "serving_server" / "inference.int8.onnx").is_file():
-        export(ExportOptions(arch=arch, out=target, random_init=True, force=True, int8=True,
-                             calibration_images=calibration, check_images=checks))
+        export_model(ExportOptions(arch=arch, out=target, random_init=True, force=True, int8=True,
+                                   calibration_images=calibration, check_images=checks))
     return target / "serving_server"
 
 
 def ensure_demo_export(out_dir: Path, shared_images: dict[str, bytes]) -> Path:
     """The trained demo model with int8 calibrated on 64 held-out digits, checked on the other 296."""
     from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
-    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions
+
+    from resnest_serving.export_command import export_model
 
     target = out_dir / "demo"
     if not (target / "serving_server" / "inference.int8.onnx").is_file():
         pngs, _ = load_heldout()
         named = {f"digit{i:03d}.png": png for i, png in enumerate(pngs)}
         names = list(named)
-        export(ExportOptions(arch=ARCH, out=target, checkpoint=CHECKPOINT_PATH, label_file=LABELS_PATH, force=True,
-                             int8=True, calibration_images={n: named[n] for n in names[:64]},
-                             check_images={"digits-heldout": {n: named[n] for n in names[64:]},
-                                           "shared-images": shared_images}))
+        export_model(ExportOptions(arch=ARCH, out=target, checkpoint=CHECKPOINT_PATH, label_file=LABELS_PATH,
+                                   force=True, int8=True, calibration_images={n: named[n] for n in names[:64]},
+                                   check_images={"digits-heldout": {n: named[n] for n in names[64:]},
+                                                 "shared-images": shared_images}))
     return target / "serving_server"
 
 
@@ -67,9 +71,9 @@ def ensure_demo_export(out_dir: Path, shared_images: dict[str, bytes]) -> Path:
 
 def measure(job: dict) -> dict:
     """In the child: load one engine, warm it up, time each batch size for `seconds`; ms per batch (median)."""
-    from resnest_serving.export.model_files import EngineOptions
-    from resnest_serving.pipeline.bundle import ModelBundle
     from resnest_serving.pipeline.engines import EngineError, open_runtime
+    from resnest_serving.protocol.bundle import ModelBundle
+    from resnest_serving.protocol.engine_options import EngineOptions
 
     bundle = ModelBundle.load(job["model"])
     options = EngineOptions(thread_num=job["threads"], precision=job["precision"])
@@ -173,8 +177,8 @@ def macs_per_image(arch: str, size: int) -> int:
 
 def run(args: argparse.Namespace) -> tuple[str, dict]:
     from resnest_serving.pipeline.accuracy import describe_check
-    from resnest_serving.pipeline.bundle import ModelBundle
     from resnest_serving.pipeline.engines.cpu import describe as describe_cpu
+    from resnest_serving.protocol.bundle import ModelBundle
 
     shared_images = {p.name: p.read_bytes() for p in sorted((args.shared / "data" / "images").iterdir())}
     out_lines = []

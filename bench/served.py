@@ -35,8 +35,8 @@ import requests
 from resnest_serving.client.fingerprint import machine_fingerprint
 from resnest_serving.client.images import list_images
 from resnest_serving.client.report import strict_json
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.protocol.bundle import ModelBundle
 
 from bench.engines import ensure_export, in_child
 

@@ -101,8 +101,10 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
             raise ValueError(f"no images in {folder}")
         return args.model_dir, [p.read_bytes() for p in paths], None
     from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
-    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions
     from resnest_serving.pipeline.accuracy import describe_check
+
+    from resnest_serving.export_command import export_model
 
     say(f"== exporting the demo checkpoint {CHECKPOINT_PATH.name} ({ARCH}) with resnest export, plus an int8 "
         f"model calibrated on {CALIBRATION_DIGITS} held-out digits")
@@ -113,10 +115,10 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
     checks = {"digits-heldout": {n: named[n] for n in names[CALIBRATION_DIGITS:]}}
     if shared_images.is_dir():
         checks["shared-images"] = {p.name: p.read_bytes() for p in sorted(shared_images.iterdir()) if p.is_file()}
-    result = export(ExportOptions(arch=ARCH, out=args.out / "bundle", checkpoint=CHECKPOINT_PATH,
-                                  label_file=LABELS_PATH, force=True, int8=True,
-                                  calibration_images={n: named[n] for n in names[:CALIBRATION_DIGITS]},
-                                  check_images=checks))
+    result = export_model(ExportOptions(arch=ARCH, out=args.out / "bundle", checkpoint=CHECKPOINT_PATH,
+                                        label_file=LABELS_PATH, force=True, int8=True,
+                                        calibration_images={n: named[n] for n in names[:CALIBRATION_DIGITS]},
+                                        check_images=checks))
     say("== what reduced precision costs on this CPU (each engine against itself at fp32; the held-out digits "
         "exclude the calibration ones)")
     for precision, entry in result.meta.precision_checks.items():

@@ -7,6 +7,10 @@ Layout written under `out/` (the same as Paddle Serving's `convert`, plus our me
     serving_client/  serving_client_conf.prototxt (+ .stream.prototxt)
 Everything is built in a temporary sibling directory and renamed into place at the end, so a failed
 export leaves nothing half-written.
+
+int8 calibration and the bf16/int8 checks run the model through the server's preprocessing and engines,
+which are `pipeline/`'s: the caller hands them in as a `BundleRunner` (`resnest_serving.export_command`
+does), so this package never imports `pipeline/`.
 """
 
 from __future__ import annotations
@@ -15,15 +19,17 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from resnest_serving.export.bundle_meta import BundleMeta, resize_short_for_crop
 from resnest_serving.export.checkpoint import SUPPORTED_SUFFIXES
-from resnest_serving.export.model_files import find_model_files, open_predictor
 from resnest_serving.export.resnest import ArchSpec, arch_spec, build_model
-from resnest_serving.export.serving_config import VarSpec, build_config, write_config_files
+from resnest_serving.protocol.bundle import find_model_files
+from resnest_serving.protocol.bundle_meta import BundleMeta, resize_short_for_crop
+from resnest_serving.protocol.serving_config import VarSpec, build_config, write_config_files
 from resnest_serving.protocol.wire import NUMPY_ELEM_TYPES, ElemType
 
 log = logging.getLogger(__name__)
@@ -59,6 +65,19 @@ class ExportOptions:
     crop_size: int | None = None
 
 
+class BundleRunner(Protocol):
+    """What int8 calibration and the precision checks need from the code that runs models (`pipeline/`)."""
+
+    def preprocess(self, server_dir: Path, images: Mapping[str, bytes]) -> np.ndarray:
+        """Encoded images by name → the bundle's [N, 3, H, W] float32 input, as the server preprocesses."""
+        ...
+
+    def check_precisions(self, server_dir: Path, image_sets: Mapping[str, Mapping[str, bytes]],
+                         precisions: Sequence[str], thread_num: int) -> dict:
+        """bf16/int8 against fp32 on every engine that runs them here: the meta's `precision_checks`."""
+        ...
+
+
 @dataclass
 class ExportResult:
     out: Path
@@ -69,10 +88,11 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def export(opts: ExportOptions) -> ExportResult:
-    """Run the whole export into a temporary dir, then move it to `opts.out`."""
+def export(opts: ExportOptions, runner: BundleRunner | None = None) -> ExportResult:
+    """Run the whole export into a temporary dir, then move it to `opts.out`. int8 and the precision checks
+    (calibration or check images given) need a `runner`."""
     started = time.perf_counter()
-    _check_options(opts)
+    _check_options(opts, runner)
     out = opts.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -80,7 +100,7 @@ def export(opts: ExportOptions) -> ExportResult:
     try:
         server_dir, client_dir = tmp / "serving_server", tmp / "serving_client"
         server_dir.mkdir(parents=True)
-        meta = _write_bundle(opts, server_dir, client_dir)
+        meta = _write_bundle(opts, server_dir, client_dir, runner)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -92,7 +112,7 @@ def export(opts: ExportOptions) -> ExportResult:
     return ExportResult(out, out / "serving_server", out / "serving_client", meta, seconds)
 
 
-def _check_options(opts: ExportOptions) -> None:
+def _check_options(opts: ExportOptions, runner: BundleRunner | None) -> None:
     arch_spec(opts.arch)  # raises for an unknown variant
     if opts.random_init == (opts.checkpoint is not None):
         raise ExportError("give exactly one of --checkpoint PATH or --random-init")
@@ -113,9 +133,12 @@ def _check_options(opts: ExportOptions) -> None:
         raise ExportError("--int8 quantizes the ONNX model: it cannot be combined with --no-onnx")
     if opts.int8 and not opts.calibration_images:
         raise ExportError("--int8 needs calibration images (--calib-images DIR): a few dozen like the served ones")
+    if (opts.calibration_images or opts.check_images) and runner is None:
+        raise ExportError("int8 calibration and precision checks run the model: give a BundleRunner "
+                          "(resnest_serving.export_command.export_model does)")
 
 
-def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path) -> BundleMeta:
+def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path, runner: BundleRunner | None) -> BundleMeta:
     source: dict = {}
     if opts.checkpoint is not None and opts.checkpoint.is_dir():
         spec = _spec(opts, arch_spec(opts.arch))
@@ -139,35 +162,30 @@ def _write_bundle(opts: ExportOptions, server_dir: Path, client_dir: Path) -> Bu
                       class_num=fetches[0].shape[-1], softmax=opts.softmax, label_file=label_name,
                       onnx_file=onnx_name, source=source)
     meta.write(server_dir)
-    if opts.int8:
-        meta = _quantize(opts, server_dir, meta)
-    if opts.check_images or opts.calibration_images:
-        meta = _check_precisions(opts, server_dir, meta)
+    if runner is not None and opts.int8:
+        meta = _quantize(opts, server_dir, meta, runner)
+    if runner is not None and (opts.check_images or opts.calibration_images):
+        meta = _check_precisions(opts, server_dir, meta, runner)
     else:
         log.info("no accuracy check of bf16/int8 recorded: give --check-images DIR to record one")
     return meta
 
 
-def _quantize(opts: ExportOptions, server_dir: Path, meta: BundleMeta) -> BundleMeta:
+def _quantize(opts: ExportOptions, server_dir: Path, meta: BundleMeta, runner: BundleRunner) -> BundleMeta:
     from resnest_serving.export.quantize import INT8_ONNX, quantize_int8
-    from resnest_serving.pipeline.accuracy import preprocess_images
-    from resnest_serving.pipeline.bundle import ModelBundle
 
-    calibration = preprocess_images(ModelBundle.load(server_dir), opts.calibration_images)
+    calibration = runner.preprocess(server_dir, opts.calibration_images)
     quantize_int8(server_dir / meta.onnx_file, server_dir / INT8_ONNX, calibration)
     meta = replace(meta, int8_onnx_file=INT8_ONNX)
     meta.write(server_dir)
     return meta
 
 
-def _check_precisions(opts: ExportOptions, server_dir: Path, meta: BundleMeta) -> BundleMeta:
+def _check_precisions(opts: ExportOptions, server_dir: Path, meta: BundleMeta, runner: BundleRunner) -> BundleMeta:
     """bf16 and int8 against fp32 on every engine that runs them here, recorded in the meta file."""
-    from resnest_serving.pipeline.accuracy import check_precisions
-    from resnest_serving.pipeline.bundle import ModelBundle
-
     sets = dict(opts.check_images) or {"calibration": opts.calibration_images}
     precisions = ("bf16", "int8") if meta.int8_onnx_file else ("bf16",)
-    checks = check_precisions(ModelBundle.load(server_dir), sets, precisions, opts.check_threads)
+    checks = runner.check_precisions(server_dir, sets, precisions, opts.check_threads)
     meta = replace(meta, precision_checks=checks)
     meta.write(server_dir)
     return meta
@@ -256,7 +274,7 @@ def _copy_inference_model(src: Path, server_dir: Path) -> tuple[Path, Path]:
 def _io_specs(model_file: Path, params_file: Path, spec: ArchSpec,
               opts: ExportOptions) -> tuple[list[VarSpec], list[VarSpec]]:
     """Feed/fetch names and shapes, read from the saved model by running it once on zeros."""
-    predictor = open_predictor(model_file, params_file)
+    predictor = _probe_predictor(model_file, params_file)
     in_names, out_names = predictor.get_input_names(), predictor.get_output_names()
     if len(in_names) != 1 or len(out_names) != 1:
         raise ExportError(f"expected a classifier with one input and one output, got inputs {in_names} "
@@ -272,6 +290,20 @@ def _io_specs(model_file: Path, params_file: Path, spec: ArchSpec,
     feed = VarSpec(in_names[0], opts.feed_alias, ElemType.FP32, (3, spec.crop_size, spec.crop_size))
     fetch = VarSpec(out_names[0], opts.fetch_alias, NUMPY_ELEM_TYPES[str(out.dtype)], (out.shape[1],))
     return [feed], [fetch]
+
+
+def _probe_predictor(model_file: Path, params_file: Path):
+    """A one-thread CPU Paddle predictor, only to run the saved model once. The engines' Config (every
+    `local_service_conf` switch, GPU, TensorRT) is `pipeline/engines/paddle_config.py`'s; this package runs
+    no engines, so it builds this small one itself."""
+    from paddle import inference
+
+    config = inference.Config(str(model_file), str(params_file))
+    config.disable_glog_info()
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(1)
+    config.enable_mkldnn()
+    return inference.create_predictor(config)
 
 
 def _export_onnx(model_file: Path, params_file: Path, server_dir: Path, size: int) -> str:

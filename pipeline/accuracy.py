@@ -12,11 +12,11 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES, EngineError, open_runtime
 from resnest_serving.pipeline.engines.cpu import describe as describe_cpu
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 log = logging.getLogger(__name__)
 

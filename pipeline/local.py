@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import candidates, open_runtime
 from resnest_serving.pipeline.postprocess import Postprocessor, top_k
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 
 @dataclass(frozen=True)

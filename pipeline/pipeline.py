@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.base import Engine, EngineError
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.postprocess import Postprocessor
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 from resnest_serving.pipeline.types import Request, Response
+from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.wire import PROFILE_KEY
 
 log = logging.getLogger(__name__)

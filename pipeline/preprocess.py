@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
-from resnest_serving.export.bundle_meta import IMAGENET_MEAN, IMAGENET_STD
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
+from resnest_serving.protocol.bundle_meta import IMAGENET_MEAN, IMAGENET_STD
 
 cv2.setNumThreads(1)  # parallelism comes from the pipeline's thread pool, not from inside one resize
 

@@ -12,7 +12,7 @@ warnings.filterwarnings("ignore", message="No ccache found")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from resnest_serving.export import cli as export_cli
+    from resnest_serving import export_command as export_cli
 
     parser = argparse.ArgumentParser(prog="resnest", description="Export, serve and load-test ResNeSt classifiers "
                                      "(wire-compatible with Paddle Serving 0.9).")

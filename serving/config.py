@@ -337,7 +337,7 @@ def _check_op_lists(config: ServerConfig, lsc_path: str) -> None:
     given = [name for name in ("mkldnn_op_list", "mkldnn_bf16_op_list") if getattr(lsc, name)]
     if not given or config.op.is_remote:
         return
-    from resnest_serving.export.model_files import find_model_files
+    from resnest_serving.protocol.bundle import find_model_files
 
     try:
         model_file = find_model_files(lsc.model_config)[0]

@@ -42,7 +42,6 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from resnest_serving.pipeline.batcher import DynamicBatcher, QueueFull
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import Engine
 from resnest_serving.protocol import general_model_service_pb2 as gm
 from resnest_serving.protocol.baidu_std import (
@@ -52,6 +51,7 @@ from resnest_serving.protocol.baidu_std import (
     parse_message,
     short_service_name,
 )
+from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.general_model import tensor_values
 from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE, ElemType
 from resnest_serving.serving.brpc_server import BrpcServer, RequestContext

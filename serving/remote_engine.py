@@ -31,14 +31,14 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf.message import DecodeError
-from resnest_serving.export.serving_config import read_config
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import EngineError, StartReport
 from resnest_serving.protocol import general_model_service_pb2 as gm
 from resnest_serving.protocol.baidu_std import BrpcError, Errno
 from resnest_serving.protocol.brpc_client import BrpcClient
+from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.endpoints import split_host_port
 from resnest_serving.protocol.general_model import encode_request, tensor_values
+from resnest_serving.protocol.serving_config import read_config
 from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE
 from resnest_serving.serving.config_schema import LocalServiceConf
 from resnest_serving.serving.security import TokenSet, read_tokens

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnest_serving.export.model_files import EngineOptions
 from resnest_serving.pipeline.accuracy import recorded_check
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import Engine, start_engines
 from resnest_serving.pipeline.pipeline import Pipeline, PipelineSettings
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import DEVICE_CODES, EngineOptions
 from resnest_serving.serving.config import ServerConfig, check_paths
 from resnest_serving.serving.connections import ConnectionLimits, DoorSettings
 from resnest_serving.serving.core import ServingCore
@@ -35,8 +35,6 @@ from resnest_serving.serving.security import (
 )
 
 log = logging.getLogger(__name__)
-
-DEVICE_CODES = {"cpu": 0, "gpu": 1, "tensorrt": 2}
 
 
 def engine_options(config: ServerConfig) -> EngineOptions:

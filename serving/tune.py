@@ -28,8 +28,8 @@ from resnest_serving.client.bench import BenchAborted, BenchConfig, run_bench
 from resnest_serving.client.bench_cli import default_images_dir
 from resnest_serving.client.fingerprint import machine_fingerprint
 from resnest_serving.client.images import list_images
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.choose import AUTO_ORDER, RUNTIMES
+from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.serving.launcher import ServerProcess, write_config
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def accuracy_gate(bundle: ModelBundle, engine: str, precision: str, threshold: f
 
 def engine_candidates(bundle: ModelBundle, threshold: float) -> list[Candidate]:
     """Stage 1: the default config, then every engine × precision, refused ones with their reason."""
-    from resnest_serving.export.model_files import EngineOptions
+    from resnest_serving.protocol.engine_options import EngineOptions
 
     out = [Candidate("default config (schema defaults)")]
     for precision in PRECISIONS:

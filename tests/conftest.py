@@ -77,11 +77,13 @@ def demo_export(tmp_path_factory, heldout_digits, image_paths):
     """The trained demo model exported as `resnest demo` does: int8 calibrated on 64 held-out digits,
     bf16/int8 checked against fp32 on the other 296 and on the shared images."""
     from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
-    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions
+
+    from resnest_serving.export_command import export_model
 
     digits = heldout_digits[0]
     names = list(digits)
-    return export(ExportOptions(
+    return export_model(ExportOptions(
         arch=ARCH, out=tmp_path_factory.mktemp("demo") / "bundle", checkpoint=CHECKPOINT_PATH, label_file=LABELS_PATH,
         int8=True, calibration_images={n: digits[n] for n in names[:64]},
         check_images={"digits-heldout": {n: digits[n] for n in names[64:]},

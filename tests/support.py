@@ -93,7 +93,8 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
 
 def run_predictor(model_dir: Path, x):
     """The exported model in `model_dir` run once on `x` by Paddle Inference (the exporter tests' reference)."""
-    from resnest_serving.export.model_files import find_model_files, open_predictor
+    from resnest_serving.pipeline.engines.paddle_config import open_predictor
+    from resnest_serving.protocol.bundle import find_model_files
 
     predictor = open_predictor(*find_model_files(model_dir))
     handle = predictor.get_input_handle(predictor.get_input_names()[0])

@@ -7,8 +7,6 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.base import Engine, EngineError, EngineUnavailable, Runtime, StartReport
 from resnest_serving.pipeline.engines.choose import (
     AUTO_ORDER,
@@ -19,6 +17,8 @@ from resnest_serving.pipeline.engines.choose import (
 )
 from resnest_serving.pipeline.engines.cpu import describe as describe_cpu
 from resnest_serving.pipeline.engines.worker import ProcessEngine
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 __all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "RUNTIMES", "Engine", "EngineError", "EngineUnavailable",
            "ProcessEngine", "Runtime", "StartReport", "candidates", "open_runtime", "start_engines"]
@@ -36,7 +36,7 @@ async def start_engines(bundle: ModelBundle, kind: str, options: EngineOptions, 
         return ProcessEngine(bundle, kinds, opts, max_batch, name=f"engine-{i}")
 
     log.info("starting %d engine instance(s), engine %s, precision %s, on %s", concurrency, kind,
-             options.precision, describe_cpu() if options.device_type == 0 else f"GPU {devices}")
+             options.precision, f"GPU {devices}" if options.on_gpu else describe_cpu())
     engines = [instance(0, candidates(kind))]
     try:
         first = await engines[0].start()

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.cpu import precision_unsupported
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 WARM_UP_SEED = 20261201
 # Same image, different batch size: answers may differ by float rounding only (kernels change with the
@@ -82,7 +82,7 @@ class Runtime:
         """Why this engine cannot run `bundle` with `options` here, or None; cheap (nothing is loaded).
         The default is for CPU-only engines reading a model file (`model_path`)."""
         precision = options.precision.lower()
-        if options.device_type in (1, 2):
+        if options.on_gpu:
             return f"this server runs {cls.label} on CPU only; use engine: paddle for GPU"
         if importlib.util.find_spec(cls.package) is None:
             return f"the {cls.package} package is not installed (pip install {cls.package})"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.base import (
     EngineError,
     EngineUnavailable,
@@ -24,6 +22,8 @@ from resnest_serving.pipeline.engines.base import (
 from resnest_serving.pipeline.engines.onnx_runtime import OnnxRuntime
 from resnest_serving.pipeline.engines.openvino_runtime import OpenVinoRuntime
 from resnest_serving.pipeline.engines.paddle_runtime import PaddleRuntime
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 log = logging.getLogger(__name__)
 

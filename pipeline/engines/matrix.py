@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.base import EngineError
 from resnest_serving.pipeline.engines.choose import AUTO_ORDER, RUNTIMES, open_runtime
 from resnest_serving.pipeline.engines.cpu import describe
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # fp32 against ONNX Runtime: float rounding moves a random-weight ResNeSt50's peaked softmax by up to ~4e-4

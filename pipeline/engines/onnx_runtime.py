@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.base import Runtime
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 
 def onnx_model(bundle: ModelBundle, precision: str) -> tuple[Path | None, str | None]:

@@ -1,17 +1,18 @@
 """Paddle Inference: the exported model as it is, on CPU (oneDNN or native kernels) or GPU/TensorRT.
 
 `predictor.run()` keeps the GIL for the whole run, which is one reason the server runs every local engine
-in a worker process. GPU and TensorRT are configured through `export.model_files.config_calls`
+in a worker process. GPU and TensorRT are configured through `paddle_config.config_calls`
 (configuration-tested only: no GPU here).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions, paddle_config
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.base import Runtime
 from resnest_serving.pipeline.engines.cpu import precision_unsupported
+from resnest_serving.pipeline.engines.paddle_config import open_predictor
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import TENSORRT, EngineOptions
 
 
 class PaddleRuntime(Runtime):
@@ -24,7 +25,7 @@ class PaddleRuntime(Runtime):
     @classmethod
     def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
         precision = options.precision.lower()
-        if options.device_type in (1, 2):
+        if options.on_gpu:
             return None  # GPU: every precision, checked by paddle_config
         if precision in ("int8", "fp16"):
             return (f"Paddle Inference runs {precision} on CPU only for models quantized with PaddleSlim; use "
@@ -37,17 +38,15 @@ class PaddleRuntime(Runtime):
 
     def __init__(self, bundle: ModelBundle, options: EngineOptions):
         super().__init__(bundle, options)
-        from paddle import inference
-
-        self.predictor = inference.create_predictor(paddle_config(bundle.model_file, bundle.params_file, options))
+        self.predictor = open_predictor(bundle.model_file, bundle.params_file, options)
         self._input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self._output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
 
     @property
     def detail(self) -> str:
         o = self.options
-        if o.device_type in (1, 2):
-            return f"GPU {o.gpu_id}{', TensorRT' if o.device_type == 2 else ''}"
+        if o.on_gpu:
+            return f"GPU {o.gpu_id}{', TensorRT' if o.device_type == TENSORRT else ''}"
         return f"{o.thread_num} thread(s), {'oneDNN' if o.use_mkldnn else 'native kernels'}"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

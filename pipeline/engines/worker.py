@@ -34,10 +34,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines.base import EngineError, EngineUnavailable, StartReport
 from resnest_serving.pipeline.engines.choose import log_event, open_runtime
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import re
 import pytest
 from resnest_serving.client import connect
 from resnest_serving.demo.digits import LABELS_PATH
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES
 from resnest_serving.pipeline.engines.cpu import BF16_FLAGS, FLAGS_OVERRIDE, INT8_FLAGS
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 from support import ServerProcess, write_config
 
 DIGITS = 32  # (a request's limit) of the 296 held-out digits the export checked (the 64 before them calibrated int8)

@@ -20,11 +20,11 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 from resnest_serving.protocol import grpc_predict_v2_pb2 as v2pb
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
+from resnest_serving.protocol.bundle import ModelBundle
 from support import REPO_ROOT, ServerProcess, write_config
 
 SCRIPT = REPO_ROOT / "tests" / "triton_client.py"

@@ -12,7 +12,7 @@ import paddle
 import pytest
 from resnest_serving.export.exporter import ExportError, ExportOptions, export
 from resnest_serving.export.resnest import build_model
-from resnest_serving.export.serving_config import read_config
+from resnest_serving.protocol.serving_config import read_config
 from support import run_predictor
 
 from resnest_serving.cli import main as resnest_main
@@ -100,6 +100,7 @@ def test_existing_output_needs_force(tmp_path):
     ({"checkpoint": Path("/nonexistent.pdparams")}, "does not exist"),
     ({"random_init": True, "label_file": Path("/nonexistent.txt")}, "label file"),
     ({"random_init": True, "arch": "ResNeSt42"}, "unknown ResNeSt variant"),
+    ({"random_init": True, "calibration_images": {"a.png": b""}}, "give a BundleRunner"),  # export/ runs no engines
 ])
 def test_bad_options(tmp_path, kwargs, message):
     opts = {"arch": "ResNeSt_tiny", "out": tmp_path / "out", **kwargs}

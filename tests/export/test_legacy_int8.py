@@ -15,11 +15,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from resnest_serving.export.exporter import ExportOptions, export
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.export.exporter import ExportOptions
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 from support import REPO_ROOT, run_predictor
+
+from resnest_serving.export_command import export_model
 
 # PaddleClas's rSoftmax reads `batch, r, h, w = x.shape` and reshapes to [batch, cardinality, radix, r*h*w/...]:
 # traced by Paddle 2.x's dy2static with a dynamic batch, that is Shape → Slice → Mul/Div → Cast → Concat →
@@ -71,8 +73,8 @@ def computed_reshape_targets(path: Path) -> list[str]:
 def test_int8_export_of_a_paddleclas_legacy_inference_model(legacy_model, tmp_path, image_paths, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the quantizer's failure used to leave sym_shape_infer_temp.onnx in the cwd
     calibration = {p.name: p.read_bytes() for p in image_paths}
-    result = export(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "out", checkpoint=legacy_model, int8=True,
-                                  calibration_images=calibration))
+    result = export_model(ExportOptions(arch="ResNeSt_tiny", out=tmp_path / "out", checkpoint=legacy_model,
+                                        int8=True, calibration_images=calibration))
     server = result.server_dir
     assert (server / "inference.pdmodel").is_file() and result.meta.int8_onnx_file == "inference.int8.onnx"
     assert not computed_reshape_targets(server / "inference.onnx")  # folded at export

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from resnest_serving.export.model_files import EngineOptions
 from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import open_runtime, start_engines
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 
 class Recorder(BatchObserver):

@@ -4,8 +4,9 @@ these tests check that the right paddle.inference.Config switches are set (unver
 from __future__ import annotations
 
 import pytest
-from resnest_serving.export.model_files import EngineOptions, config_calls, paddle_config
-from resnest_serving.pipeline.bundle import ModelBundle
+from resnest_serving.pipeline.engines.paddle_config import config_calls, paddle_config
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 
 def config_for(model_dir, **options):

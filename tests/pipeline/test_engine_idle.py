@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import start_engines
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 
 from bench.served import cpu_seconds
 

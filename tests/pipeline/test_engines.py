@@ -24,9 +24,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from resnest_serving.export.model_files import EngineOptions
 from resnest_serving.pipeline.accuracy import preprocess_images
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import (
     AUTO_ORDER,
     RUNTIMES,
@@ -43,6 +41,8 @@ from resnest_serving.pipeline.engines.cpu import (
     describe,
     precision_unsupported,
 )
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 from support import REPO_ROOT
 
 ISA_CAPS = ("", "AVX2", "AVX512_CORE")  # "" = everything this CPU has

@@ -6,8 +6,8 @@ import ast
 
 import numpy as np
 import pytest
-from resnest_serving.pipeline.labels import load_labels
 from resnest_serving.pipeline.postprocess import Postprocessor, top_k
+from resnest_serving.protocol.labels import load_labels
 
 
 def test_top1_paddleclas_shape():

@@ -597,8 +597,8 @@ def test_paddle_switches_from_config_reach_paddle(tiny_model_dir: Path, cpus) ->
     leaves Paddle's own 10); mem_optim turns Paddle's memory optimisation on for GPU/TensorRT and is never
     applied on CPU, whatever it says (Paddle 3.3's PIR CPU predictor fails to build with it); use_calib and
     min_subgraph_size reach the TensorRT call (checked as the Config calls: no GPU here)."""
-    from resnest_serving.export.model_files import config_calls, paddle_config
-    from resnest_serving.pipeline.bundle import ModelBundle
+    from resnest_serving.pipeline.engines.paddle_config import config_calls, paddle_config
+    from resnest_serving.protocol.bundle import ModelBundle
     from resnest_serving.serving.server import engine_options
 
     bundle = ModelBundle.load(tiny_model_dir)

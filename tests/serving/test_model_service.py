@@ -16,13 +16,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-from resnest_serving.export.model_files import EngineOptions
-from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import start_engines
 from resnest_serving.pipeline.local import LocalClassifier
 from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol import general_model_service_pb2 as gm
 from resnest_serving.protocol.brpc_client import BrpcClient, SyncBrpcClient
+from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.protocol.engine_options import EngineOptions
 from resnest_serving.protocol.general_model import encode_request
 from resnest_serving.serving.brpc_server import BrpcServer
 from resnest_serving.serving.config import ConfigError, load_config

@@ -53,7 +53,7 @@ def test_a_candidate_that_cannot_start_is_reported_not_chosen(tiny_model_dir, sh
 
 
 def test_accuracy_gate_and_budget_parsing(demo_export, tiny_model_dir):
-    from resnest_serving.pipeline.bundle import ModelBundle
+    from resnest_serving.protocol.bundle import ModelBundle
 
     bundle = ModelBundle.load(demo_export.server_dir)
     assert accuracy_gate(bundle, "paddle", "fp32", 0.99) is None

@@ -27,7 +27,7 @@ class BundleMeta:
     label_file: str = ""  # file name inside serving_server/, "" = none
     onnx_file: str = ""  # file name inside serving_server/, "" = none
     int8_onnx_file: str = ""  # the post-training-quantized ONNX model, "" = none
-    precision_checks: dict = field(default_factory=dict)  # precision -> engine -> accuracy vs fp32 (export.accuracy)
+    precision_checks: dict = field(default_factory=dict)  # precision -> engine -> accuracy vs fp32 (pipeline/accuracy.py)
     source: dict = field(default_factory=dict)  # checkpoint path, format, layout: provenance only
 
     def write(self, directory: Path) -> None:

@@ -1,14 +1,50 @@
-"""`resnest export`: a checkpoint or an inference model dir → Paddle inference model + Serving dirs."""
+"""`resnest export`: a checkpoint or an inference model dir → Paddle inference model + Serving dirs.
+
+It sits above `export/` and `pipeline/` because it composes them: the exporter writes the bundle, and the
+pipeline's preprocessing and engines calibrate int8 and check bf16/int8 against fp32 (`PipelineRunner`).
+Both are imported when used, so `resnest --help` stays light.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resnest_serving.export.specs import ARCHS
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from resnest_serving.export.exporter import ExportOptions, ExportResult
+
 log = logging.getLogger(__name__)
+
+
+class PipelineRunner:
+    """The exporter's `BundleRunner` on the server's own preprocessing and engines (`pipeline.accuracy`)."""
+
+    def preprocess(self, server_dir: Path, images: Mapping[str, bytes]) -> np.ndarray:
+        from resnest_serving.pipeline.accuracy import preprocess_images
+        from resnest_serving.protocol.bundle import ModelBundle
+
+        return preprocess_images(ModelBundle.load(server_dir), images)
+
+    def check_precisions(self, server_dir: Path, image_sets: Mapping[str, Mapping[str, bytes]],
+                         precisions: Sequence[str], thread_num: int) -> dict:
+        from resnest_serving.pipeline.accuracy import check_precisions
+        from resnest_serving.protocol.bundle import ModelBundle
+
+        return check_precisions(ModelBundle.load(server_dir), image_sets, precisions, thread_num)
+
+
+def export_model(opts: ExportOptions) -> ExportResult:
+    """The whole export `resnest export` runs: the bundle, plus int8 and the precision checks when asked."""
+    from resnest_serving.export.exporter import export
+
+    return export(opts, PipelineRunner())
 
 
 def add_parser(subparsers) -> None:
@@ -78,9 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from resnest_serving.export.exporter import ExportOptions, export
+    from resnest_serving.export.exporter import ExportOptions
 
-    result = export(ExportOptions(
+    result = export_model(ExportOptions(
         arch=args.arch, out=args.out, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed,
         class_num=args.class_num, feed_alias=args.feed_alias, fetch_alias=args.fetch_alias,
         softmax=not args.no_softmax, label_file=args.labels, onnx=not args.no_onnx, int8=args.int8,

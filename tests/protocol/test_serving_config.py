@@ -1,9 +1,9 @@
-"""serving_*_conf.prototxt in Paddle Serving's exact text rendering and binary bytes (reference §6)."""
+"""serving_*_conf.prototxt in Paddle Serving's exact text rendering and binary bytes (../shared/reference/paddle_serving_protocol.md §6)."""
 
 from __future__ import annotations
 
 import pytest
-from resnest_serving.export.serving_config import (
+from resnest_serving.protocol.serving_config import (
     VarSpec,
     build_config,
     read_config,

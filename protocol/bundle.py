@@ -1,15 +1,36 @@
-"""A served model on disk: a Paddle Serving `serving_server/` dir (ours, or one made by Paddle Serving's
-own `convert`), with its feed/fetch config, preprocessing sizes and labels."""
+"""A served model on disk (the bundle): a Paddle Serving `serving_server/` dir (ours, or one made by Paddle
+Serving's own `convert`), with its model files, feed/fetch config, preprocessing sizes and labels.
+
+`export/` writes it, `pipeline/` and `serving/` read it. Three model file layouts load: Paddle 3 (`*.json` +
+`*.pdiparams`, what we export), legacy (`*.pdmodel` + `*.pdiparams`, as in PaddleClas's released
+`*_infer.tar`), and the old `__model__` + `__params__`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnest_serving.export.bundle_meta import BundleMeta, resize_short_for_crop
-from resnest_serving.export.model_files import find_model_files
-from resnest_serving.export.serving_config import read_config
-from resnest_serving.pipeline.labels import load_labels
+from resnest_serving.protocol.bundle_meta import BundleMeta, resize_short_for_crop
+from resnest_serving.protocol.labels import load_labels
+from resnest_serving.protocol.serving_config import read_config
+
+
+def find_model_files(directory: Path) -> tuple[Path, Path]:
+    """(model file, params file) of the inference model in `directory`, or a FileNotFoundError saying why."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    if (directory / "__model__").is_file() and (directory / "__params__").is_file():
+        return directory / "__model__", directory / "__params__"
+    params = sorted(directory.glob("*.pdiparams"))
+    for suffix in (".json", ".pdmodel"):
+        for model in sorted(directory.glob(f"*{suffix}")):
+            twin = model.with_suffix(".pdiparams")
+            if twin.is_file():
+                return model, twin
+    found = sorted(p.name for p in directory.iterdir())
+    hint = "no .pdiparams file" if not params else "no .json or .pdmodel file next to the .pdiparams"
+    raise FileNotFoundError(f"{directory}: no Paddle inference model ({hint}); found {found[:10]}")
 
 
 @dataclass(frozen=True)
