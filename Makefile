@@ -1,5 +1,7 @@
 # Two commands do everything: `make demo` (the main job) and `make test` (lint + the whole test suite).
 # Both create or refresh ./.venv and install what they need; nothing is downloaded at run time.
+# They install every extra (setup.cfg): the client (the base install), [server], [export], [images] and [plot];
+# `make test` adds [test,ray]. The install is editable (-e), which every test but tests/packaging exercises.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,12 +13,12 @@ SHARED ?= ../shared
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[plot]'
+	$(PIP) install -e '.[server,export,images,plot]'
 	touch $@
 
 # Test extras: torch (a CPU wheel on local disk) and the authors' resnest package for checkpoint parity.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -e '.[test,ray]'
+	$(PIP) install -e '.[server,export,images,plot,test,ray]'
 	$(PIP) install torch==2.13.0
 	$(PIP) install --no-deps resnest==0.0.5
 	touch $@

@@ -65,8 +65,7 @@ def shrink_image(data: bytes, short_side: int, quality: int = 95) -> bytes:
     ``quality``; PNG stays PNG). Give the model's resize target (``resize_short``: 256 for 224 models): the
     server then resizes nothing and crops, and the upload and the server's decode shrink with the image.
     Anything smaller, or not decodable here, is returned unchanged (the server judges it)."""
-    import cv2
-
+    cv2 = _opencv("shrinking images on the client (--client-resize)")
     if short_side < 1:
         raise ValueError(f"the short side to resize to must be >= 1, got {short_side}")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -89,9 +88,18 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _encode_png(array: np.ndarray, channel_order: str) -> bytes:
-    import cv2  # heavy import, only needed for arrays
+def _opencv(what: str):
+    """OpenCV, imported on first use: only arrays and resizing need it, and the base install leaves it out."""
+    try:
+        import cv2
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(f"{what} needs OpenCV, which is not installed: "
+                                  "pip install 'resnest-serving[images]'", name="cv2") from None
+    return cv2
 
+
+def _encode_png(array: np.ndarray, channel_order: str) -> bytes:
+    cv2 = _opencv("an image given as an array")
     if array.dtype != np.uint8:
         raise TypeError(f"image arrays must be uint8, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:

@@ -1,11 +1,14 @@
-"""`resnest predict`: classify image files with a running server over gRPC, REST or bRPC, or in-process
-from an exported serving_server dir (`--model`, no server: same preprocessing, engine and top-k code)."""
+"""`resnest predict`: classify image files with a running server over gRPC, REST, bRPC or the Open Inference
+Protocol; or, with `--model`, in this process through a classifier the root CLI hands in (the client shares only
+`protocol/` with the server side, so it never imports the pipeline itself)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from resnest_serving.client.credentials import add_credential_arguments, credentials_from_arguments
@@ -19,11 +22,16 @@ DEFAULT_PORTS = {"grpc": 9993, "http": 18080, "brpc": 9994, "v2-http": 18080, "v
 Inference Protocol shares the HTTP and gRPC ports)."""
 
 
+InProcess = Callable[[Path, list[Path], int], list[dict]]
+"""(serving_server dir, image files, k) → one row per image, shaped like Classification.to_dict() plus "image"."""
+
+
 def default_endpoint(protocol: str) -> str:
     return f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, in_process: InProcess | None = None) -> None:
+    """The `predict` subcommand; with `in_process` it also offers `--model DIR` and `--topk`."""
     p = subparsers.add_parser(
         "predict", help="classify images with a running server (gRPC, REST, bRPC or Open Inference Protocol)",
         description="Send images to a running server and print the top-1 (and top-k when the server "
@@ -44,10 +52,12 @@ def add_parser(subparsers) -> None:
                         "model's resize target, 256 for 224 models): smaller uploads and server decodes; answers "
                         "within the tolerance README \"Big photos\" records")
     add_credential_arguments(p)
-    p.add_argument("--model", type=Path, metavar="DIR",
-                   help="classify in-process with this exported serving_server dir instead of calling a server")
-    p.add_argument("--topk", type=int, default=5, help="classes per image with --model (default 5)")
-    p.set_defaults(func=run)
+    if in_process is not None:
+        p.add_argument("--model", type=Path, metavar="DIR",
+                       help="classify in-process with this exported serving_server dir instead of calling a "
+                            "server (needs the server extra)")
+        p.add_argument("--topk", type=int, default=5, help="classes per image with --model (default 5)")
+    p.set_defaults(func=functools.partial(run, in_process=in_process))
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -64,14 +74,14 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, in_process: InProcess | None = None) -> int:
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.client_resize is not None and args.client_resize < 1:
         raise ValueError(f"--client-resize must be >= 1, got {args.client_resize}")
     images = _expand(args.images)
-    if args.model is not None:
-        return _print(args, _in_process(args.model, images, args.topk), failed=0)
+    if in_process is not None and args.model is not None:
+        return _print(args, in_process(args.model, images, args.topk), failed=0)
     endpoint = args.endpoint or default_endpoint(args.protocol)
     rows: list[dict] = []
     failed = 0
@@ -91,16 +101,6 @@ def run(args: argparse.Namespace) -> int:
                 continue
             rows.extend({"image": str(p), **r.to_dict()} for p, r in zip(chunk, results, strict=True))
     return _print(args, rows, failed)
-
-
-def _in_process(model_dir: Path, images: list[Path], k: int) -> list[dict]:
-    """Rows shaped like the clients' Classification.to_dict(), computed with the pipeline's own code."""
-    from resnest_serving.pipeline.local import LocalClassifier
-
-    classifier = LocalClassifier(model_dir)
-    return [{"image": str(path), "label": p.labels[0].replace(",", ""), "prob": p.scores[0],
-             "labels": p.labels, "scores": p.scores, "class_ids": p.class_ids}
-            for path, p in zip(images, classifier.classify_files(images, k), strict=True)]
 
 
 def _print(args: argparse.Namespace, rows: list[dict], failed: int) -> int:

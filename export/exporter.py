@@ -316,7 +316,7 @@ def _export_onnx(model_file: Path, params_file: Path, server_dir: Path, size: in
     from resnest_serving.export.onnx_shapes import fold_file
 
     if importlib.util.find_spec("paddle2onnx") is None:
-        raise ExportError("--onnx needs the optional extra: pip install 'resnest-serving[onnx]'")
+        raise ExportError("--onnx needs paddle2onnx: pip install 'resnest-serving[export]'")
     name = f"{MODEL_PREFIX}.onnx"
     code = ("import sys, paddle2onnx; paddle2onnx.export(sys.argv[1], sys.argv[2], save_file=sys.argv[3], "
             "opset_version=17, enable_onnx_checker=True)")

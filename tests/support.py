@@ -102,3 +102,15 @@ def run_predictor(model_dir: Path, x):
     handle.copy_from_cpu(x)
     predictor.run()
     return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def installed_folders() -> tuple[str, ...]:
+    """The repository folders that setup.py installs as `resnest_serving.<folder>` and that exist (its FOLDERS,
+    read without running setup.py)."""
+    import ast
+
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FOLDERS" for t in node.targets):
+            return tuple(f for f in ast.literal_eval(node.value) if (REPO_ROOT / f).is_dir())
+    raise AssertionError("setup.py has no FOLDERS")

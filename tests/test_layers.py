@@ -28,8 +28,6 @@ MAY_IMPORT = {
 }
 # (file, imported module): the one import allowed against the table, and why.
 ALLOWED = {
-    # `resnest predict --local` classifies in-process with the pipeline's own code (imported only then).
-    ("client/predict_cli.py", "resnest_serving.pipeline.local"): "predict --local runs the pipeline in-process",
     # Known, owned by the serving/ split: worker processes and Ray replicas format their logs with the root
     # CLI's setup_logging, which belongs in a module below serving/.
     ("serving/server.py", "resnest_serving.cli"): "setup_logging in worker processes (to move below serving/)",

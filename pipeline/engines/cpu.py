@@ -11,10 +11,10 @@ Every capability check in the project reads `cpu_flags()`; for tests only, `RESN
 
 from __future__ import annotations
 
-import functools
 import os
-import platform
-from pathlib import Path
+
+from resnest_serving.protocol.machine import cpu_flags as proc_cpu_flags
+from resnest_serving.protocol.machine import cpu_model
 
 # oneDNN's ONEDNN_MAX_CPU_ISA values, lowest first (oneDNN docs, "CPU dispatcher control").
 ISA_LEVELS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -25,19 +25,6 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 FLAGS_OVERRIDE = "RESNEST_CPU_FLAGS"  # for tests only: the flags to assume (see `cpu_flags`)
-
-
-@functools.cache
-def _proc_flags() -> frozenset[str]:
-    """The `flags` of /proc/cpuinfo (empty where there is none, e.g. not Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
 
 
 def flags_override() -> str | None:
@@ -57,10 +44,10 @@ def cpu_flags() -> frozenset[str]:
     flag the CPU lacks only makes an engine try instructions that are not there (emulated or failing)."""
     override = flags_override()
     if override is None:
-        return _proc_flags()
+        return proc_cpu_flags()
     tokens = override.replace(",", " ").split()
     plain = {t.lower() for t in tokens if t[0] not in "+-"}
-    flags = set() if plain else set(_proc_flags())
+    flags = set() if plain else set(proc_cpu_flags())
     flags |= plain - {"none"}
     for token in tokens:
         if token[0] == "+":
@@ -70,20 +57,10 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(flags)
 
 
-def _model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_name() -> str:
     """The CPU model, with a note when RESNEST_CPU_FLAGS overrides its flags."""
     override = flags_override()
-    return f"{_model_name()}, flags as {FLAGS_OVERRIDE}={override!r} says" if override else _model_name()
+    return f"{cpu_model()}, flags as {FLAGS_OVERRIDE}={override!r} says" if override else cpu_model()
 
 
 def isa_cap() -> str | None:
@@ -136,4 +113,4 @@ def describe() -> str:
     cap = f", ONEDNN_MAX_CPU_ISA={isa_cap()}" if isa_cap() else ""
     if flags_override():
         cap += f", {FLAGS_OVERRIDE}={flags_override()!r} (tests only)"
-    return f"{_model_name()}, {os.cpu_count()} cores ({' '.join(have) or 'no AVX2'}{cap})"
+    return f"{cpu_model()}, {os.cpu_count()} cores ({' '.join(have) or 'no AVX2'}{cap})"

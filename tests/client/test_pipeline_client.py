@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 from resnest_serving.client import PipelineClient
-from support import REPO_ROOT
 
 # PaddleClas deploy/paddleserving/pipeline_rpc_client.py, with only the import changed.
 SCRIPT = '''
@@ -37,8 +36,8 @@ if __name__ == "__main__":
 def test_unchanged_paddleclas_script(top1_server, image_paths, tmp_path):
     script = tmp_path / "pipeline_rpc_client.py"
     script.write_text(SCRIPT.format(port=top1_server.ports["grpc"], image=image_paths[-1]))
-    out = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=60, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/usr/bin:/bin"})  # the installed package, from the user's folder
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith('key: "label"\nkey: "prob"\nvalue: "[\\\'')  # text-format Response, err_no 0
     assert "PipelineClient::predict" not in out.stdout  # Paddle's timing prints are gone

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from resnest_serving.serving.config import load_config
 from resnest_serving.serving.rest_adapter import HEALTH_PATHS
+from support import installed_folders
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REPO = DEPLOY.parent
@@ -212,6 +213,12 @@ def test_dockerfile_copies_what_exists_and_serves_the_config():
     for sources, _dest in copies:
         for source in sources.split():
             assert f"!{source}" in ignore or f"!{source}/**" in ignore, f"{source} is excluded from the build context"
+    copied = {source.rstrip("/") for sources, _dest in copies for source in sources.split()}
+    missing = set(installed_folders()) - copied
+    assert not missing, f"setup.py installs {sorted(missing)} but the image does not COPY them"
+    extras = re.search(r"^RUN pip install '\.\[([\w,]+)\]'", text, flags=re.M)
+    assert extras and {"server", "export", "ray"} <= set(extras[1].split(",")), \
+        "the image serves (server), exports the demo model at build time (export) and runs Ray pods (ray)"
     container = load_config(DEPLOY / "config.yml")
     assert str(container.op.local_service_conf.model_config).startswith("/models/demo")
     assert container.host == "0.0.0.0"

@@ -140,7 +140,7 @@ class Session:
         self.servers_file.touch()
         bin_dir = str(Path(sys.executable).parent)
         self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-                    "PYTHONPATH": str(root), "DOCS_TMP": str(tmp), "DOCS_SERVERS": str(self.servers_file),
+                    "DOCS_TMP": str(tmp), "DOCS_SERVERS": str(self.servers_file),
                     "RAY_USAGE_STATS_ENABLED": "0"}
         self.env.pop("RESNEST_TOKEN", None)
         self.current_file: str | None = None

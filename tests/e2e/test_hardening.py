@@ -24,7 +24,7 @@ from resnest_serving.protocol.brpc_client import SyncBrpcClient
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from support import make_tls_files
 
-from bench.soak import png_of_zeros
+from bench.soak_requests import png_of_zeros
 
 GIB = 1024 ** 3
 

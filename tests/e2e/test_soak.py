@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.soak import SCENARIOS, Target, run_soak
+from bench.soak import run_soak
+from bench.soak_requests import SCENARIOS, Target
 
 LIMIT = 4 * 1024 * 1024
 READ_TIMEOUT_S = 2.0

@@ -30,7 +30,7 @@ from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from support import ServerProcess, write_config
 
-from bench.soak import png_of_zeros
+from bench.soak_requests import png_of_zeros
 
 MAX_BODY = 2 * 1024 * 1024
 ANSWER_S = 30.0  # any single answer slower than this is a hang
