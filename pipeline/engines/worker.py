@@ -48,10 +48,6 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0
 
 
-def _block_size(max_batch: int, size: int, classes: int) -> int:
-    return max_batch * 3 * size * size * 4 + max_batch * classes * 4
-
-
 def _views(shm: SharedMemory, max_batch: int, size: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The block's input region as float32 tensors [max_batch, 3, H, W] and as uint8 pixels
     [max_batch, H, W, 3] (the same bytes: a batch is one form), and its float32 outputs [max_batch, classes]."""
@@ -118,7 +114,7 @@ class ProcessEngine:
 
     async def _spawn(self, kinds: Sequence[str]) -> StartReport:
         self._release()
-        self._shm = SharedMemory(create=True, size=_block_size(self.max_batch, self._size, self._classes))
+        self._shm = SharedMemory(create=True, size=self.max_batch * (3 * self._size ** 2 + self._classes) * 4)
         self._tensors, self._pixels, self._outputs = _views(self._shm, self.max_batch, self._size, self._classes)
         ours, theirs = socket.socketpair()
         with theirs:
