@@ -66,7 +66,7 @@ class Pipeline:
         self.preprocess = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std,
                                                       settings.max_image_pixels, settings.max_aspect_ratio,
                                                       settings.jpeg_dct_scaling))
-        self.pixels = all(takes_pixels(engine) for engine in engines)  # else images are normalized here
+        self.engines_take_pixels = all(takes_pixels(engine) for engine in engines)  # else normalized here
         self.postprocess = Postprocessor(bundle.labels, settings.topk)
         self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
                                       settings.max_queue_images, self.observer, wait_for_arrivals=True)
@@ -220,7 +220,7 @@ class Pipeline:
             pixels = self.preprocess.pixels_from_bytes(key, value)
         else:
             pixels = self.preprocess.pixels(key, value)
-        return pixels if self.pixels else self.preprocess.normalize(pixels)
+        return pixels if self.engines_take_pixels else self.preprocess.normalize(pixels)
 
     def _check_tensor(self, tensor: np.ndarray) -> np.ndarray:
         """A preprocessed batch exactly as the engines take it: finite float32 [N, 3, crop, crop]."""
