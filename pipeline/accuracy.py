@@ -24,12 +24,14 @@ REDUCED_PRECISIONS = ("bf16", "int8")
 BATCH = 8
 
 
-def preprocess_images(bundle: ModelBundle, images: Mapping[str, bytes]) -> np.ndarray:
-    """Encoded images by name → the model's [N, 3, H, W] float32 input, exactly as the server preprocesses
-    (a bad image fails with its name)."""
+def preprocess_images(bundle: ModelBundle, images: Mapping[str, bytes], pixels: bool = False) -> np.ndarray:
+    """Encoded images by name → the model's [N, 3, H, W] float32 input, or with `pixels` the uint8
+    [N, H, W, 3] pixels the server hands its engines, exactly as the server preprocesses (a bad image fails
+    with its name)."""
     meta = bundle.meta
     pre = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std))
-    return np.stack([pre.from_bytes(name, data) for name, data in images.items()])
+    prepare = pre.pixels_from_bytes if pixels else pre.from_bytes
+    return np.stack([prepare(name, data) for name, data in images.items()])
 
 
 def _outputs(bundle: ModelBundle, kind: str, options: EngineOptions, sets: Mapping[str, np.ndarray]) -> dict:
@@ -51,8 +53,9 @@ def compare(reference: np.ndarray, reduced: np.ndarray) -> dict:
 def check_precisions(bundle: ModelBundle, image_sets: Mapping[str, Mapping[str, bytes]],
                      precisions: Sequence[str] = REDUCED_PRECISIONS, thread_num: int = 1) -> dict:
     """{precision: {"cpu": ..., "engines": {kind: {set name: comparison} | {"skipped"|"error": why}}}} for every
-    engine that could serve `precision`; each engine is compared with itself at fp32."""
-    sets = {name: preprocess_images(bundle, images) for name, images in image_sets.items() if images}
+    engine that could serve `precision`; each engine is compared with itself at fp32, fed the uint8 pixels
+    the server feeds it."""
+    sets = {name: preprocess_images(bundle, images, pixels=True) for name, images in image_sets.items() if images}
     if not sets:
         raise ValueError("the accuracy check needs at least one image")
     results: dict = {}

@@ -3,7 +3,9 @@
 The rule, exactly: an idle engine instance opens a batch with the oldest queued request and takes the next
 queued requests, in order, while their images fit in `batch_size`. If the batch is still short of
 `batch_size`, it waits for more, up to `auto_batching_timeout` after it opened. It closes at the first of:
-- it holds `batch_size` images ("full"), or the next queued request would not fit ("next does not fit");
+- it holds `batch_size` images ("full"), or the next queued request would not fit ("next does not fit"),
+  or the next queued request is in the other input form ("next is another form": uint8 pixels from images,
+  float32 tensors from the Open Inference Protocol's FP32 input; see `pipeline.pixels`);
 - `auto_batching_timeout` has passed since it opened ("timeout"); with auto_batching_timeout <= 0 or
   batch_size 1 it never waits ("no wait": it takes what is already queued; Paddle Serving would block
   until the batch is full);
@@ -98,7 +100,8 @@ class DynamicBatcher:
             self._wakeup.set()
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
-        """Queue a request's images [n, C, H, W]; wait for and return its output rows [n, classes]."""
+        """Queue a request's images (uint8 pixels [n, H, W, 3] or float32 tensors [n, 3, H, W]); wait for and
+        return its output rows [n, classes]."""
         if self._queued_images + images.shape[0] > self.max_queue_images:
             raise QueueFull(f"{self._queued_images} images already queued (max_queue_images "
                             f"{self.max_queue_images})")
@@ -129,6 +132,9 @@ class DynamicBatcher:
             if self._queue:
                 if images + self._queue[0].count > self.batch_size:
                     reason = "next does not fit"
+                    break
+                if self._queue[0].images.dtype != batch[0].images.dtype:
+                    reason = "next is another form"
                     break
                 batch.append(self._take())
                 images += batch[-1].count

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from resnest_serving.pipeline.engines import candidates, open_runtime
+from resnest_serving.pipeline.pixels import is_pixels
 from resnest_serving.pipeline.postprocess import Postprocessor, top_k
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 from resnest_serving.protocol.bundle import ModelBundle
@@ -40,9 +41,14 @@ class LocalClassifier:
         """Encoded image bytes → the model's CHW float32 input (the server's decode + preprocessing)."""
         return self.preprocessor.from_bytes(key, data)
 
+    def pixels_bytes(self, key: str, data: bytes) -> np.ndarray:
+        """Encoded image bytes → the cropped uint8 RGB pixels the server hands its engines."""
+        return self.preprocessor.pixels_from_bytes(key, data)
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Model output for a preprocessed batch of any size (run in chunks of max_batch, the sizes warmed up)."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        """Model output for a batch of any size, uint8 pixels [N, H, W, 3] or float tensors [N, 3, H, W] (run in
+        chunks of max_batch, the sizes warmed up)."""
+        batch = np.ascontiguousarray(batch if is_pixels(batch) else batch.astype(np.float32, copy=False))
         return np.concatenate([self.engine.infer(batch[i:i + self.max_batch])
                                for i in range(0, batch.shape[0], self.max_batch)])
 
@@ -54,7 +60,7 @@ class LocalClassifier:
         names = names or [f"image_{i}" for i in range(len(images))]
         out: list[Prediction] = []
         for i in range(0, len(images), batch):
-            inputs = np.stack([self.preprocess_bytes(n, d) for n, d in zip(names[i:i + batch], images[i:i + batch],
+            inputs = np.stack([self.pixels_bytes(n, d) for n, d in zip(names[i:i + batch], images[i:i + batch],
                                                                           strict=True)])
             out += self.predictions(self.probabilities(inputs), k)
         return out

@@ -1,5 +1,10 @@
 """The transport-agnostic pipeline: Request → decode + preprocess → dynamic batcher → engine → top-k →
-Response. Every protocol adapter calls `Pipeline.infer`; one Pipeline object serves them all."""
+Response. Every protocol adapter calls `Pipeline.infer`; one Pipeline object serves them all.
+
+What reaches the engine (`pipeline.pixels`): images as their cropped uint8 pixels when the engines take them
+(local engines, which normalize inside their graph), otherwise as float32 tensors normalized here in the
+preprocessing threads (the remote engine, whose wire carries FP32: this is the one place that converts for
+it); a preprocessed FP32 tensor request (Open Inference Protocol) goes through as float32 tensors."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
-from resnest_serving.pipeline.engines.base import Engine, EngineError
+from resnest_serving.pipeline.engines.base import Engine, EngineError, takes_pixels
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.postprocess import Postprocessor
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
@@ -61,6 +66,7 @@ class Pipeline:
         self.preprocess = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std,
                                                       settings.max_image_pixels, settings.max_aspect_ratio,
                                                       settings.jpeg_dct_scaling))
+        self.engines_take_pixels = all(takes_pixels(engine) for engine in engines)  # else normalized here
         self.postprocess = Postprocessor(bundle.labels, settings.topk)
         self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
                                       settings.max_queue_images, self.observer, wait_for_arrivals=True)
@@ -208,11 +214,13 @@ class Pipeline:
         return images
 
     def _prepare(self, key: str, value: str | bytes) -> np.ndarray:
-        """One image → the model's input: base64 text (Paddle Serving) or encoded bytes (Open Inference
-        Protocol, no base64 round trip)."""
+        """One image → what the engines take (module docstring): base64 text (Paddle Serving) or encoded bytes
+        (Open Inference Protocol, no base64 round trip)."""
         if isinstance(value, bytes):
-            return self.preprocess.from_bytes(key, value)
-        return self.preprocess(key, value)
+            pixels = self.preprocess.pixels_from_bytes(key, value)
+        else:
+            pixels = self.preprocess.pixels(key, value)
+        return pixels if self.engines_take_pixels else self.preprocess.normalize(pixels)
 
     def _check_tensor(self, tensor: np.ndarray) -> np.ndarray:
         """A preprocessed batch exactly as the engines take it: finite float32 [N, 3, crop, crop]."""

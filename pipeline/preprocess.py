@@ -2,7 +2,9 @@
 releases the GIL).
 
 PaddleClas steps (../shared/reference/paddle_serving_protocol.md §8): cv2 decode (BGR) → resize the short side to `resize_short` with
-Python's round() and cv2 bilinear → centre crop → BGR→RGB → /255 → ImageNet mean/std → CHW float32.
+Python's round() and cv2 bilinear → centre crop → BGR→RGB → /255 → ImageNet mean/std → CHW float32. The server
+stops after BGR→RGB and hands its local engines the uint8 pixels; the rest runs inside the engine
+(`pipeline.pixels`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
+from resnest_serving.pipeline.pixels import Normalizer
 from resnest_serving.protocol.bundle_meta import IMAGENET_MEAN, IMAGENET_STD
 
 cv2.setNumThreads(1)  # parallelism comes from the pipeline's thread pool, not from inside one resize
@@ -136,14 +139,12 @@ def decode_image(key: str, data: bytes, max_pixels: int, max_aspect_ratio: float
 
 
 class Preprocessor:
-    """Callable turning one encoded image into the model's CHW float32 input."""
+    """Callable turning one encoded image into the model's input: the cropped uint8 RGB pixels (`pixels*`,
+    what the server hands its local engines) or the normalized float32 CHW tensor (`__call__`, `from_*`)."""
 
     def __init__(self, spec: PreprocessSpec):
         self.spec = spec
-        std = np.asarray(spec.std, np.float32)
-        # (x/255 - mean)/std == x * scale - shift, with the channel order already RGB
-        self._scale = (1.0 / (255.0 * std)).reshape(1, 1, 3)
-        self._shift = (np.asarray(spec.mean, np.float32) / std).reshape(1, 1, 3)
+        self.normalize = Normalizer(spec.mean, spec.std)
 
     def resize_crop(self, key: str, img: np.ndarray) -> np.ndarray:
         """Short side to resize_short (Python round, bilinear), then the centre crop_size square."""
@@ -157,18 +158,28 @@ class Preprocessor:
         top, left = (new_h - crop) // 2, (new_w - crop) // 2
         return img[top:top + crop, left:left + crop]
 
+    def pixels(self, key: str, value: str | bytes) -> np.ndarray:
+        """A base64-encoded image (a request value) → its cropped RGB pixels."""
+        return self.pixels_from_bytes(key, b64decode_image(key, value))
+
+    def pixels_from_bytes(self, key: str, data: bytes) -> np.ndarray:
+        """Encoded image bytes → the cropped RGB pixels, uint8 [crop, crop, 3]."""
+        min_short_side = self.spec.resize_short if self.spec.jpeg_dct_scaling else 0
+        return self.pixels_from_bgr(key, decode_image(key, data, self.spec.max_pixels, self.spec.max_aspect_ratio,
+                                                      min_short_side))
+
+    def pixels_from_bgr(self, key: str, img: np.ndarray) -> np.ndarray:
+        """A decoded BGR uint8 image → the cropped RGB pixels, uint8 [crop, crop, 3] (contiguous)."""
+        return np.ascontiguousarray(self.resize_crop(key, img)[:, :, ::-1])
+
     def __call__(self, key: str, value: str | bytes) -> np.ndarray:
-        """A base64-encoded image (a request value) → the model's input."""
-        return self.from_bytes(key, b64decode_image(key, value))
+        """A base64-encoded image (a request value) → the model's float input."""
+        return self.normalize(self.pixels(key, value))
 
     def from_bytes(self, key: str, data: bytes) -> np.ndarray:
-        """Encoded image bytes → the model's input."""
-        min_short_side = self.spec.resize_short if self.spec.jpeg_dct_scaling else 0
-        return self.from_bgr(key, decode_image(key, data, self.spec.max_pixels, self.spec.max_aspect_ratio,
-                                               min_short_side))
+        """Encoded image bytes → the model's float input."""
+        return self.normalize(self.pixels_from_bytes(key, data))
 
     def from_bgr(self, key: str, img: np.ndarray) -> np.ndarray:
         """A decoded BGR uint8 image → normalized RGB CHW float32."""
-        rgb = self.resize_crop(key, img)[:, :, ::-1]
-        out = rgb.astype(np.float32) * self._scale - self._shift
-        return np.ascontiguousarray(out.transpose(2, 0, 1))
+        return self.normalize(self.pixels_from_bgr(key, img))

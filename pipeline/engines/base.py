@@ -1,5 +1,9 @@
 """The engine contract: what the batcher drives (`Engine`), what runs a model inside one process
-(`Runtime`), and the start-up check every runtime passes before a port opens (`Runtime.warm_up`)."""
+(`Runtime`), and the start-up check every runtime passes before a port opens (`Runtime.warm_up`).
+
+A batch comes in one of two forms (`pipeline.pixels`): uint8 pixels [N, H, W, 3] (what the server's front
+door hands local engines) or the model's float32 tensor [N, 3, H, W]. Every runtime takes both; a batch is
+one form or the other, never a mix."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 from resnest_serving.pipeline.engines.cpu import precision_unsupported
+from resnest_serving.pipeline.pixels import Normalizer, is_pixels
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
 
@@ -53,12 +58,19 @@ class Engine(Protocol):
         ...
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities [N, classes] for a preprocessed batch [N, 3, H, W] (float32, any N >= 1)."""
+        """Probabilities [N, classes] for a batch of any N >= 1: float32 tensors [N, 3, H, W], or uint8
+        pixels [N, H, W, 3] where the engine `takes_pixels` (see `takes_pixels`)."""
         ...
 
     async def close(self) -> None:
         """Release the model (idempotent)."""
         ...
+
+
+def takes_pixels(engine: object) -> bool:
+    """Whether `engine` takes uint8 pixel batches (`takes_pixels = True`: the local engines, which convert
+    them in their graph) or float32 tensors only (the remote engine: its wire carries FP32)."""
+    return bool(getattr(engine, "takes_pixels", False))
 
 
 class Runtime:
@@ -76,6 +88,7 @@ class Runtime:
         self.bundle = bundle
         self.options = options
         self.precision = options.precision.lower()
+        self.normalize = Normalizer(bundle.meta.mean, bundle.meta.std)  # numpy pixels → tensor, this bundle's mean/std
 
     @classmethod
     def unavailable(cls, bundle: ModelBundle, options: EngineOptions) -> str | None:
@@ -103,35 +116,53 @@ class Runtime:
         return f"{self.options.thread_num} thread(s)"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes] for uint8 pixels [N, H, W, 3] or float32 tensors [N, 3, H, W]."""
+        return self.infer_pixels(batch) if is_pixels(batch) else self.infer_tensor(batch)
+
+    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The default converts in numpy; engines with the conversion in their graph override it."""
+        return self.infer_tensor(self.normalize(pixels))
+
+    def infer_tensor(self, tensor: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def close(self) -> None:
         """Drop the model; the default lets garbage collection do it."""
 
     def warm_up(self, max_batch: int) -> dict[int, float]:
-        """Run every batch size 1..max_batch once: kernels for each shape are built now rather than on a
-        client's request, and a shape this engine cannot run fails start-up instead of requests. The same
-        seeded image leads each batch, so a batch size that changes the answer is caught too."""
+        """Run every batch size 1..max_batch once in each input form: kernels for each shape are built now
+        rather than on a client's request, and a shape this engine cannot run fails start-up instead of
+        requests. The same seeded image leads each batch, so a batch size that changes the answer is caught
+        too, and each pixel batch must get the answers of its numpy-converted tensor batch (the graph's own
+        conversion is checked). Timings are the pixel form's."""
         size = self.bundle.meta.crop_size
-        rows = np.random.default_rng(WARM_UP_SEED).standard_normal((max_batch, 3, size, size)).astype(np.float32)
+        pixels = np.random.default_rng(WARM_UP_SEED).integers(0, 256, (max_batch, size, size, 3), np.uint8)
+        tensors = self.normalize(pixels)
         tolerance = CONSISTENCY_TOLERANCE.get(self.precision, 2e-2)
         timings: dict[int, float] = {}
         first: np.ndarray | None = None
         for bs in range(1, max_batch + 1):
             started = time.perf_counter()
-            try:
-                out = self.infer(rows[:bs])
-            except Exception as exc:
-                raise self.failure(bs, f"{type(exc).__name__}: {exc}") from exc
+            out = self._checked(bs, pixels[:bs])
             timings[bs] = (time.perf_counter() - started) * 1000
-            if out.ndim != 2 or out.shape[0] != bs or not np.isfinite(out).all():
-                raise self.failure(bs, f"bad output: shape {list(out.shape)}, finite {bool(np.isfinite(out).all())}")
             if first is None:
                 first = out[0]
             elif (delta := float(np.abs(out[0] - first).max())) > tolerance:
                 raise self.failure(bs, f"the same image gets a different answer than at batch size 1 "
                                        f"(max |Δprob| {delta:.2g} > {tolerance:g})")
+            if (delta := float(np.abs(out - self._checked(bs, tensors[:bs])).max())) > tolerance:
+                raise self.failure(bs, f"uint8 pixels get a different answer than the same images as float input "
+                                       f"(max |Δprob| {delta:.2g} > {tolerance:g})")
         return timings
+
+    def _checked(self, bs: int, batch: np.ndarray) -> np.ndarray:
+        try:
+            out = self.infer(batch)
+        except Exception as exc:
+            raise self.failure(bs, f"{type(exc).__name__}: {exc}") from exc
+        if out.ndim != 2 or out.shape[0] != bs or not np.isfinite(out).all():
+            raise self.failure(bs, f"bad output: shape {list(out.shape)}, finite {bool(np.isfinite(out).all())}")
+        return out
 
     def failure(self, batch_size: int, what: str) -> EngineError:
         advice = f" What to change: {self.advice}" if self.advice else ""

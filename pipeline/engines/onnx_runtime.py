@@ -1,5 +1,6 @@
 """ONNX Runtime on CPU over the bundle's `inference.onnx` (fp32) or `inference.int8.onnx` (int8, written by
-`resnest export --int8`). ONNX Runtime releases the GIL while it runs."""
+`resnest export --int8`), with the pixel input added in memory (`pixel_input`). ONNX Runtime releases the GIL
+while it runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from resnest_serving.pipeline.engines.base import Runtime
+from resnest_serving.pipeline.engines.pixel_input import PIXELS, empty_inputs, onnx_with_pixels
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
 
@@ -36,6 +38,7 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, bundle: ModelBundle, options: EngineOptions):
         super().__init__(bundle, options)
+        import onnx
         import onnxruntime as ort
 
         self.path, _ = onnx_model(bundle, self.precision)
@@ -46,15 +49,20 @@ class OnnxRuntime(Runtime):
         # no busy-waiting between runs: the cores are shared with the front doors (see worker.py)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        model = onnx_with_pixels(onnx.load(str(self.path)), self.normalize)
+        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         self._input_name = self.session.get_inputs()[0].name
+        self._no_pixels, self._no_tensor = empty_inputs(bundle.meta.crop_size)
 
     @property
     def detail(self) -> str:
         return f"{self.options.thread_num} thread(s), {self.path.name}"
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input_name: batch})[0]
+    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {PIXELS: pixels, self._input_name: self._no_tensor})[0]
+
+    def infer_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {PIXELS: self._no_pixels, self._input_name: tensor})[0]
 
     def close(self) -> None:
         self.session = None

@@ -2,7 +2,8 @@
 
 `predictor.run()` keeps the GIL for the whole run, which is one reason the server runs every local engine
 in a worker process. GPU and TensorRT are configured through `paddle_config.config_calls`
-(configuration-tested only: no GPU here).
+(configuration-tested only: no GPU here). Pixel batches are converted in numpy in the worker
+(`Runtime.infer_pixels`): the exported program is left as it is.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class PaddleRuntime(Runtime):
             return f"GPU {o.gpu_id}{', TensorRT' if o.device_type == TENSORRT else ''}"
         return f"{o.thread_num} thread(s), {'oneDNN' if o.use_mkldnn else 'native kernels'}"
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer_tensor(self, batch: np.ndarray) -> np.ndarray:
         self._input.reshape(list(batch.shape))
         self._input.copy_from_cpu(batch)
         self.predictor.run()

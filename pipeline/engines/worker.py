@@ -5,11 +5,14 @@ which would stall every front door of the server's event loop; a crash inside a 
 OpenVINO) takes down only the worker, which is restarted; OpenMP thread pools and `ONEDNN_*` settings stay
 inside the worker.
 
-Data path: the server writes a batch into a shared-memory block (`[max_batch, 3, H, W]` float32 inputs
-followed by `[max_batch, classes]` outputs), sends ("infer", seq, rows) over a pipe, and awaits the reply
+Data path: the server writes a batch into a shared-memory block (an input region followed by
+`[max_batch, classes]` float32 outputs), sends ("infer", seq, rows, pixels) over a pipe, and awaits the reply
 on its event loop (`add_reader`, no thread); the worker runs the model on the shared rows and writes the
-probabilities back. A batch larger than `max_batch` runs as consecutive chunks. Only small control messages
-are pickled.
+probabilities back. The input region holds `max_batch` rows of either form (`pipeline.pixels`): a batch of
+uint8 pixels `[rows, H, W, 3]` (the front door's images: 3·H·W bytes each) uses the start of it, a batch of
+float32 tensors `[rows, 3, H, W]` (12·H·W bytes each: the Open Inference Protocol's FP32 input, a model
+server's requests) all of it. A batch larger than `max_batch` runs as consecutive chunks. Only small control
+messages are pickled.
 
 The worker is a fresh interpreter (`python -m resnest_serving.pipeline.engines FD`, the socket's fd inherited), not a
 `multiprocessing` child: nothing of the server's `__main__` is re-imported, so any script can start one.
@@ -36,12 +39,22 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 from resnest_serving.pipeline.engines.base import EngineError, EngineUnavailable, StartReport
 from resnest_serving.pipeline.engines.choose import log_event, open_runtime
+from resnest_serving.pipeline.pixels import is_pixels
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
+
+
+def _views(shm: SharedMemory, max_batch: int, size: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The block's input region as float32 tensors [max_batch, 3, H, W] and as uint8 pixels
+    [max_batch, H, W, 3] (the same bytes: a batch is one form), and its float32 outputs [max_batch, classes]."""
+    tensors = np.ndarray((max_batch, 3, size, size), np.float32, buffer=shm.buf)
+    pixels = np.ndarray((max_batch, size, size, 3), np.uint8, buffer=shm.buf)
+    outputs = np.ndarray((max_batch, classes), np.float32, buffer=shm.buf, offset=tensors.nbytes)
+    return tensors, pixels, outputs
 
 
 class _WorkerDied(Exception):
@@ -53,6 +66,8 @@ class _WorkerDied(Exception):
 class ProcessEngine:
     """One engine instance in its own process (see the module docstring); implements `base.Engine`."""
 
+    takes_pixels = True  # uint8 pixel batches are converted inside the engine (base.takes_pixels)
+
     def __init__(self, bundle: ModelBundle, kinds: Sequence[str], options: EngineOptions, max_batch: int,
                  name: str = "engine-0"):
         self.bundle = bundle
@@ -62,12 +77,13 @@ class ProcessEngine:
         self.name = name
         self.report: StartReport | None = None
         size = bundle.meta.crop_size
-        self._input_shape = (self.max_batch, 3, size, size)
+        self._size = size
         self._classes = bundle.meta.class_num
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._shm: SharedMemory | None = None
-        self._inputs: np.ndarray | None = None
+        self._tensors: np.ndarray | None = None
+        self._pixels: np.ndarray | None = None
         self._outputs: np.ndarray | None = None
         self._seq = itertools.count(1)
         self._unanswered = 0  # seq of a call whose caller was cancelled before the reply came
@@ -98,10 +114,8 @@ class ProcessEngine:
 
     async def _spawn(self, kinds: Sequence[str]) -> StartReport:
         self._release()
-        in_bytes = int(np.prod(self._input_shape)) * 4
-        self._shm = SharedMemory(create=True, size=in_bytes + self.max_batch * self._classes * 4)
-        self._inputs = np.ndarray(self._input_shape, np.float32, buffer=self._shm.buf)
-        self._outputs = np.ndarray((self.max_batch, self._classes), np.float32, buffer=self._shm.buf, offset=in_bytes)
+        self._shm = SharedMemory(create=True, size=self.max_batch * (3 * self._size ** 2 + self._classes) * 4)
+        self._tensors, self._pixels, self._outputs = _views(self._shm, self.max_batch, self._size, self._classes)
         ours, theirs = socket.socketpair()
         with theirs:
             self._proc = subprocess.Popen([sys.executable, "-m", "resnest_serving.pipeline.engines", str(theirs.fileno())],
@@ -140,13 +154,19 @@ class ProcessEngine:
                     raise EngineError(f"{self.name} is not started")
                 log.warning("%s: the worker process is gone; starting a new one (%s)", self.name, self.report.kind)
                 self.report = await self._spawn((self.report.kind,))
+            pixels = is_pixels(batch)
+            inputs = self._pixels if pixels else self._tensors
+            if batch.shape[1:] != inputs.shape[1:]:
+                raise EngineError(f"{self.name}: a batch of {batch.dtype} {list(batch.shape)}; this engine takes "
+                                  f"uint8 [N, {', '.join(map(str, self._pixels.shape[1:]))}] or float32 "
+                                  f"[N, {', '.join(map(str, self._tensors.shape[1:]))}]")
             out = np.empty((batch.shape[0], self._classes), np.float32)
             for start in range(0, batch.shape[0], self.max_batch):
                 rows = min(self.max_batch, batch.shape[0] - start)
-                self._inputs[:rows] = batch[start:start + rows]
+                inputs[:rows] = batch[start:start + rows]
                 seq = next(self._seq)
                 try:
-                    self._conn.send(("infer", seq, rows))
+                    self._conn.send(("infer", seq, rows, pixels))
                 except OSError:  # the worker is gone; _reply reads why
                     pass
                 self._unanswered = seq
@@ -214,7 +234,7 @@ class ProcessEngine:
             self._conn.close()
         self._conn = self._proc = None
         self._unanswered = 0
-        self._inputs = self._outputs = None  # views into the block: drop them before closing it
+        self._tensors = self._pixels = self._outputs = None  # views into the block: drop them before closing it
         if self._shm is not None:
             self._shm.close()
             self._shm.unlink()
@@ -290,9 +310,7 @@ def worker_main(fd: int) -> None:
     native = _NativeErrors()
     shm = SharedMemory(name=shm_name)
     resource_tracker.unregister(shm._name, "shared_memory")  # the server owns (and unlinks) the block
-    size = bundle.meta.crop_size
-    inputs = np.ndarray((max_batch, 3, size, size), np.float32, buffer=shm.buf)
-    outputs = np.ndarray((max_batch, classes), np.float32, buffer=shm.buf, offset=inputs.nbytes)
+    tensors, pixels, outputs = _views(shm, max_batch, bundle.meta.crop_size, classes)
     runtime = None
     try:
         try:
@@ -310,9 +328,9 @@ def worker_main(fd: int) -> None:
                 return
             if message[0] == "close":
                 return
-            _, seq, rows = message
+            _, seq, rows, is_pixel_batch = message
             try:
-                out = runtime.infer(inputs[:rows])
+                out = runtime.infer((pixels if is_pixel_batch else tensors)[:rows])
                 if out.shape != (rows, classes):
                     raise EngineError(f"output shape {list(out.shape)}, expected {[rows, classes]}")
                 outputs[:rows] = out
@@ -323,5 +341,5 @@ def worker_main(fd: int) -> None:
     finally:
         if runtime is not None:
             runtime.close()
-        del inputs, outputs
+        del tensors, pixels, outputs
         shm.close()
