@@ -22,17 +22,18 @@ from resnest_serving.pipeline.accuracy import recorded_check
 from resnest_serving.pipeline.bundle import ModelBundle
 from resnest_serving.pipeline.engines import Engine, start_engines
 from resnest_serving.pipeline.pipeline import Pipeline, PipelineSettings
-from resnest_serving.serving.config import ServerConfig, check_paths
-from resnest_serving.serving.connections import ConnectionLimits, DoorSettings
+from resnest_serving.serving.config.files import check_paths
+from resnest_serving.serving.config.loader import ServerConfig
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.metrics import Metrics, Tracer
-from resnest_serving.serving.security import (
+from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings
+from resnest_serving.serving.doors.security import (
     TokenSet,
     door_security_line,
     server_ssl_context,
     warn_if_exposed,
     warn_if_readable_by_others,
 )
+from resnest_serving.serving.metrics import Metrics, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[En
     local engines in worker processes, or the remote model server(s) of `client_type: brpc`."""
     op = config.op
     if op.is_remote:
-        from resnest_serving.serving.config import ConfigError
-        from resnest_serving.serving.remote_engine import (
+        from resnest_serving.serving.config.loader import ConfigError
+        from resnest_serving.serving.split.remote_engine import (
             RemoteSecurity,
             create_remote_engines,
             with_client_config,
@@ -129,10 +130,10 @@ class Server:
     ports: dict[str, int] = field(default_factory=dict)
 
     async def start(self) -> None:
-        from resnest_serving.serving.brpc_adapter import register_pipeline
-        from resnest_serving.serving.brpc_server import BrpcServer
-        from resnest_serving.serving.grpc_adapter import start_grpc
-        from resnest_serving.serving.rest_adapter import start_rest
+        from resnest_serving.serving.doors.brpc_door import register_pipeline
+        from resnest_serving.serving.doors.brpc_server import BrpcServer
+        from resnest_serving.serving.doors.grpc_door import start_grpc
+        from resnest_serving.serving.doors.rest_door import start_rest
 
         config = self.config
         started = time.perf_counter()

@@ -25,9 +25,10 @@ from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 from resnest_serving.protocol.inflate import MAX_GZIP_MEMBERS, InflateError, inflate
-from resnest_serving.serving import v2_adapter, v2_rest
 from resnest_serving.serving.core import request_from_proto
-from resnest_serving.serving.rest_adapter import parse_request_json
+from resnest_serving.serving.doors.rest_door import parse_request_json
+from resnest_serving.serving.v2 import model as v2_adapter
+from resnest_serving.serving.v2 import rest_door as v2_rest
 
 # -- strategies ------------------------------------------------------------------------------------------
 

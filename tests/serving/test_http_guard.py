@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from resnest_serving.serving.http_guard import (
+from resnest_serving.serving.doors.http_guard import (
     BodyRefused,
     ascii_int,
     load_json,

@@ -16,9 +16,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.protocol.inflate import InflateError, inflate
-from resnest_serving.serving.connections import DoorSettings
+from resnest_serving.serving.doors.connections import DoorSettings
+from resnest_serving.serving.doors.security import TokenSet, is_open_path
 from resnest_serving.serving.metrics import Metrics
-from resnest_serving.serving.security import TokenSet, is_open_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,5 +1,5 @@
 """The config.yml schema, each key declared once: its default, allowed values and meaning live in the field's
-`Setting`, from which `serving.config` parses and checks it and `serving.config_docs` writes the tables of
+`Setting`, from which `serving.config.loader` parses and checks it and `serving.config.docs` writes the tables of
 docs/configuration.md. Paddle Serving 0.9's keys and defaults (`ServerYamlConfChecker`, `Op.init_from_dict`),
 then ours."""
 
@@ -23,7 +23,7 @@ class Setting:
     """How one config key is read and documented.
 
     kind: int | number | bool | str | port | path | str_list | section | custom (parsed by hand in
-    serving.config, because it depends on other keys). `origin`: "paddle" (Paddle Serving's key), "ours" or
+    serving.config.loader, because it depends on other keys). `origin`: "paddle" (Paddle Serving's key), "ours" or
     "compat" (Paddle Serving's, accepted and type-checked, no effect here)."""
 
     kind: str

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.v2_adapter import (
+from resnest_serving.serving.v2.model import (
     MODEL_VERSION,
     NUMERIC_DTYPES,
     RequestedOutput,

@@ -1,5 +1,5 @@
-"""Open Inference Protocol (KServe V2 / Triton) mapping shared by the REST (serving/v2_rest.py) and gRPC
-(serving/v2_grpc.py) front doors: the model's V2 view (metadata, Triton model config), tensor decoding,
+"""Open Inference Protocol (KServe V2 / Triton) mapping shared by the REST (serving/v2/rest_door.py) and gRPC
+(serving/v2/grpc_door.py) front doors: the model's V2 view (metadata, Triton model config), tensor decoding,
 V2 inputs → pipeline.Request → pipeline.Response → V2 outputs, and err_no → protocol errors.
 
 The served model takes either input (exactly one per request):
@@ -25,7 +25,7 @@ from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.pipeline.postprocess import top_k
 from resnest_serving.pipeline.types import Request
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.http_guard import ascii_int
+from resnest_serving.serving.doors.http_guard import ascii_int
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import grpc
 from google.protobuf.message import DecodeError
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
-from resnest_serving.serving import v2_grpc
-from resnest_serving.serving.config_schema import TlsConfig
-from resnest_serving.serving.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
+from resnest_serving.serving.config.schema import TlsConfig
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
+from resnest_serving.serving.doors.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
+from resnest_serving.serving.doors.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
+from resnest_serving.serving.v2 import grpc_door as v2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Open Inference Protocol (KServe V2) over REST, on the HTTP port beside Paddle Serving's routes:
 `GET /v2`, `GET /v2/models/{m}[/versions/{v}]`, `.../ready`, `.../config`, `POST .../infer`,
-`POST /v2/repository/index` (`/v2/health/*` are answered by serving/rest_adapter.py). Errors are HTTP
+`POST /v2/repository/index` (`/v2/health/*` are answered by serving/doors/rest_door.py). Errors are HTTP
 4xx/5xx with `{"error": "..."}`.
 
 Binary tensor extension both ways: `Inference-Header-Content-Length` splits the body into the JSON header
 and the inputs' raw bytes (`parameters.binary_data_size`, in input order); outputs asked for with
 `parameters.binary_data: true` (or request `parameters.binary_data_output: true`) come back the same way.
 Request bodies compressed with `Content-Encoding: gzip|deflate` (tritonclient's
-request_compression_algorithm) are inflated by serving.http_guard, up to max_request_bytes inflated.
+request_compression_algorithm) are inflated by serving.doors.http_guard, up to max_request_bytes inflated.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.http_guard import ascii_int, load_json, off_loop_if_large, request_body
-from resnest_serving.serving.v2_adapter import (
+from resnest_serving.serving.doors.http_guard import ascii_int, load_json, off_loop_if_large, request_body
+from resnest_serving.serving.v2.model import (
     MAX_REQUESTED_OUTPUTS,
     ErrorKind,
     RequestedOutput,
@@ -104,7 +104,7 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str) -
     request_id = ""
     try:
         model.check(name, version)
-        body = request_body(request)  # read, size-checked and inflated by serving.http_guard
+        body = request_body(request)  # read, size-checked and inflated by serving.doors.http_guard
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         limit = model.max_batch * 3 * model.crop * model.crop + JSON_ELEMENT_SLACK  # a full FP32 batch as JSON
         data = await off_loop_if_large(header, lambda text: _parse_json(text, limit))
@@ -133,7 +133,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _parse_json(header: bytes, max_elements: int) -> dict[str, Any]:
-    """The JSON request object, within `max_elements` (serving.http_guard.load_json), or INVALID_ARGUMENT."""
+    """The JSON request object, within `max_elements` (serving.doors.http_guard.load_json), or INVALID_ARGUMENT."""
     try:
         data = load_json(header, max_elements)
     except (ValueError, RecursionError) as exc:

@@ -54,9 +54,10 @@ from resnest_serving.protocol.baidu_std import (
 )
 from resnest_serving.protocol.general_model import tensor_values
 from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE, ElemType
-from resnest_serving.serving.brpc_server import BrpcServer, RequestContext
-from resnest_serving.serving.connections import DoorSettings
-from resnest_serving.serving.http_guard import ascii_int, request_body
+from resnest_serving.serving.doors.brpc_server import BrpcServer
+from resnest_serving.serving.doors.brpc_services import RequestContext
+from resnest_serving.serving.doors.connections import DoorSettings
+from resnest_serving.serving.doors.http_guard import ascii_int, request_body
 
 __all__ = [
     "ENGINE_NAME",
@@ -305,7 +306,7 @@ class _ModelHttp:
 
 
 def model_http_app(service: ModelService, door: DoorSettings) -> web.Application:
-    from resnest_serving.serving.http_guard import http_guard
+    from resnest_serving.serving.doors.http_guard import http_guard
 
     handler = _ModelHttp(service)
     guard = http_guard(door, takes_body=lambda method, path: method == "POST" and
@@ -319,6 +320,6 @@ async def start_model_http(service: ModelService, host: str, port: int, door: Do
                            reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start GeneralModelService over HTTP on its own port, within `door`'s limits, TLS and tokens; returns
     the runner (for cleanup) and the port."""
-    from resnest_serving.serving.rest_adapter import serve_app
+    from resnest_serving.serving.doors.rest_door import serve_app
 
     return await serve_app(model_http_app(service, door), host, port, door, name="model-http", reuse_port=reuse_port)

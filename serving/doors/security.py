@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from resnest_serving.protocol.endpoints import is_loopback
-from resnest_serving.serving.config_schema import AuthConfig, TlsConfig
+from resnest_serving.serving.config.schema import AuthConfig, TlsConfig
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ class LimitedSite(web.TCPSite):
 @dataclass(frozen=True)
 class DoorSettings:
     """What every front door enforces: body size, connection limits, TLS (an ssl.SSLContext, REST and bRPC)
-    and the accepted tokens (a serving.security.TokenSet)."""
+    and the accepted tokens (a serving.doors.security.TokenSet)."""
 
     max_request_bytes: int
     limits: ConnectionLimits = ConnectionLimits()

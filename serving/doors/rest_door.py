@@ -1,6 +1,6 @@
 """REST front door: `POST /{name}/{method}` with grpc-gateway (v1, JSONPb OrigName + EmitDefaults) JSON
 semantics, plus `GET /health/live`, `/health/ready` (and KServe's `/v2/health/*`) and `/metrics`; the Open
-Inference Protocol's `/v2/...` is handed to serving.v2_rest. Before any handler, `http_guard` checks the
+Inference Protocol's `/v2/...` is handed to serving.v2.rest_door. Before any handler, `http_guard` checks the
 token and reads the body within the door's limits; `serve_app` adds the connection limits and TLS.
 
 As grpc-gateway does: any Content-Type is read as JSON; an empty body is an empty Request; the URL's
@@ -19,10 +19,9 @@ from aiohttp import web
 from google.protobuf import json_format
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.protocol import pipeline_service_pb2 as pb
-from resnest_serving.serving import v2_rest
-from resnest_serving.serving.connections import DoorSettings, LimitedSite, PeerLimiter
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.http_guard import (
+from resnest_serving.serving.doors.connections import DoorSettings, LimitedSite, PeerLimiter
+from resnest_serving.serving.doors.http_guard import (
     GRPC_INVALID_ARGUMENT,
     OPEN_METHODS,
     ascii_int,
@@ -32,7 +31,8 @@ from resnest_serving.serving.http_guard import (
     off_loop_if_large,
     request_body,
 )
-from resnest_serving.serving.security import HEALTH_PATHS
+from resnest_serving.serving.doors.security import HEALTH_PATHS
+from resnest_serving.serving.v2 import rest_door as v2_rest
 
 MAX_JSON_ELEMENTS = 100_000  # list items, fields and containers in one Paddle Serving REST body
 
@@ -112,14 +112,14 @@ class RestAdapter:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        if path not in HEALTH_PATHS and (path == "/v2" or path.startswith("/v2/")):  # KServe V2: serving/v2_rest.py
+        if path not in HEALTH_PATHS and (path == "/v2" or path.startswith("/v2/")):  # KServe V2: serving/v2/rest_door.py
             return await v2_rest.handle(self.core, request)
         body = request_body(request)
         return await self.answer(path, request.method, body, request.remote or "")
 
     async def answer(self, path: str, method: str, body: bytes, remote: str = "") -> web.Response:
         """The answer to a Paddle Serving REST call (health, /metrics or `POST /{name}/{method}`), whatever
-        HTTP server received it (aiohttp here, Ray Serve's proxy in serving.ray_app)."""
+        HTTP server received it (aiohttp here, Ray Serve's proxy in serving.ray.app)."""
         if path in HEALTH_PATHS or path == "/metrics":
             if method not in OPEN_METHODS:
                 return plain(405)
