@@ -34,6 +34,7 @@ from resnest_serving.serving.doors.security import (
     warn_if_readable_by_others,
 )
 from resnest_serving.serving.metrics import Metrics, Tracer
+from resnest_serving.serving.v2.model import V2Model
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class Server:
                  bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
                  time.perf_counter() - started)
         self.core = ServingCore(self.pipeline, self.metrics)
+        self.v2 = V2Model(self.core)  # the Open Inference Protocol's view, one for its REST and gRPC doors
         self._grpc = self._rest = self._brpc = self._prometheus = None
         door = door_settings(config)
         self.tokens = door.tokens
@@ -156,10 +158,11 @@ class Server:
         grace = config.shutdown_grace_s + 1.0  # the pipeline answers what is left at grace; this is a backstop
         if config.rpc_port is not None:
             self._grpc, self.ports["grpc"] = await start_grpc(self.core, config.host, config.rpc_port, door,
-                                                              config.tls, self.reuse_port)
+                                                              config.tls, self.reuse_port, v2=self.v2)
         if config.http_port is not None:
             self._rest, self.ports["http"] = await start_rest(self.core, config.host, config.http_port, door,
-                                                              self.reuse_port, shutdown_timeout_s=grace)
+                                                              self.reuse_port, shutdown_timeout_s=grace,
+                                                              v2=self.v2)
         if config.brpc_port is not None:
             self._brpc = BrpcServer(max_body_size=config.max_request_bytes, limits=door.limits,
                                     ssl_context=door.ssl_context, tokens=door.tokens)

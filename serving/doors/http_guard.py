@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.protocol.inflate import InflateError, inflate
+from resnest_serving.protocol.v2 import is_v2_path
 from resnest_serving.serving.doors.connections import DoorSettings
 from resnest_serving.serving.doors.security import TokenSet, is_open_path
 from resnest_serving.serving.metrics import Metrics
@@ -149,7 +150,7 @@ def post_takes_body(method: str, path: str) -> bool:
 
 def protocol_of(path: str) -> str:
     """The metrics protocol label of an HTTP path: "v2-http" for the Open Inference Protocol, else "http"."""
-    return "v2-http" if path == "/v2" or path.startswith("/v2/") else "http"
+    return "v2-http" if is_v2_path(path) else "http"
 
 
 async def read_bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:

@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.protocol import pipeline_service_pb2 as pb
+from resnest_serving.protocol.v2 import is_v2_path
 from resnest_serving.serving.core import ServingCore
 from resnest_serving.serving.doors.connections import DoorSettings, LimitedSite, PeerLimiter
 from resnest_serving.serving.doors.http_guard import (
@@ -33,6 +34,8 @@ from resnest_serving.serving.doors.http_guard import (
 )
 from resnest_serving.serving.doors.security import HEALTH_PATHS
 from resnest_serving.serving.v2 import rest_door as v2_rest
+from resnest_serving.serving.v2 import routes as v2_routes
+from resnest_serving.serving.v2.model import V2Model
 
 MAX_JSON_ELEMENTS = 100_000  # list items, fields and containers in one Paddle Serving REST body
 
@@ -91,17 +94,18 @@ def grpc_gateway_json(message: pb.Response) -> bytes:
 def rest_takes_body(method: str, path: str) -> bool:
     """The REST door's routes that take a body: POST /{name}/{method}, and POST on the Open Inference
     Protocol's .../infer and /v2/repository/index. Any other request reaches its handler unread."""
-    if method != "POST":
-        return False
-    if path == "/v2" or path.startswith("/v2/"):
-        return path.endswith("/infer") or path == "/v2/repository/index"
-    return path.count("/") == 2
+    if is_v2_path(path):
+        return v2_routes.takes_body(method, path)
+    return method == "POST" and path.count("/") == 2
 
 
 class RestAdapter:
-    def __init__(self, core: ServingCore, door: DoorSettings):
+    """Paddle Serving's REST routes, health and /metrics; with `v2`, the Open Inference Protocol beside them."""
+
+    def __init__(self, core: ServingCore, door: DoorSettings, v2: V2Model | None = None):
         self.core = core
         self.door = door
+        self.v2 = v2
         self.max_request_bytes = door.max_request_bytes
 
     def app(self) -> web.Application:
@@ -112,8 +116,8 @@ class RestAdapter:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        if path not in HEALTH_PATHS and (path == "/v2" or path.startswith("/v2/")):  # KServe V2: serving/v2/rest_door.py
-            return await v2_rest.handle(self.core, request)
+        if self.v2 is not None and path not in HEALTH_PATHS and is_v2_path(path):  # serving/v2/rest_door.py
+            return await v2_rest.handle(self.v2, request)
         body = request_body(request)
         return await self.answer(path, request.method, body, request.remote or "")
 
@@ -154,10 +158,12 @@ class RestAdapter:
 
 
 async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings, reuse_port: bool = False,
-                     metrics_only: bool = False, shutdown_timeout_s: float = 10.0) -> tuple[web.AppRunner, int]:
-    """Start the HTTP server (or, with metrics_only, Paddle Serving's separate Prometheus port serving
-    GET /metrics alone); returns the runner (for cleanup) and the bound port."""
-    adapter = RestAdapter(core, door)
+                     metrics_only: bool = False, shutdown_timeout_s: float = 10.0,
+                     v2: V2Model | None = None) -> tuple[web.AppRunner, int]:
+    """Start the HTTP server, with the Open Inference Protocol for `v2` (or, with metrics_only, Paddle
+    Serving's separate Prometheus port serving GET /metrics alone); returns the runner (for cleanup) and the
+    bound port."""
+    adapter = RestAdapter(core, door, v2)
     if metrics_only:
         guard = http_guard(door, core.metrics, takes_body=lambda _m, _p: False)
         app = web.Application(client_max_size=door.max_request_bytes, middlewares=[guard])

@@ -13,7 +13,6 @@ import numpy as np
 from google.protobuf import json_format
 from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from resnest_serving.serving.core import ServingCore
 from resnest_serving.serving.v2.model import (
     MODEL_VERSION,
     NUMERIC_DTYPES,
@@ -80,15 +79,8 @@ def _typed(name: str, datatype: str, shape: list[int], contents: pb.InferTensorC
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     """GRPCInferenceService over the served pipeline."""
 
-    def __init__(self, core: ServingCore):
-        self.core = core
-        self._model: V2Model | None = None
-
-    @property
-    def model(self) -> V2Model:
-        if self._model is None:
-            self._model = V2Model(self.core)
-        return self._model
+    def __init__(self, model: V2Model):
+        self.model = model
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: V2Error) -> None:
         await context.abort(getattr(grpc.StatusCode, error.kind.value[1]), error.message)
@@ -145,6 +137,6 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def add_to_server(core: ServingCore, server: grpc.aio.Server) -> None:
-    """Register GRPCInferenceService on `server` (beside PipelineService)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(core), server)
+def add_to_server(model: V2Model, server: grpc.aio.Server) -> None:
+    """Register GRPCInferenceService for `model` on `server` (beside PipelineService)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(model), server)
