@@ -47,8 +47,8 @@ def decode_bytes(buffer: bytes | memoryview) -> list[bytes]:
     items, offset, end = [], 0, len(buffer)
     while offset < end:
         if offset + _LENGTH.size > end:
-            raise BytesFramingError(f"BYTES data ends inside element {len(items)}'s 4-byte length prefix "
-                                    f"({end - offset} trailing bytes)")
+            raise BytesFramingError(f"BYTES data ends inside an element's 4-byte length prefix ({end - offset} "
+                                    f"trailing bytes after {len(items)} elements)")
         (size,) = _LENGTH.unpack_from(buffer, offset)
         offset += _LENGTH.size
         if offset + size > end:

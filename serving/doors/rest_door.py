@@ -23,16 +23,16 @@ from resnest_serving.protocol.v2 import is_v2_path
 from resnest_serving.serving.core import ServingCore
 from resnest_serving.serving.doors.connections import DoorSettings, LimitedSite, PeerLimiter
 from resnest_serving.serving.doors.http_guard import (
-    GRPC_INVALID_ARGUMENT,
     OPEN_METHODS,
     ascii_int,
-    gateway_error,
     http_guard,
     load_json,
     off_loop_if_large,
     request_body,
 )
 from resnest_serving.serving.doors.security import HEALTH_PATHS
+from resnest_serving.serving.doors.statuses import gateway_error
+from resnest_serving.serving.errors import invalid
 from resnest_serving.serving.v2 import rest_door as v2_rest
 from resnest_serving.serving.v2 import routes as v2_routes
 from resnest_serving.serving.v2.model import V2Model
@@ -109,7 +109,7 @@ class RestAdapter:
         self.max_request_bytes = door.max_request_bytes
 
     def app(self) -> web.Application:
-        guard = http_guard(self.door, self.core.metrics, rest_takes_body)
+        guard = http_guard(self.door, self.core, rest_takes_body)
         app = web.Application(client_max_size=self.max_request_bytes, middlewares=[guard])
         app.router.add_route("*", "/{tail:.*}", self.dispatch, expect_handler=guard.expect_handler)
         return app
@@ -139,8 +139,8 @@ class RestAdapter:
                 message = await off_loop_if_large(body, parse_request_json)
             except (ValueError, json_format.ParseError, RecursionError) as exc:
                 log.info("http malformed JSON from %s: %s", remote, exc)
-                self.core.metrics.request_done("http", int(ErrorCode.RPC_PACKAGE_ERROR), 0.0)
-                return gateway_error(400, GRPC_INVALID_ARGUMENT, f"malformed JSON request body: {exc}")
+                self.core.reject("http", int(ErrorCode.RPC_PACKAGE_ERROR))
+                return gateway_error(invalid(f"malformed JSON request body: {exc}"))
         message.name, message.method = segments
         answer = await self.core.infer_proto(message, "http")
         return web.Response(body=grpc_gateway_json(answer), content_type="application/json")
@@ -165,7 +165,7 @@ async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings
     bound port."""
     adapter = RestAdapter(core, door, v2)
     if metrics_only:
-        guard = http_guard(door, core.metrics, takes_body=lambda _m, _p: False)
+        guard = http_guard(door, core, takes_body=lambda _m, _p: False)
         app = web.Application(client_max_size=door.max_request_bytes, middlewares=[guard])
 
         async def metrics(_request: web.Request) -> web.Response:

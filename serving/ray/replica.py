@@ -57,7 +57,7 @@ class PipelineReplica:
             from resnest_serving.pipeline.errors import ErrorCode
             from resnest_serving.protocol import pipeline_service_pb2 as pb
 
-            self.metrics.request_done("grpc", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+            self.core.reject("grpc", int(ErrorCode.INPUT_PARAMS_ERROR))
             if grpc_context is not None:
                 grpc_context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
                 grpc_context.set_details(f"SERVER: Received message larger than max ({size} vs. {limit}) "
@@ -78,12 +78,9 @@ class PipelineReplica:
     async def __call__(self, request):
         """HTTP, called by Ray Serve's HTTP proxy with a Starlette request: answered by the same
         RestAdapter.answer as `resnest serve`'s aiohttp server, after the same token check."""
-        from resnest_serving.pipeline.errors import ErrorCode
         from resnest_serving.serving.doors.http_guard import (
-            BodyRefused,
             ascii_int,
             decoded_body,
-            gateway_error,
             open_path_refusal,
             read_bounded,
             too_large,
@@ -91,13 +88,15 @@ class PipelineReplica:
         )
         from resnest_serving.serving.doors.rest_door import rest_takes_body
         from resnest_serving.serving.doors.security import is_open_path
+        from resnest_serving.serving.doors.statuses import gateway_error
+        from resnest_serving.serving.errors import ServingError
 
         # the same order as serving.doors.http_guard: open paths, token, method, size, then the body is read
         path, method, headers = request.url.path, request.method, request.headers
         has_body = headers.get("content-length", "0").strip() != "0" or "transfer-encoding" in headers
         refusal = open_path_refusal(method, path, has_body) if is_open_path(path) else None
         if refusal is not None:
-            return _starlette(gateway_error(refusal.status, refusal.grpc_code, refusal.message))
+            return _starlette(gateway_error(refusal))
         refused = unauthenticated(self.tokens, path, headers.get("authorization"),
                                   request.client.host if request.client else "")
         if refused is not None:
@@ -111,9 +110,9 @@ class PipelineReplica:
                 raise too_large(limit)
             body = await decoded_body(await read_bounded(request.stream(), limit),
                                       headers.get("content-encoding", ""), limit)
-        except BodyRefused as exc:
-            self.metrics.request_done("http", int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
-            return _starlette(gateway_error(exc.status, exc.grpc_code, exc.message))
+        except ServingError as exc:
+            self.core.reject("http", exc.err_no)
+            return _starlette(gateway_error(exc))
         return _starlette(await self.rest.answer(request.url.path, request.method, body))
 
     async def check_health(self) -> None:

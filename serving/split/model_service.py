@@ -58,13 +58,13 @@ from resnest_serving.serving.doors.brpc_server import BrpcServer
 from resnest_serving.serving.doors.brpc_services import RequestContext
 from resnest_serving.serving.doors.connections import DoorSettings
 from resnest_serving.serving.doors.http_guard import ascii_int, request_body
+from resnest_serving.serving.doors.statuses import brpc_kind, http_status
 
 __all__ = [
     "ENGINE_NAME",
     "ERR_INTERNAL_FAILURE",
     "ERR_OP_INFER_FAILURE",
     "ModelService",
-    "http_status",
     "register_model_service",
     "start_model_http",
 ]
@@ -215,19 +215,13 @@ def register_model_service(server: BrpcServer, bundle: ModelBundle, engines: lis
 
 # -- HTTP (brpc's http_rpc_protocol semantics) ------------------------------------------------------------
 
-_HTTP_STATUS = {Errno.ENOSERVICE: 404, Errno.ENOMETHOD: 404, Errno.ERPCAUTH: 401, Errno.EREQUEST: 400,
-                22: 400, Errno.ELIMIT: 503, Errno.ELOGOFF: 503, 1: 403, Errno.ERPCTIMEDOUT: 504, 110: 504}
 _GZIP_MIN_BYTES = 512
 PROTO_CONTENT_TYPE = "application/proto"
 
 
-def http_status(code: int) -> int:
-    """brpc's ErrorCodeToStatusCode: the HTTP status for a brpc errno (EINVAL 22, EPERM 1, ETIMEDOUT 110)."""
-    return _HTTP_STATUS.get(code, 500)
-
-
 def _http_error(exc: BrpcError) -> web.Response:
-    return web.Response(status=http_status(exc.code), text=exc.text, content_type="text/plain",
+    """brpc's http_rpc_protocol error answer: the errno's HTTP status, the text, the errno in a header."""
+    return web.Response(status=http_status(brpc_kind(exc.code)), text=exc.text, content_type="text/plain",
                         headers={"x-bd-error-code": str(exc.code)})
 
 

@@ -16,40 +16,36 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from resnest_serving.protocol.v2 import HEADER_LENGTH
 from resnest_serving.serving.doors.http_guard import ascii_int, load_json, off_loop_if_large, request_body
-from resnest_serving.serving.v2.model import (
+from resnest_serving.serving.doors.statuses import json_error
+from resnest_serving.serving.errors import ErrorKind, ServingError, invalid
+from resnest_serving.serving.v2.model import V2Model
+from resnest_serving.serving.v2.routes import Endpoint, match
+from resnest_serving.serving.v2.tensors import (
     MAX_REQUESTED_OUTPUTS,
-    ErrorKind,
     RequestedOutput,
     Tensor,
-    V2Error,
-    V2Model,
     check_datatype,
     check_shape,
     decode_json,
     decode_raw,
     encode_raw,
-    invalid,
 )
-from resnest_serving.serving.v2.routes import Endpoint, match
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "v2-http"
-HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_ELEMENT_SLACK = 10_000  # JSON elements allowed beside the tensor data a full batch needs
-
-def error(kind: ErrorKind, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=kind.value[0])
-
 
 async def handle(model: V2Model, request: web.Request) -> web.StreamResponse:
     """Answer any `/v2` or `/v2/...` request by its route (serving.v2.routes)."""
     route, method = match(request.path), request.method
     if route is None:
-        return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
+        return json_error(ServingError(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}"))
     if not route.allows(method):
-        return error(ErrorKind.METHOD, f"{method} not allowed on {request.path}; use {route.endpoint.method}")
+        return json_error(ServingError(ErrorKind.METHOD, f"{method} not allowed on {request.path}; use "
+                                       f"{route.endpoint.method}"))
     endpoint = route.endpoint
     try:
         if endpoint is Endpoint.SERVER_METADATA:
@@ -63,8 +59,8 @@ async def handle(model: V2Model, request: web.Request) -> web.StreamResponse:
             ready = model.ready
             return web.json_response({"name": route.name, "ready": ready}, status=200 if ready else 503)
         return web.json_response(model.config() if endpoint is Endpoint.MODEL_CONFIG else model.metadata())
-    except V2Error as exc:
-        return error(exc.kind, exc.message)
+    except ServingError as exc:
+        return json_error(exc)
 
 
 async def infer(model: V2Model, request: web.Request, name: str, version: str) -> web.Response:
@@ -82,10 +78,9 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str) -
         request_id = given_id
         inputs, outputs, binary_output = _read_request(data, binary)
         result = await model.infer(inputs, outputs, request_id, PROTOCOL)
-    except V2Error as exc:
-        if not exc.counted:
-            model.reject(PROTOCOL, request_id, exc)
-        return error(exc.kind, exc.message)
+    except ServingError as exc:
+        model.reject(PROTOCOL, request_id, exc)
+        return json_error(exc)
     return _respond(model, result, request_id, binary_output)
 
 
