@@ -54,10 +54,8 @@ def engine_options(config: ServerConfig) -> EngineOptions:
 
 def door_settings(config: ServerConfig) -> DoorSettings:
     """What every front door enforces, from the config: body size, connection limits, TLS, tokens."""
-    limits = ConnectionLimits(max_connections=config.max_connections,
-                              max_per_peer=config.max_connections_per_peer, idle_timeout_s=config.idle_timeout_s,
-                              read_timeout_s=config.request_read_timeout_s)
-    return DoorSettings(config.max_request_bytes, limits, server_ssl_context(config.tls), TokenSet.load(config.auth))
+    return DoorSettings(config.max_request_bytes, ConnectionLimits.from_config(config), server_ssl_context(config.tls),
+                        TokenSet.load(config.auth))
 
 
 def pipeline_settings(config: ServerConfig) -> PipelineSettings:

@@ -52,6 +52,11 @@ def section(factory: Callable[[], Any], doc: str) -> Any:
     return field(default_factory=factory, metadata={"setting": Setting("section", doc)})
 
 
+def default_of(cls: type, name: str) -> Any:
+    """The schema's default of key `name` of section `cls` (for code that needs it without a config)."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
 def settings_of(cls: type) -> list[tuple[Field, Setting]]:
     """(field, Setting) of every config key of a schema class, in declaration order."""
     return [(f, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata]
@@ -151,7 +156,7 @@ class LocalServiceConf:
                                     "CPU predictor fails to build with it, so on CPU it is accepted and ignored.")
     ir_optim: bool = setting(
         True, "Paddle Inference IR (graph) optimisation passes. Deliberately on by default: for legacy `.pdmodel` "
-        "models it is the difference between ~3 and ~14 req/s for ResNeSt50 on 2 cores (reference perf anchors); "
+        "models it is the difference between ~3 and ~14 req/s for ResNeSt50 on 2 cores (`../shared/reference/perf_anchors.md`); "
         "for Paddle 3 `.json` models it makes no measurable difference.", default_doc="**true** (Paddle Serving: false)")
     precision: str = setting(
         "fp32", "Case-insensitive; stored lowercase. CPU: `bf16` on OpenVINO or Paddle Inference (needs a CPU with "

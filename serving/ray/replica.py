@@ -19,7 +19,7 @@ class PipelineReplica:
 
     async def __init__(self, config: ServerConfig):
         from resnest_serving.serving.core import ServingCore
-        from resnest_serving.serving.doors.connections import DoorSettings
+        from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings
         from resnest_serving.serving.doors.rest_door import RestAdapter
         from resnest_serving.serving.doors.security import TokenSet
         from resnest_serving.serving.metrics import Metrics
@@ -35,7 +35,8 @@ class PipelineReplica:
         await self.pipeline.start()
         self.core = ServingCore(self.pipeline, self.metrics)
         self.tokens = TokenSet.load(config.auth)
-        self.rest = RestAdapter(self.core, DoorSettings(config.max_request_bytes, tokens=self.tokens))
+        self.rest = RestAdapter(self.core, DoorSettings(config.max_request_bytes, ConnectionLimits.from_config(config),
+                                                        tokens=self.tokens))
         log.info("ray replica pid %d: service %r ready (%s) in %.2f s", os.getpid(), config.service_name,
                  self.engine_name(), time.perf_counter() - started)
 
