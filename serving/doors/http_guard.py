@@ -220,6 +220,9 @@ def http_guard(door: DoorSettings, core: ServingCore | None = None,
                 return refuse(request, too_large(door.max_request_bytes))
             except (RequestPayloadError, web.HTTPBadRequest, ClientPayloadError) as exc:
                 return refuse(request, ServingError(ErrorKind.INVALID, f"request body could not be read: {exc}"))
+            except ConnectionResetError:  # the client left mid-body: one line, not aiohttp's ERROR traceback
+                return refuse(request, ServingError(ErrorKind.INVALID, "the client closed the connection before "
+                                                    "the whole request body arrived"))
         return await handler(request)
 
     async def expect_handler(request: web.Request) -> web.StreamResponse | None:
