@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import ClientPayloadError, HttpVersion11, web, web_protocol
@@ -147,6 +147,28 @@ async def read_bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     return b"".join(parts)
 
 
+def check_headers(method: str, path: str, headers: Mapping[str, str], has_body: bool, declared: int | None,
+                  door: DoorSettings, takes_body: Callable[[str, str], bool],
+                  remote: str | None = "") -> tuple[str, ServingError | web.Response] | None:
+    """Steps 1-4 of `http_guard`, from the request line and headers alone (for every HTTP server: aiohttp's
+    here, Ray Serve's proxy in serving.ray.replica): None to go on, or (step, refusal): "open" (an open
+    path's rule, a ServingError), "token" (the 401 answer) or "body" (a ServingError: size, encoding)."""
+    if is_open_path(path):
+        refusal = open_path_refusal(method, path, has_body)
+        return None if refusal is None else ("open", refusal)
+    refused = unauthenticated(door.tokens, path, headers.get("Authorization"), remote)
+    if refused is not None:
+        return "token", refused
+    if has_body and takes_body(method, path):
+        try:
+            check_encoding(headers.get("Content-Encoding", ""))
+            if declared is not None and declared > door.max_request_bytes:
+                raise too_large(door.max_request_bytes)
+        except ServingError as exc:
+            return "body", exc
+    return None
+
+
 def http_guard(door: DoorSettings, core: ServingCore | None = None,
                takes_body: Callable[[str, str], bool] = post_takes_body):
     """aiohttp middleware run before any handler, in this order, each step before any body byte is read:
@@ -176,28 +198,18 @@ def http_guard(door: DoorSettings, core: ServingCore | None = None,
 
     def before_reading(request: web.Request) -> web.Response | None:
         """Steps 1-4: the refusal decided from the request line and headers alone, or None."""
-        path, method = request.path, request.method
-        if is_open_path(path):
-            refusal = open_path_refusal(method, path, request.body_exists)
-            if refusal is None:
-                return None
-            return refuse(request, refusal, authenticated=False)
-        refused = unauthenticated(door.tokens, path, request.headers.get("Authorization"), request.remote)
-        if refused is not None:
-            if core is not None:
-                core.refused(protocol_of(path), refused.status)
-            if request.body_exists:
-                refused.force_close()
-            return refused
-        if request.body_exists and takes_body(method, path):
-            try:
-                check_encoding(request.headers.get("Content-Encoding", ""))
-                declared = request.content_length
-                if declared is not None and declared > door.max_request_bytes:
-                    raise too_large(door.max_request_bytes)
-            except ServingError as exc:
-                return refuse(request, exc)
-        return None
+        verdict = check_headers(request.method, request.path, request.headers, request.body_exists,
+                                request.content_length, door, takes_body, request.remote)
+        if verdict is None:
+            return None
+        step, refusal = verdict
+        if isinstance(refusal, ServingError):
+            return refuse(request, refusal, authenticated=step != "open")
+        if core is not None:
+            core.refused(protocol_of(request.path), refusal.status)
+        if request.body_exists:
+            refusal.force_close()
+        return refusal
 
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:

@@ -81,34 +81,28 @@ class PipelineReplica:
         RestAdapter.answer as `resnest serve`'s aiohttp server, after the same token check."""
         from resnest_serving.serving.doors.http_guard import (
             ascii_int,
+            check_headers,
             decoded_body,
-            open_path_refusal,
             read_bounded,
-            too_large,
-            unauthenticated,
         )
         from resnest_serving.serving.doors.rest_door import rest_takes_body
-        from resnest_serving.serving.doors.security import is_open_path
         from resnest_serving.serving.doors.statuses import gateway_error
         from resnest_serving.serving.errors import ServingError
 
-        # the same order as serving.doors.http_guard: open paths, token, method, size, then the body is read
+        # the same steps as serving.doors.http_guard: open paths, token, method, size, then the body is read
         path, method, headers = request.url.path, request.method, request.headers
         has_body = headers.get("content-length", "0").strip() != "0" or "transfer-encoding" in headers
-        refusal = open_path_refusal(method, path, has_body) if is_open_path(path) else None
-        if refusal is not None:
-            return _starlette(gateway_error(refusal))
-        refused = unauthenticated(self.tokens, path, headers.get("authorization"),
-                                  request.client.host if request.client else "")
-        if refused is not None:
-            return _starlette(refused)
+        verdict = check_headers(method, path, headers, has_body, ascii_int(headers.get("content-length", "")),
+                                self.rest.door, rest_takes_body, request.client.host if request.client else "")
+        if verdict is not None:
+            step, refusal = verdict
+            if step == "body":
+                self.core.reject("http", refusal.err_no)
+            return _starlette(gateway_error(refusal) if isinstance(refusal, ServingError) else refusal)
         if not (has_body and rest_takes_body(method, path)):
             return _starlette(await self.rest.answer(path, method, b""))
         limit = self.config.max_request_bytes
         try:
-            declared = ascii_int(headers.get("content-length", ""))
-            if declared is not None and declared > limit:  # refused before reading it
-                raise too_large(limit)
             body = await decoded_body(await read_bounded(request.stream(), limit),
                                       headers.get("content-encoding", ""), limit)
         except ServingError as exc:
