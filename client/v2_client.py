@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -28,29 +28,31 @@ from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.protocol.endpoints import join_host_port
 from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
+from resnest_serving.protocol.v2 import (
+    HEADER_LENGTH,
+    IMAGE_INPUT,
+    BytesFramingError,
+    decode_bytes,
+    encode_bytes,
+)
 
 __all__ = ["CLASSES", "DEFAULT_TOPK", "AsyncV2GrpcClassifier", "AsyncV2HttpClassifier", "V2GrpcClassifier",
            "V2HttpClassifier", "parse_classification"]
 
 DEFAULT_TOPK = 5
-IMAGE_INPUT = "image"
 OUTPUT = "prediction"
-HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def bytes_tensor(items: list[bytes]) -> bytes:
-    """BYTES elements in the binary layout: a 4-byte little-endian length before each."""
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
-
-
-def split_bytes_tensor(blob: bytes) -> list[bytes]:
-    items, offset = [], 0
-    while offset < len(blob):
-        if offset + 4 > len(blob):
-            raise BadResponseError("BYTES output ends inside a length prefix")
-        (size,) = struct.unpack_from("<I", blob, offset)
-        items.append(blob[offset + 4:offset + 4 + size])
-        offset += 4 + size
+def split_bytes_tensor(blob: bytes, shape: list[int] | None = None) -> list[bytes]:
+    """The elements of a raw BYTES output; BadResponseError when its length prefixes do not add up to the
+    buffer (one cut short, one past the end) or, given the output's `shape`, it holds another count."""
+    try:
+        items = decode_bytes(blob)
+    except BytesFramingError as exc:
+        raise BadResponseError(f"malformed BYTES output: {exc}") from None
+    if shape is not None and len(items) != math.prod(shape):
+        raise BadResponseError(f"malformed BYTES output: shape {shape} needs {math.prod(shape)} elements, the "
+                               f"data holds {len(items)}")
     return items
 
 
@@ -103,7 +105,7 @@ class _V2Http:
         self.url = f"{self.credentials.scheme}://{join_host_port(self.host, self.port)}{self.path}"
 
     def _body(self, images: list[bytes], k: int) -> tuple[bytes, dict[str, str]]:
-        blob = bytes_tensor(images)
+        blob = encode_bytes(images)
         output: dict[str, Any] = {"name": OUTPUT, "parameters": {"binary_data": True}}
         if k:
             output["parameters"]["classification"] = k
@@ -126,7 +128,7 @@ class _V2Http:
             out = meta["outputs"][0]
             blob = data[n:]
             if k:
-                items = split_bytes_tensor(blob) if blob else out["data"]
+                items = split_bytes_tensor(blob, out["shape"]) if blob else out["data"]
                 return parse_classification(items, rows)
             return np.frombuffer(blob, "<f4").reshape(out["shape"]) if blob else np.asarray(
                 out["data"], np.float32).reshape(out["shape"])
@@ -189,7 +191,7 @@ class _V2Grpc:
         if k:
             output.parameters["classification"].int64_param = k
         return pb.ModelInferRequest(
-            model_name=self.service_name, outputs=[output], raw_input_contents=[bytes_tensor(images)],
+            model_name=self.service_name, outputs=[output], raw_input_contents=[encode_bytes(images)],
             inputs=[pb.ModelInferRequest.InferInputTensor(name=IMAGE_INPUT, datatype="BYTES",
                                                           shape=[len(images), 1])])
 
@@ -198,7 +200,7 @@ class _V2Grpc:
             raise BadResponseError("V2 gRPC response has no raw output")
         blob = response.raw_output_contents[0]
         if k:
-            return parse_classification(split_bytes_tensor(blob), rows)
+            return parse_classification(split_bytes_tensor(blob, list(response.outputs[0].shape)), rows)
         return np.frombuffer(blob, "<f4").reshape(list(response.outputs[0].shape))
 
     def _error(self, exc: Any) -> TransportError:

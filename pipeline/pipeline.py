@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PipelineSettings:
     """Op-level behaviour, in Paddle Serving's vocabulary where it has one. No defaults here: they are the
-    config schema's (serving/config_schema.py), the one place each is declared and documented."""
+    config schema's (serving/config/schema.py), the one place each is declared and documented."""
 
     service_name: str
     topk: int

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -83,13 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    """One line per event on stderr; force=True because importing paddle installs its own handler."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: list[str] | None = None) -> int:
+    from resnest_serving.serving.logs import setup_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)

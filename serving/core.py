@@ -1,5 +1,5 @@
 """The one object every front door calls: protocol messages → pipeline.Request → Pipeline →
-pipeline.Response → protocol messages, with per-protocol metrics. gRPC and bRPC carry the same
+pipeline.Response → protocol messages, with per-protocol metrics (counted here, once, for every door). gRPC and bRPC carry the same
 protobuf Request/Response; REST carries their JSON mapping."""
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ class ServingCore:
             request = request_from_proto(message, protocol)
         except PipelineError as exc:
             log.info("logid=%d protocol=%s err_no=%d %s", message.logid, protocol, exc.code, exc.message)
-            self.metrics.request_done(protocol, int(exc.code), 0.0)
+            self.reject(protocol, int(exc.code))
             return response_to_proto(Response.from_error(exc))
         return response_to_proto(await self.infer(request))
+
+    def reject(self, protocol: str, err_no: int) -> None:
+        """Count a request answered with `err_no` before it reached the pipeline (no latency). With `infer`,
+        the one place where requests are counted, whatever door they came through."""
+        self.metrics.request_done(protocol, err_no, 0.0)
+
+    def refused(self, protocol: str, status: int) -> None:
+        """Count a request refused before authentication (in resnest_refused_requests, never as an err_no)."""
+        self.metrics.refused(protocol, status)

@@ -24,7 +24,7 @@ class ServerProcess:
                  extra_args: list[str] | None = None, echo: bool = False, wait: bool = True):
         self._dir = tempfile.TemporaryDirectory(prefix="resnest-ready-")
         self.ready_file = Path(self._dir.name) / "ready.json"
-        args = [sys.executable, "-m", "resnest_serving.cli", "serve", "--config", str(config_path),
+        args = [sys.executable, "-m", "resnest_serving.cli", "serve", "--config", str(Path(config_path).resolve()),
                 "--ready-file", str(self.ready_file)]
         for key, value in (overrides or {}).items():
             args += ["--set", f"{key}={value}"]

@@ -54,7 +54,7 @@ RAY_FLAGS = {"ray_min_replicas": "min_replicas", "ray_max_replicas": "max_replic
 
 
 def ray_options(args: argparse.Namespace):
-    """The --ray-* flags as serving.ray_app.RayOptions (ValueError for a --ray-* flag without --ray)."""
+    """The --ray-* flags as serving.ray.app.RayOptions (ValueError for a --ray-* flag without --ray)."""
     given = {field: getattr(args, flag) for flag, field in RAY_FLAGS.items() if getattr(args, flag, None) is not None}
     if args.ray is None:
         if given:
@@ -63,7 +63,7 @@ def ray_options(args: argparse.Namespace):
         return None
     if args.model_server:
         raise ValueError("--model-server and --ray do not combine: Ray Serve has no bRPC proxy")
-    from resnest_serving.serving.ray_app import RayOptions
+    from resnest_serving.serving.ray.app import RayOptions
 
     options = RayOptions(address=args.ray or None, **given)
     options.validate()
@@ -71,7 +71,7 @@ def ray_options(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnest_serving.serving.config import load_config, parse_override
+    from resnest_serving.serving.config.loader import load_config, parse_override
     from resnest_serving.serving.server import run as run_server
 
     options = ray_options(args)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     logging.getLogger().setLevel(config.log_level if args.log_level.upper() == "INFO" else args.log_level.upper())
     if args.model_server:
-        from resnest_serving.serving.model_server import run_model_server
+        from resnest_serving.serving.split.model_server import run_model_server
 
         return run_model_server(config, args.ready_file)
     if options is not None:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
         if importlib.util.find_spec("ray") is None:
             raise ValueError("--ray needs Ray Serve: pip install 'resnest-serving[ray]'")
-        from resnest_serving.serving.ray_app import run_ray
+        from resnest_serving.serving.ray.local import run_ray
 
         return run_ray(config, options, args.ready_file)
     return run_server(config, args.ready_file)

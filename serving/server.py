@@ -22,17 +22,19 @@ from resnest_serving.pipeline.engines import Engine, start_engines
 from resnest_serving.pipeline.pipeline import Pipeline, PipelineSettings
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import DEVICE_CODES, EngineOptions
-from resnest_serving.serving.config import ServerConfig, check_paths
-from resnest_serving.serving.connections import ConnectionLimits, DoorSettings
+from resnest_serving.serving.config.files import check_paths
+from resnest_serving.serving.config.loader import ServerConfig
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.metrics import Metrics, Tracer
-from resnest_serving.serving.security import (
+from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings
+from resnest_serving.serving.doors.security import (
     TokenSet,
     door_security_line,
     server_ssl_context,
     warn_if_exposed,
     warn_if_readable_by_others,
 )
+from resnest_serving.serving.metrics import Metrics, Tracer
+from resnest_serving.serving.v2.model import V2Model
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,8 @@ def engine_options(config: ServerConfig) -> EngineOptions:
 
 def door_settings(config: ServerConfig) -> DoorSettings:
     """What every front door enforces, from the config: body size, connection limits, TLS, tokens."""
-    limits = ConnectionLimits(max_connections=config.max_connections,
-                              max_per_peer=config.max_connections_per_peer, idle_timeout_s=config.idle_timeout_s,
-                              read_timeout_s=config.request_read_timeout_s)
-    return DoorSettings(config.max_request_bytes, limits, server_ssl_context(config.tls), TokenSet.load(config.auth))
+    return DoorSettings(config.max_request_bytes, ConnectionLimits.from_config(config), server_ssl_context(config.tls),
+                        TokenSet.load(config.auth))
 
 
 def pipeline_settings(config: ServerConfig) -> PipelineSettings:
@@ -83,8 +83,8 @@ async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[En
     local engines in worker processes, or the remote model server(s) of `client_type: brpc`."""
     op = config.op
     if op.is_remote:
-        from resnest_serving.serving.config import ConfigError
-        from resnest_serving.serving.remote_engine import (
+        from resnest_serving.serving.config.loader import ConfigError
+        from resnest_serving.serving.split.remote_engine import (
             RemoteSecurity,
             create_remote_engines,
             with_client_config,
@@ -127,10 +127,10 @@ class Server:
     ports: dict[str, int] = field(default_factory=dict)
 
     async def start(self) -> None:
-        from resnest_serving.serving.brpc_adapter import register_pipeline
-        from resnest_serving.serving.brpc_server import BrpcServer
-        from resnest_serving.serving.grpc_adapter import start_grpc
-        from resnest_serving.serving.rest_adapter import start_rest
+        from resnest_serving.serving.doors.brpc_door import register_pipeline
+        from resnest_serving.serving.doors.brpc_server import BrpcServer
+        from resnest_serving.serving.doors.grpc_door import start_grpc
+        from resnest_serving.serving.doors.rest_door import start_rest
 
         config = self.config
         started = time.perf_counter()
@@ -145,6 +145,7 @@ class Server:
                  bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
                  time.perf_counter() - started)
         self.core = ServingCore(self.pipeline, self.metrics)
+        self.v2 = V2Model(self.core)  # the Open Inference Protocol's view, one for its REST and gRPC doors
         self._grpc = self._rest = self._brpc = self._prometheus = None
         door = door_settings(config)
         self.tokens = door.tokens
@@ -153,10 +154,11 @@ class Server:
         grace = config.shutdown_grace_s + 1.0  # the pipeline answers what is left at grace; this is a backstop
         if config.rpc_port is not None:
             self._grpc, self.ports["grpc"] = await start_grpc(self.core, config.host, config.rpc_port, door,
-                                                              config.tls, self.reuse_port)
+                                                              config.tls, self.reuse_port, v2=self.v2)
         if config.http_port is not None:
             self._rest, self.ports["http"] = await start_rest(self.core, config.host, config.http_port, door,
-                                                              self.reuse_port, shutdown_timeout_s=grace)
+                                                              self.reuse_port, shutdown_timeout_s=grace,
+                                                              v2=self.v2)
         if config.brpc_port is not None:
             self._brpc = BrpcServer(max_body_size=config.max_request_bytes, limits=door.limits,
                                     ssl_context=door.ssl_context, tokens=door.tokens)
@@ -252,7 +254,7 @@ async def serve(config: ServerConfig, reuse_port: bool = False, ready_file: Path
 
 
 def _worker_main(config: ServerConfig, index: int, ready_file: Path | None) -> None:
-    from resnest_serving.cli import setup_logging
+    from resnest_serving.serving.logs import setup_logging
 
     setup_logging(config.log_level)
     log.info("worker %d starting", index)

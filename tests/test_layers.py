@@ -26,13 +26,8 @@ MAY_IMPORT = {
     "root": EVERYTHING,
     "bench": EVERYTHING | {"bench"},
 }
-# (file, imported module): the one import allowed against the table, and why.
-ALLOWED = {
-    # Known, owned by the serving/ split: worker processes and Ray replicas format their logs with the root
-    # CLI's setup_logging, which belongs in a module below serving/.
-    ("serving/server.py", "resnest_serving.cli"): "setup_logging in worker processes (to move below serving/)",
-    ("serving/ray_app.py", "resnest_serving.cli"): "setup_logging in Ray replicas (to move below serving/)",
-}
+# (file, imported module) → why: imports allowed against the table (none today; a stale entry fails the test).
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def source_files() -> list[Path]:

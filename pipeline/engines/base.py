@@ -51,7 +51,7 @@ class StartReport:
 
 class Engine(Protocol):
     """A model instance the batcher feeds one batch at a time: a local runtime in its own worker process
-    (`pipeline.engines.worker.ProcessEngine`) or a remote model server (`serving.remote_engine`)."""
+    (`pipeline.engines.worker.ProcessEngine`) or a remote model server (`serving.split.remote_engine`)."""
 
     async def start(self) -> StartReport:
         """Load the model and run the start-up check; raises EngineError with what to change."""

@@ -13,8 +13,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from resnest_serving.serving.config import load_config
-from resnest_serving.serving.rest_adapter import HEALTH_PATHS
+from resnest_serving.serving.config.loader import load_config
+from resnest_serving.serving.doors.rest_door import HEALTH_PATHS
 from support import installed_folders
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -160,7 +160,7 @@ def test_serve_config_v2_is_a_valid_serve_config(rayservice, container_config):
     """serveConfigV2 parses with Ray Serve's own schema, names our gRPC servicer and the config's ports, and
     its application args build the application (app_builder with the image's config)."""
     from ray.serve.schema import ServeDeploySchema
-    from resnest_serving.serving.ray_app import DEPLOYMENT_NAME, GRPC_SERVICER, app_builder
+    from resnest_serving.serving.ray.app import DEPLOYMENT_NAME, GRPC_SERVICER, app_builder
 
     serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     schema = ServeDeploySchema.model_validate(serve_config)
@@ -168,7 +168,7 @@ def test_serve_config_v2_is_a_valid_serve_config(rayservice, container_config):
     assert schema.grpc_options.port == container_config.rpc_port
     assert schema.grpc_options.grpc_servicer_functions == [GRPC_SERVICER]
     (app,) = schema.applications
-    assert app.import_path == "resnest_serving.serving.ray_app:app_builder" and app.route_prefix == "/"
+    assert app.import_path == "resnest_serving.serving.ray.app:app_builder" and app.route_prefix == "/"
     args = dict(app.args)
     assert args["config"] == "/app/config.yml"
     built = app_builder({**args, "config": str(DEPLOY / "config.yml")})
@@ -186,7 +186,7 @@ def test_serve_config_v2_is_a_valid_serve_config(rayservice, container_config):
 
 
 def test_app_builder_rejects_bad_args():
-    from resnest_serving.serving.ray_app import app_builder
+    from resnest_serving.serving.ray.app import app_builder
 
     with pytest.raises(ValueError, match="need 'config'"):
         app_builder({})

@@ -283,14 +283,14 @@ def test_mutual_tls_needs_a_client_certificate(server_factory, tmp_path, tls_fil
 
 
 def test_non_loopback_without_tls_or_auth_warns(server_factory, tls_files, caplog):
-    """The WARNING the server logs for the address it binds (serving.security.warn_if_exposed, called directly
+    """The WARNING the server logs for the address it binds (serving.doors.security.warn_if_exposed, called directly
     with non-loopback addresses: tests bind loopback only); quiet on loopback and with TLS and auth."""
-    from resnest_serving.serving.config_schema import TlsConfig
-    from resnest_serving.serving.security import TokenSet, warn_if_exposed
+    from resnest_serving.serving.config.schema import TlsConfig
+    from resnest_serving.serving.doors.security import TokenSet, warn_if_exposed
 
     tls = TlsConfig(cert_file=tls_files["server_cert"], key_file=tls_files["server_key"])
     tokens = TokenSet([TOKEN])
-    with caplog.at_level("WARNING", logger="resnest_serving.serving.security"):
+    with caplog.at_level("WARNING", logger="resnest_serving.serving.doors.security"):
         warn_if_exposed("0.0.0.0", TlsConfig(), TokenSet([]))
         assert ("listening on 0.0.0.0 without TLS (tls.cert_file/key_file) and without token auth "
                 "(auth.token_file)") in caplog.text

@@ -48,7 +48,7 @@ def test_paddleclas_gpu_config_on_a_cpu_build_is_a_clear_error(tiny_model_dir):
 def test_one_story_from_export_to_the_paddleclas_config():
     """README's export writes ResNeSt50_serving/ at the repository root; the shipped config and the README's
     copy of it name its serving_server folder, relative to configs/."""
-    from resnest_serving.serving.config import load_config
+    from resnest_serving.serving.config.loader import load_config
 
     readme = (REPO_ROOT / "README.md").read_text()
     assert re.search(r"resnest export --arch ResNeSt50 .*--out ResNeSt50_serving\b", readme.replace("\\\n", ""))
@@ -59,7 +59,8 @@ def test_one_story_from_export_to_the_paddleclas_config():
 
 
 def test_bundle_root_as_model_config_suggests_serving_server(tiny_export):
-    from resnest_serving.serving.config import ConfigError, check_paths, load_config
+    from resnest_serving.serving.config.files import check_paths
+    from resnest_serving.serving.config.loader import ConfigError, load_config
 
     config = load_config(CONFIG, {f"{LSC}.model_config": str(tiny_export.server_dir.parent),
                                   f"{LSC}.device_type": 0, f"{LSC}.devices": ""})

@@ -17,7 +17,7 @@ TOKEN = "ray-token-0123456789abcdef"
 
 
 def server_brpc_port(config_path) -> int:
-    from resnest_serving.serving.config import load_config
+    from resnest_serving.serving.config.loader import load_config
 
     return load_config(config_path).brpc_port
 

@@ -4,7 +4,7 @@ anything starts (no Ray instance here)."""
 from __future__ import annotations
 
 import pytest
-from resnest_serving.serving.ray_app import RayOptions
+from resnest_serving.serving.ray.app import RayOptions
 
 from resnest_serving.cli import main
 
@@ -38,7 +38,7 @@ def test_help_documents_every_ray_flag(capsys):
 
 
 def test_defaults_follow_the_config(tmp_path, tiny_model_dir):
-    from resnest_serving.serving.config import load_config
+    from resnest_serving.serving.config.loader import load_config
     from support import write_config
 
     config = load_config(write_config(tmp_path / "c.yml", tiny_model_dir, op={"batch_size": 8, "concurrency": 2},
@@ -61,8 +61,8 @@ def test_tls_is_refused_with_ray(capsys, tmp_path, tiny_model_dir):
 
 
 def test_tls_is_refused_under_serve_run(tmp_path, tiny_model_dir):
-    """`serve run serving.ray_app:app_builder config=...` calls app_builder: tls: is refused there too."""
-    from resnest_serving.serving.ray_app import app_builder
+    """`serve run serving.ray.app:app_builder config=...` calls app_builder: tls: is refused there too."""
+    from resnest_serving.serving.ray.app import app_builder
     from support import make_tls_files, write_config
 
     files = make_tls_files(tmp_path / "tls")
@@ -74,7 +74,7 @@ def test_tls_is_refused_under_serve_run(tmp_path, tiny_model_dir):
 
 def test_gpu_config_reserves_one_gpu_per_engine_instance(tmp_path, tiny_model_dir):
     """A GPU config's replicas ask Ray for GPUs (deployment options, no GPU needed to build them)."""
-    from resnest_serving.serving.ray_app import app_builder
+    from resnest_serving.serving.ray.app import app_builder
     from support import write_config
 
     config = write_config(tmp_path / "gpu.yml", tiny_model_dir, op={"concurrency": 2},
@@ -88,15 +88,15 @@ def test_gpu_config_reserves_one_gpu_per_engine_instance(tmp_path, tiny_model_di
 
 
 def test_readme_serve_run_line_fits_two_cores():
-    """README: `serve run serving.ray_app:app_builder config=configs/config.yml replica_cpus=1 min_replicas=2`
+    """README: `serve run serving.ray.app:app_builder config=configs/config.yml replica_cpus=1 min_replicas=2`
     builds two replicas that fit on 2 cores."""
     import re
 
-    from resnest_serving.serving.ray_app import app_builder
+    from resnest_serving.serving.ray.app import app_builder
     from support import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text().replace("\n", " ")
-    line = re.search(r"`serve run serving\.ray_app:app_builder ([^`]+)`", readme)[1]
+    line = re.search(r"`serve run resnest_serving\.serving\.ray\.app:app_builder ([^`]+)`", readme)[1]
     args = dict(arg.split("=", 1) for arg in line.split())
     assert args["config"] == "configs/config.yml"
     args["config"] = str(REPO_ROOT / args["config"])

@@ -188,6 +188,22 @@ def test_declared_length_over_the_limit_refused_unread(server):
         assert sock.recv(65536).startswith(b"HTTP/1.1 413")
 
 
+@pytest.mark.parametrize("path", ["/imagenet/prediction", "/v2/models/imagenet/infer"])
+def test_client_leaving_mid_body_is_one_log_line(server, path):
+    """A client that closes its connection halfway through the body it declared: one INFO line naming it, no
+    traceback in the log (aiohttp would log one at ERROR), and the server keeps serving."""
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Content-Length: 100000\r\n\r\n".encode() + b"{" * 10)
+        time.sleep(0.3)  # the guard is waiting for the rest
+    line = f"http POST {path} from 127.0.0.1: 400 the client closed the connection before the whole request body"
+    deadline = time.monotonic() + 10
+    while line not in server.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in server.log and "Traceback" not in server.log
+    assert requests.get(url(server, "/health/ready"), timeout=10).status_code == 200
+
+
 def expect_exchange(port: int, head: bytes) -> bytes:
     """Send request headers with `Expect: 100-continue` and no body; what the server answers first."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

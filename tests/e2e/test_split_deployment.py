@@ -1,5 +1,5 @@
 """Split deployment as real processes on loopback: `resnest serve` with `client_type: brpc` does decoding
-and top-k, model servers (serving.model_server) run the model; same answers as in-process, round-robin
+and top-k, model servers (serving.split.model_server) run the model; same answers as in-process, round-robin
 over two model servers, and a model server killed and restarted under a running pipeline."""
 
 from __future__ import annotations

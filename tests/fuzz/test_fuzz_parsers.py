@@ -25,9 +25,12 @@ from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 from resnest_serving.protocol.inflate import MAX_GZIP_MEMBERS, InflateError, inflate
-from resnest_serving.serving import v2_adapter, v2_rest
+from resnest_serving.protocol.v2 import DATATYPES
 from resnest_serving.serving.core import request_from_proto
-from resnest_serving.serving.rest_adapter import parse_request_json
+from resnest_serving.serving.doors.rest_door import parse_request_json
+from resnest_serving.serving.errors import ErrorKind, ServingError
+from resnest_serving.serving.v2 import rest_door as v2_rest
+from resnest_serving.serving.v2 import tensors as v2_tensors
 
 # -- strategies ------------------------------------------------------------------------------------------
 
@@ -360,7 +363,7 @@ def test_b64decode_image(value: str) -> None:
 
 # -- Open Inference Protocol (V2) request decoding --------------------------------------------------------
 
-DTYPES = sorted(v2_adapter.DATATYPES)
+DTYPES = sorted(DATATYPES)
 v2_tensor = st.fixed_dictionaries(
     {"name": st.sampled_from(["image", "x"]) | json_values,
      "datatype": st.sampled_from(DTYPES) | json_values,
@@ -381,22 +384,22 @@ v2_body = st.fixed_dictionaries(
 
 
 def v2_decode(body: bytes, header_length: str | None) -> None:
-    """What v2_rest.infer does before the model: split, parse, read tensors; only V2Error may come out."""
+    """What v2_rest.infer does before the model: split, parse, read tensors; only ServingError may come out."""
     try:
         header, binary = v2_rest._split(body, header_length)
         data = v2_rest._parse_json(header, 1000)
         inputs, outputs, binary_output = v2_rest._read_request(data, binary)
-    except v2_adapter.V2Error as exc:
-        assert exc.kind == v2_adapter.ErrorKind.INVALID
+    except ServingError as exc:
+        assert exc.kind == ErrorKind.INVALID
         return
-    assert inputs and all(isinstance(t, v2_adapter.Tensor) for t in inputs)
+    assert inputs and all(isinstance(t, v2_tensors.Tensor) for t in inputs)
     assert isinstance(binary_output, bool) and all(isinstance(o.name, str) for o in outputs)
 
 
 def test_v2_unhashable_datatype() -> None:
-    """Found by fuzzing: a list as datatype raised TypeError (unhashable) instead of V2Error."""
+    """Found by fuzzing: a list as datatype raised TypeError (unhashable) instead of ServingError."""
     body = {"inputs": [{"name": "image", "datatype": [], "shape": [1], "data": ["x"]}]}
-    with pytest.raises(v2_adapter.V2Error):
+    with pytest.raises(ServingError):
         v2_rest._read_request(body, b"")
 
 
@@ -432,9 +435,9 @@ def test_v2_arbitrary_body(body: bytes, header_length: str | None) -> None:
        | st.lists(st.integers(0, 2**40), max_size=3), st.binary(max_size=64))
 def test_v2_decode_raw(datatype: str, shape: list[int], raw: bytes) -> None:
     try:
-        out = v2_adapter.decode_raw("t", datatype, shape, raw)
-    except v2_adapter.V2Error as exc:
-        assert exc.kind == v2_adapter.ErrorKind.INVALID
+        out = v2_tensors.decode_raw("t", datatype, shape, raw)
+    except ServingError as exc:
+        assert exc.kind == ErrorKind.INVALID
         return
     if datatype == "BYTES":
         assert all(isinstance(item, bytes) for item in out) and len(out) == int(np.prod(shape, dtype=object))
@@ -446,9 +449,9 @@ def test_v2_decode_raw(datatype: str, shape: list[int], raw: bytes) -> None:
 @given(st.sampled_from(DTYPES), st.lists(st.integers(0, 4), max_size=3), json_values, st.booleans())
 def test_v2_decode_json(datatype: str, shape: list[int], data, b64: bool) -> None:
     try:
-        out = v2_adapter.decode_json("t", datatype, shape, data, b64)
-    except v2_adapter.V2Error as exc:
-        assert exc.kind == v2_adapter.ErrorKind.INVALID
+        out = v2_tensors.decode_json("t", datatype, shape, data, b64)
+    except ServingError as exc:
+        assert exc.kind == ErrorKind.INVALID
         return
     if datatype == "BYTES":
         assert all(isinstance(item, bytes) for item in out)

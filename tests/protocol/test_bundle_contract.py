@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from resnest_serving.protocol.engine_options import DEVICE_CODES, EngineOptions
-from resnest_serving.serving.config_schema import LocalServiceConf
+from resnest_serving.serving.config.schema import LocalServiceConf
 
 # EngineOptions fields that are not config keys of the same name, and where their value comes from.
 NOT_SCHEMA_KEYS = {

@@ -18,8 +18,9 @@ from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol.brpc_client import BrpcClient, SyncBrpcClient
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 from resnest_serving.protocol.general_model_service_pb2 import Request, Response
-from resnest_serving.serving.brpc_server import BrpcServer, RequestContext
-from resnest_serving.serving.connections import ConnectionLimits
+from resnest_serving.serving.doors.brpc_server import BrpcServer
+from resnest_serving.serving.doors.brpc_services import RequestContext
+from resnest_serving.serving.doors.connections import ConnectionLimits
 
 SVC = "test.brpc.EchoService"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
@@ -276,7 +277,7 @@ def test_compressed_body_inflating_over_the_limit_is_erequest() -> None:
 
 
 def test_token_checked_once_per_connection_and_a_failed_check_closes_it() -> None:
-    from resnest_serving.serving.security import TokenSet
+    from resnest_serving.serving.doors.security import TokenSet
 
     async def main() -> None:
         tokens = TokenSet(["right-token-0123456789"])
@@ -303,7 +304,7 @@ def test_token_checked_on_the_meta_before_any_payload_byte_is_read() -> None:
     """Issue #24.3: a header and a meta declaring a 60 MB payload, no token, and not one payload byte sent:
     the answer (ERPCAUTH) and the close come anyway, so the server never waited for (or read) the payload.
     A meta over 64 KiB is not read at all (the token is inside it)."""
-    from resnest_serving.serving.security import TokenSet
+    from resnest_serving.serving.doors.security import TokenSet
 
     async def main() -> None:
         async with serving(tokens=TokenSet(["right-token-0123456789"])) as server:
@@ -326,7 +327,7 @@ def test_token_checked_on_the_meta_before_any_payload_byte_is_read() -> None:
 
 def test_calls_in_flight_per_connection_are_capped_with_elimit() -> None:
     """Issue #24 (suspected, real): one connection could start any number of calls at once."""
-    from resnest_serving.serving.brpc_server import MAX_CALLS_PER_CONNECTION
+    from resnest_serving.serving.doors.brpc_server import MAX_CALLS_PER_CONNECTION
 
     async def main() -> None:
         async with serving() as server, BrpcClient(HOST, server.port, pool_size=1) as client:

@@ -1,4 +1,4 @@
-"""serving.config: Paddle Serving's config.yml schema, our additions, and the errors for bad configs."""
+"""serving.config.loader: Paddle Serving's config.yml schema, our additions, and the errors for bad configs."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 import yaml
-from resnest_serving.serving import config as config_mod
-from resnest_serving.serving.config import (
+from resnest_serving.serving.config import loader as config_mod
+from resnest_serving.serving.config.files import check_paths
+from resnest_serving.serving.config.loader import (
     ConfigError,
     DagConfig,
     LocalServiceConf,
     OpConfig,
     ServerConfig,
     apply_overrides,
-    check_paths,
     load_config,
     parse_config,
     parse_override,
@@ -153,7 +153,7 @@ def test_defaults_filled(cpus) -> None:
 
 
 def test_defaults_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="resnest_serving.serving.config"):
+    with caplog.at_level(logging.DEBUG, logger="resnest_serving.serving.config.loader"):
         parse(minimal())
     messages = [r.getMessage() for r in caplog.records]
     assert "[CONF] worker_num not set, use default: 1" in messages
@@ -667,18 +667,18 @@ def test_parse_override() -> None:
 
 
 def test_configuration_doc_tables_are_current() -> None:
-    from resnest_serving.serving.config_docs import DOC, render
+    from resnest_serving.serving.config.docs import DOC, render
 
     text = DOC.read_text()
-    assert render(text) == text, "docs/configuration.md is out of date: run python -m resnest_serving.serving.config_docs"
+    assert render(text) == text, "docs/configuration.md is out of date: run python -m resnest_serving.serving.config.docs"
 
 
 def test_every_schema_key_is_documented_and_parsed() -> None:
-    from resnest_serving.serving.config_docs import DOC
-    from resnest_serving.serving.config_schema import settings_of
+    from resnest_serving.serving.config.docs import DOC
+    from resnest_serving.serving.config.schema import settings_of
 
     text = DOC.read_text()
-    from resnest_serving.serving.config_schema import AuthConfig, TlsConfig
+    from resnest_serving.serving.config.schema import AuthConfig, TlsConfig
 
     for schema, prefix in ((ServerConfig, ""), (DagConfig, ""), (OpConfig, ""), (LocalServiceConf, ""),
                            (TlsConfig, "tls."), (AuthConfig, "auth.")):
@@ -689,8 +689,8 @@ def test_every_schema_key_is_documented_and_parsed() -> None:
 
 def test_key_coverage_table_is_complete() -> None:
     """docs/configuration.md lists every key with a test that exists."""
-    from resnest_serving.serving.config_docs import DOC
-    from resnest_serving.serving.config_schema import AuthConfig, TlsConfig, TracerConfig, settings_of
+    from resnest_serving.serving.config.docs import DOC
+    from resnest_serving.serving.config.schema import AuthConfig, TlsConfig, TracerConfig, settings_of
 
     text = DOC.read_text().split("## Which test covers each key", 1)[1]
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]

@@ -6,8 +6,8 @@ import asyncio
 import socket
 
 from aiohttp import web
-from resnest_serving.serving.connections import ConnectionLimits, DoorSettings, PeerLimiter
-from resnest_serving.serving.rest_adapter import serve_app
+from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings, PeerLimiter
+from resnest_serving.serving.doors.rest_door import serve_app
 
 
 def test_limiter_counts_in_all_and_per_peer():

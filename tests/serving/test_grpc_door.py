@@ -1,4 +1,4 @@
-"""The gRPC front door's own limits (serving/grpc_adapter.py), with a pipeline that answers when told to: calls in
+"""The gRPC front door's own limits (serving/doors/grpc_door.py), with a pipeline that answers when told to: calls in
 progress are capped at max_connections (RESOURCE_EXHAUSTED beyond), and a refused token never reaches it."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import asyncio
 import grpc
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
-from resnest_serving.serving.connections import ConnectionLimits, DoorSettings
-from resnest_serving.serving.grpc_adapter import start_grpc
-from resnest_serving.serving.security import TokenSet
+from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings
+from resnest_serving.serving.doors.grpc_door import start_grpc
+from resnest_serving.serving.doors.security import TokenSet
 
 TOKEN = "grpc-door-token-0123456789"
 

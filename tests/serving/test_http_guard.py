@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from resnest_serving.serving.http_guard import (
-    BodyRefused,
+from resnest_serving.serving.doors.http_guard import (
     ascii_int,
     load_json,
     open_path_refusal,
     read_bounded,
     redact_authorization,
 )
+from resnest_serving.serving.doors.statuses import http_status
+from resnest_serving.serving.errors import ServingError
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -38,7 +39,7 @@ def test_load_json_counts_before_parsing():
                                                 ("POST", False, 405), ("POST", True, 405), ("OPTIONS", False, 405)])
 def test_open_path_rule(method, body, status):
     refusal = open_path_refusal(method, "/health/live", body)
-    assert (refusal.status if refusal else None) == status
+    assert (http_status(refusal.kind) if refusal else None) == status
 
 
 def test_read_bounded_stops_at_the_limit():
@@ -49,9 +50,9 @@ def test_read_bounded_stops_at_the_limit():
             taken.append(i)
             yield b"x" * 1000
 
-    with pytest.raises(BodyRefused) as info:
+    with pytest.raises(ServingError) as info:
         asyncio.run(read_bounded(chunks(), 10_500))
-    assert info.value.status == 413 and len(taken) == 11
+    assert http_status(info.value.kind) == 413 and len(taken) == 11
     assert asyncio.run(read_bounded(chunks(), 10**6)) == b"x" * 10**6
 
 

@@ -24,12 +24,12 @@ from resnest_serving.protocol.brpc_client import BrpcClient, SyncBrpcClient
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
 from resnest_serving.protocol.general_model import encode_request
-from resnest_serving.serving.brpc_server import BrpcServer
-from resnest_serving.serving.config import ConfigError, load_config
-from resnest_serving.serving.connections import DoorSettings
-from resnest_serving.serving.model_server import run_model_server, serve_model
-from resnest_serving.serving.model_service import ModelService, register_model_service, start_model_http
-from resnest_serving.serving.remote_engine import RemoteModelError, create_remote_engines
+from resnest_serving.serving.config.loader import ConfigError, load_config
+from resnest_serving.serving.doors.brpc_server import BrpcServer
+from resnest_serving.serving.doors.connections import DoorSettings
+from resnest_serving.serving.split.model_server import run_model_server, serve_model
+from resnest_serving.serving.split.model_service import ModelService, register_model_service, start_model_http
+from resnest_serving.serving.split.remote_engine import RemoteModelError, create_remote_engines
 from support import write_config
 
 HOST = "127.0.0.1"
@@ -534,9 +534,9 @@ def test_remote_security_from_config(servers, bundle, batch, tmp_path):
     """Issue #24.7: the remote engine's TLS keys, mutual TLS included, against an mTLS bRPC front (a proxy to
     the plain model server); the key rules are refused by name."""
     from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE
-    from resnest_serving.serving.config_schema import LocalServiceConf, TlsConfig
-    from resnest_serving.serving.remote_engine import RemoteSecurity
-    from resnest_serving.serving.security import server_ssl_context
+    from resnest_serving.serving.config.schema import LocalServiceConf, TlsConfig
+    from resnest_serving.serving.doors.security import server_ssl_context
+    from resnest_serving.serving.split.remote_engine import RemoteSecurity
     from support import make_tls_files
 
     files = make_tls_files(tmp_path / "tls")

@@ -18,8 +18,6 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from resnest_serving.protocol.baidu_std import (
     DEFAULT_MAX_BODY_SIZE,
@@ -29,21 +27,20 @@ from resnest_serving.protocol.baidu_std import (
     Errno,
     FrameError,
     FrameTooLargeError,
-    compress,
     decompress,
     encode_response,
     parse_header,
     parse_meta,
-    short_service_name,
 )
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
-from resnest_serving.serving.connections import (
+from resnest_serving.serving.doors.brpc_connection import Connection, skip_bytes
+from resnest_serving.serving.doors.brpc_services import Handler, RequestContext, ServiceTable
+from resnest_serving.serving.doors.connections import (
     MAX_CALLS_PER_CONNECTION,
     ConnectionLimits,
     PeerLimiter,
-    peer_host,
 )
-from resnest_serving.serving.security import TokenSet
+from resnest_serving.serving.doors.security import TokenSet
 
 __all__ = ["MAX_CALLS_PER_CONNECTION", "BrpcServer", "Handler", "RequestContext"]
 
@@ -52,65 +49,6 @@ log = logging.getLogger(__name__)
 _MAX_META_TO_PEEK = 64 * 1024  # an oversized frame's meta is read (for its correlation_id) up to this size
 _MAX_META_SIZE = 64 * 1024  # an RpcMeta is a few hundred bytes; a larger one is not read (before the token check)
 _PEEK_TIMEOUT_S = 2.0
-_SKIP_CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """What a handler may want to know about the call besides its payload."""
-
-    service: str  # the service name as the client sent it
-    method: str
-    log_id: int
-    correlation_id: int
-    peer: str
-    compress_type: int  # the request payload's compression (already undone)
-    attachment: bytes = b""
-
-
-Handler = Callable[[bytes, RequestContext], Awaitable[bytes]]
-
-
-@dataclass(frozen=True)
-class _Method:
-    handler: Handler
-    response_compress_type: int
-    timeout_s: float | None
-
-
-class _Connection:
-    """Per-connection state: the stream pair and a lock that keeps response frames whole."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.host = peer_host(writer.transport)
-        self.write_lock = asyncio.Lock()
-        self.in_flight = 0  # calls of this connection not yet answered: waiting for them is not idling
-        self.authenticated = False  # as brpc: a connection authenticates once, with its first request
-
-    async def send(self, frame: bytes) -> None:
-        async with self.write_lock:
-            if self.writer.is_closing():
-                raise ConnectionResetError("connection closed before the response was sent")
-            self.writer.write(frame)
-            await self.writer.drain()
-
-    def close(self) -> None:
-        if not self.writer.is_closing():
-            self.writer.close()
-
-
-async def _skip(reader: asyncio.StreamReader, size: int, timeout: float | None) -> None:
-    """Read and drop ``size`` bytes in small chunks (a refused call's payload is never held whole)."""
-    async with asyncio.timeout(timeout):
-        while size > 0:
-            chunk = await reader.read(min(size, _SKIP_CHUNK))
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"", size)
-            size -= len(chunk)
 
 
 class BrpcServer:
@@ -138,10 +76,9 @@ class BrpcServer:
         self.tokens = tokens if tokens is not None and tokens.enabled else None
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
-        self._services: dict[str, dict[str, _Method]] = {}
-        self._short: dict[str, set[str]] = {}
+        self._table = ServiceTable()
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[None]] = set()  # server-wide: a call outlives its connection
         self._in_flight = 0
@@ -159,32 +96,9 @@ class BrpcServer:
         response_compress_type: int = CompressType.NONE,
         timeout_s: float | None = None,
     ) -> None:
-        """Serve ``service.method`` (full service name, e.g.
-        ``baidu.paddle_serving.predictor.general_model.GeneralModelService``) with ``handler``.
-
-        Clients may call it by the full name or by the short one (after the last dot).
-        ``response_compress_type`` compresses successful responses (2 = gzip, as C++ Serving does);
-        ``timeout_s`` overrides the server's per-call timeout for this method.
-        """
-        compress(b"", response_compress_type)  # refuse snappy/lz4 now, not at the first call
-        methods = self._services.setdefault(service, {})
-        if method in methods:
-            raise ValueError(f"{service}.{method} is already registered")
-        methods[method] = _Method(handler, int(response_compress_type), timeout_s)
-        self._short.setdefault(short_service_name(service), set()).add(service)
-
-    def _lookup(self, service: str, method: str) -> _Method:
-        methods = self._services.get(service)
-        if methods is None and "." not in service:
-            full = self._short.get(service, set())
-            if len(full) == 1:
-                methods = self._services[next(iter(full))]
-        if methods is None:
-            raise BrpcError(Errno.ENOSERVICE, f"Fail to find service={service}")
-        entry = methods.get(method)
-        if entry is None:
-            raise BrpcError(Errno.ENOMETHOD, f"Fail to find method={service}/{method}")
-        return entry
+        """Serve ``service.method`` with ``handler`` (see ``ServiceTable.register``)."""
+        self._table.register(service, method, handler, response_compress_type=response_compress_type,
+                             timeout_s=timeout_s)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -236,7 +150,7 @@ class BrpcServer:
     # -- connections --------------------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(reader, writer)
+        conn = Connection(reader, writer)
         if self._stopping or not self._limiter.admit(conn.host):
             writer.transport.abort()
             return
@@ -256,7 +170,7 @@ class BrpcServer:
             conn.close()
             log.debug("brpc connection from %s closed", conn.peer)
 
-    async def _first_byte(self, conn: _Connection) -> bytes:
+    async def _first_byte(self, conn: Connection) -> bytes:
         """The next frame's first byte. A connection with no call of its own pending and nothing sent for
         idle_timeout_s raises TimeoutError (closed by the caller)."""
         idle = self.limits.idle_timeout_s
@@ -268,7 +182,7 @@ class BrpcServer:
                 if not conn.in_flight:
                     raise
 
-    async def _read_loop(self, conn: _Connection) -> None:
+    async def _read_loop(self, conn: Connection) -> None:
         """Read frames until EOF, a framing error or a timeout; each request becomes its own task. Once a
         frame has started, all of it must arrive within read_timeout_s."""
         read_timeout = self.limits.read_timeout_s or None
@@ -318,7 +232,7 @@ class BrpcServer:
                 return
             self._start_call(conn, meta, rest)
 
-    async def _admit(self, conn: _Connection, meta: RpcMeta, payload_size: int) -> bool | None:
+    async def _admit(self, conn: Connection, meta: RpcMeta, payload_size: int) -> bool | None:
         """Checks made on the meta alone, before any payload byte is read: True, serve the call. A connection
         that fails the token check gets ERPCAUTH and is closed with its payload unread (None); a connection
         already at MAX_CALLS_PER_CONNECTION calls in flight gets ELIMIT for this call, whose payload is
@@ -332,7 +246,7 @@ class BrpcServer:
                 return None
             conn.authenticated = True  # as brpc: a connection authenticates once, with its first request
         if conn.in_flight >= MAX_CALLS_PER_CONNECTION:
-            await _skip(conn.reader, payload_size, self.limits.read_timeout_s or None)
+            await skip_bytes(conn.reader, payload_size, self.limits.read_timeout_s or None)
             text = (f"Reached the connection's limit of {MAX_CALLS_PER_CONNECTION} calls in flight: wait for "
                     "answers or open another connection")
             log.warning("brpc log_id=%d from %s refused: %s", meta.request.log_id, conn.peer, text)
@@ -340,7 +254,7 @@ class BrpcServer:
             return None if conn.writer.is_closing() else False          # reading waits, or is closed
         return True
 
-    async def _answer_error(self, conn: _Connection, meta: RpcMeta, code: int, text: str) -> None:
+    async def _answer_error(self, conn: Connection, meta: RpcMeta, code: int, text: str) -> None:
         """Send an error answer; a client that does not read it within a few seconds is closed."""
         try:
             await asyncio.wait_for(conn.send(encode_response(meta.correlation_id, error_code=code, error_text=text)),
@@ -348,18 +262,18 @@ class BrpcServer:
         except (ConnectionError, OSError, TimeoutError):
             conn.close()
 
-    def _start_call(self, conn: _Connection, meta: RpcMeta, rest: bytes) -> None:
+    def _start_call(self, conn: Connection, meta: RpcMeta, rest: bytes) -> None:
         """Start a task for one admitted request (its meta and its payload + attachment)."""
         task = asyncio.create_task(self._serve_call(conn, meta, rest))
         self._calls.add(task)
         conn.in_flight += 1
         task.add_done_callback(lambda done: self._call_done(done, conn))
 
-    def _call_done(self, task: asyncio.Task[None], conn: _Connection) -> None:
+    def _call_done(self, task: asyncio.Task[None], conn: Connection) -> None:
         self._calls.discard(task)
         conn.in_flight -= 1
 
-    async def _refuse_too_large(self, conn: _Connection, exc: FrameTooLargeError) -> None:
+    async def _refuse_too_large(self, conn: Connection, exc: FrameTooLargeError) -> None:
         """Answer an oversized frame with EREQUEST when its meta (and so its correlation_id) is small
         enough to read; the body itself is never read."""
         if not 0 < exc.meta_size <= min(_MAX_META_TO_PEEK, exc.body_size):
@@ -378,7 +292,7 @@ class BrpcServer:
 
     # -- calls --------------------------------------------------------------------------------------
 
-    async def _serve_call(self, conn: _Connection, meta: RpcMeta, rest: bytes) -> None:
+    async def _serve_call(self, conn: Connection, meta: RpcMeta, rest: bytes) -> None:
         req = meta.request
         start = time.monotonic()
         cause: BaseException | None = None
@@ -406,14 +320,14 @@ class BrpcServer:
             log.debug("brpc log_id=%d %s.%s from %s ok in %.1f ms",
                       req.log_id, req.service_name, req.method_name, conn.peer, ms)
 
-    async def _run(self, conn: _Connection, meta: RpcMeta, rest: bytes) -> tuple[bytes, int]:
+    async def _run(self, conn: Connection, meta: RpcMeta, rest: bytes) -> tuple[bytes, int]:
         """Dispatch one call; returns (response payload, how to compress it) or raises BrpcError."""
         req = meta.request
         if self._stopping:
             raise BrpcError(Errno.ELOGOFF, "Server is stopping")
         if self.max_concurrency and self._in_flight >= self.max_concurrency:
             raise BrpcError(Errno.ELIMIT, f"Reached server's max_concurrency={self.max_concurrency}")
-        entry = self._lookup(req.service_name, req.method_name)
+        entry = self._table.lookup(req.service_name, req.method_name)
         attachment_size = meta.attachment_size
         if not 0 <= attachment_size <= len(rest):
             raise BrpcError(Errno.EREQUEST,

@@ -1,8 +1,8 @@
-"""The key tables of docs/configuration.md, written from the schema (`serving.config_schema`) so that the
+"""The key tables of docs/configuration.md, written from the schema (`serving.config.schema`) so that the
 documentation cannot drift from what the parser accepts.
 
-    python -m resnest_serving.serving.config_docs           # rewrite the tables in docs/configuration.md
-    python -m resnest_serving.serving.config_docs --check   # exit 1 when they are out of date (a test runs this)
+    python -m resnest_serving.serving.config.docs           # rewrite the tables in docs/configuration.md
+    python -m resnest_serving.serving.config.docs --check   # exit 1 when they are out of date (a test runs this)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from dataclasses import MISSING, Field
 from pathlib import Path
 
-from resnest_serving.serving.config_schema import (
+from resnest_serving.serving.config.schema import (
     AuthConfig,
     DagConfig,
     LocalServiceConf,
@@ -24,7 +24,7 @@ from resnest_serving.serving.config_schema import (
     settings_of,
 )
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 TABLES = {"top": [("", ServerConfig)], "dag": [("", DagConfig), ("tracer.", TracerConfig)], "op": [("", OpConfig)],
           "local_service_conf": [("", LocalServiceConf)], "security": [("tls.", TlsConfig), ("auth.", AuthConfig)]}
 ORIGIN = {"paddle": "", "ours": "*Ours.* ", "compat": "*Compat.* ", "ours, in this place": "*Ours, in this place.* "}
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = render(current)
     if args.check:
         if wanted != current:
-            sys.stderr.write(f"{DOC} is out of date: run python -m resnest_serving.serving.config_docs\n")
+            sys.stderr.write(f"{DOC} is out of date: run python -m resnest_serving.serving.config.docs\n")
             return 1
         return 0
     DOC.write_text(wanted)

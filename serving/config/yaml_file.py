@@ -1,5 +1,5 @@
 """Reading config.yml as data: a strict YAML loader (no duplicate keys, no Python objects, errors with line
-and column) and `--set KEY=VALUE` overrides. Validation is `serving.config`'s job."""
+and column) and `--set KEY=VALUE` overrides. Validation is `serving.config.loader`'s job."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """REST front door: `POST /{name}/{method}` with grpc-gateway (v1, JSONPb OrigName + EmitDefaults) JSON
 semantics, plus `GET /health/live`, `/health/ready` (and KServe's `/v2/health/*`) and `/metrics`; the Open
-Inference Protocol's `/v2/...` is handed to serving.v2_rest. Before any handler, `http_guard` checks the
+Inference Protocol's `/v2/...` is handed to serving.v2.rest_door. Before any handler, `http_guard` checks the
 token and reads the body within the door's limits; `serve_app` adds the connection limits and TLS.
 
 As grpc-gateway does: any Content-Type is read as JSON; an empty body is an empty Request; the URL's
@@ -19,20 +19,23 @@ from aiohttp import web
 from google.protobuf import json_format
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.protocol import pipeline_service_pb2 as pb
-from resnest_serving.serving import v2_rest
-from resnest_serving.serving.connections import DoorSettings, LimitedSite, PeerLimiter
+from resnest_serving.protocol.v2 import is_v2_path
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.http_guard import (
-    GRPC_INVALID_ARGUMENT,
+from resnest_serving.serving.doors.connections import DoorSettings, LimitedSite, PeerLimiter
+from resnest_serving.serving.doors.http_guard import (
     OPEN_METHODS,
     ascii_int,
-    gateway_error,
     http_guard,
     load_json,
     off_loop_if_large,
     request_body,
 )
-from resnest_serving.serving.security import HEALTH_PATHS
+from resnest_serving.serving.doors.security import HEALTH_PATHS
+from resnest_serving.serving.doors.statuses import gateway_error
+from resnest_serving.serving.errors import invalid
+from resnest_serving.serving.v2 import rest_door as v2_rest
+from resnest_serving.serving.v2 import routes as v2_routes
+from resnest_serving.serving.v2.model import V2Model
 
 MAX_JSON_ELEMENTS = 100_000  # list items, fields and containers in one Paddle Serving REST body
 
@@ -91,35 +94,36 @@ def grpc_gateway_json(message: pb.Response) -> bytes:
 def rest_takes_body(method: str, path: str) -> bool:
     """The REST door's routes that take a body: POST /{name}/{method}, and POST on the Open Inference
     Protocol's .../infer and /v2/repository/index. Any other request reaches its handler unread."""
-    if method != "POST":
-        return False
-    if path == "/v2" or path.startswith("/v2/"):
-        return path.endswith("/infer") or path == "/v2/repository/index"
-    return path.count("/") == 2
+    if is_v2_path(path):
+        return v2_routes.takes_body(method, path)
+    return method == "POST" and path.count("/") == 2
 
 
 class RestAdapter:
-    def __init__(self, core: ServingCore, door: DoorSettings):
+    """Paddle Serving's REST routes, health and /metrics; with `v2`, the Open Inference Protocol beside them."""
+
+    def __init__(self, core: ServingCore, door: DoorSettings, v2: V2Model | None = None):
         self.core = core
         self.door = door
+        self.v2 = v2
         self.max_request_bytes = door.max_request_bytes
 
     def app(self) -> web.Application:
-        guard = http_guard(self.door, self.core.metrics, rest_takes_body)
+        guard = http_guard(self.door, self.core, rest_takes_body)
         app = web.Application(client_max_size=self.max_request_bytes, middlewares=[guard])
         app.router.add_route("*", "/{tail:.*}", self.dispatch, expect_handler=guard.expect_handler)
         return app
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        if path not in HEALTH_PATHS and (path == "/v2" or path.startswith("/v2/")):  # KServe V2: serving/v2_rest.py
-            return await v2_rest.handle(self.core, request)
+        if self.v2 is not None and path not in HEALTH_PATHS and is_v2_path(path):  # serving/v2/rest_door.py
+            return await v2_rest.handle(self.v2, request)
         body = request_body(request)
         return await self.answer(path, request.method, body, request.remote or "")
 
     async def answer(self, path: str, method: str, body: bytes, remote: str = "") -> web.Response:
         """The answer to a Paddle Serving REST call (health, /metrics or `POST /{name}/{method}`), whatever
-        HTTP server received it (aiohttp here, Ray Serve's proxy in serving.ray_app)."""
+        HTTP server received it (aiohttp here, Ray Serve's proxy in serving.ray.app)."""
         if path in HEALTH_PATHS or path == "/metrics":
             if method not in OPEN_METHODS:
                 return plain(405)
@@ -135,8 +139,8 @@ class RestAdapter:
                 message = await off_loop_if_large(body, parse_request_json)
             except (ValueError, json_format.ParseError, RecursionError) as exc:
                 log.info("http malformed JSON from %s: %s", remote, exc)
-                self.core.metrics.request_done("http", int(ErrorCode.RPC_PACKAGE_ERROR), 0.0)
-                return gateway_error(400, GRPC_INVALID_ARGUMENT, f"malformed JSON request body: {exc}")
+                self.core.reject("http", int(ErrorCode.RPC_PACKAGE_ERROR))
+                return gateway_error(invalid(f"malformed JSON request body: {exc}"))
         message.name, message.method = segments
         answer = await self.core.infer_proto(message, "http")
         return web.Response(body=grpc_gateway_json(answer), content_type="application/json")
@@ -154,12 +158,14 @@ class RestAdapter:
 
 
 async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings, reuse_port: bool = False,
-                     metrics_only: bool = False, shutdown_timeout_s: float = 10.0) -> tuple[web.AppRunner, int]:
-    """Start the HTTP server (or, with metrics_only, Paddle Serving's separate Prometheus port serving
-    GET /metrics alone); returns the runner (for cleanup) and the bound port."""
-    adapter = RestAdapter(core, door)
+                     metrics_only: bool = False, shutdown_timeout_s: float = 10.0,
+                     v2: V2Model | None = None) -> tuple[web.AppRunner, int]:
+    """Start the HTTP server, with the Open Inference Protocol for `v2` (or, with metrics_only, Paddle
+    Serving's separate Prometheus port serving GET /metrics alone); returns the runner (for cleanup) and the
+    bound port."""
+    adapter = RestAdapter(core, door, v2)
     if metrics_only:
-        guard = http_guard(door, core.metrics, takes_body=lambda _m, _p: False)
+        guard = http_guard(door, core, takes_body=lambda _m, _p: False)
         app = web.Application(client_max_size=door.max_request_bytes, middlewares=[guard])
 
         async def metrics(_request: web.Request) -> web.Response:

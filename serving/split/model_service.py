@@ -54,16 +54,17 @@ from resnest_serving.protocol.baidu_std import (
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.general_model import tensor_values
 from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE, ElemType
-from resnest_serving.serving.brpc_server import BrpcServer, RequestContext
-from resnest_serving.serving.connections import DoorSettings
-from resnest_serving.serving.http_guard import ascii_int, request_body
+from resnest_serving.serving.doors.brpc_server import BrpcServer
+from resnest_serving.serving.doors.brpc_services import RequestContext
+from resnest_serving.serving.doors.connections import DoorSettings
+from resnest_serving.serving.doors.http_guard import ascii_int, request_body
+from resnest_serving.serving.doors.statuses import brpc_kind, http_status
 
 __all__ = [
     "ENGINE_NAME",
     "ERR_INTERNAL_FAILURE",
     "ERR_OP_INFER_FAILURE",
     "ModelService",
-    "http_status",
     "register_model_service",
     "start_model_http",
 ]
@@ -214,19 +215,13 @@ def register_model_service(server: BrpcServer, bundle: ModelBundle, engines: lis
 
 # -- HTTP (brpc's http_rpc_protocol semantics) ------------------------------------------------------------
 
-_HTTP_STATUS = {Errno.ENOSERVICE: 404, Errno.ENOMETHOD: 404, Errno.ERPCAUTH: 401, Errno.EREQUEST: 400,
-                22: 400, Errno.ELIMIT: 503, Errno.ELOGOFF: 503, 1: 403, Errno.ERPCTIMEDOUT: 504, 110: 504}
 _GZIP_MIN_BYTES = 512
 PROTO_CONTENT_TYPE = "application/proto"
 
 
-def http_status(code: int) -> int:
-    """brpc's ErrorCodeToStatusCode: the HTTP status for a brpc errno (EINVAL 22, EPERM 1, ETIMEDOUT 110)."""
-    return _HTTP_STATUS.get(code, 500)
-
-
 def _http_error(exc: BrpcError) -> web.Response:
-    return web.Response(status=http_status(exc.code), text=exc.text, content_type="text/plain",
+    """brpc's http_rpc_protocol error answer: the errno's HTTP status, the text, the errno in a header."""
+    return web.Response(status=http_status(brpc_kind(exc.code)), text=exc.text, content_type="text/plain",
                         headers={"x-bd-error-code": str(exc.code)})
 
 
@@ -305,7 +300,7 @@ class _ModelHttp:
 
 
 def model_http_app(service: ModelService, door: DoorSettings) -> web.Application:
-    from resnest_serving.serving.http_guard import http_guard
+    from resnest_serving.serving.doors.http_guard import http_guard
 
     handler = _ModelHttp(service)
     guard = http_guard(door, takes_body=lambda method, path: method == "POST" and
@@ -319,6 +314,6 @@ async def start_model_http(service: ModelService, host: str, port: int, door: Do
                            reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start GeneralModelService over HTTP on its own port, within `door`'s limits, TLS and tokens; returns
     the runner (for cleanup) and the port."""
-    from resnest_serving.serving.rest_adapter import serve_app
+    from resnest_serving.serving.doors.rest_door import serve_app
 
     return await serve_app(model_http_app(service, door), host, port, door, name="model-http", reuse_port=reuse_port)

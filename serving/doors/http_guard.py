@@ -1,6 +1,7 @@
 """What every HTTP front door checks before a handler runs (REST, the Open Inference Protocol, the model
-server's HTTP): the bearer token, and the body (time, size, encoding, bounded inflating). Plus the
-grpc-gateway error body these refusals use, and one-line logging of requests aiohttp cannot parse."""
+server's HTTP): the bearer token, and the body (time, size, encoding, bounded inflating), refused as
+`serving.errors.ServingError`s in grpc-gateway's error body; and one-line logging of requests aiohttp cannot
+parse."""
 
 from __future__ import annotations
 
@@ -8,31 +9,22 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import ClientPayloadError, HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.protocol.inflate import InflateError, inflate
-from resnest_serving.serving.connections import DoorSettings
-from resnest_serving.serving.metrics import Metrics
-from resnest_serving.serving.security import TokenSet, is_open_path
+from resnest_serving.protocol.v2 import is_v2_path
+from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.doors.connections import DoorSettings
+from resnest_serving.serving.doors.security import TokenSet, is_open_path
+from resnest_serving.serving.doors.statuses import gateway_error
+from resnest_serving.serving.errors import ErrorKind, ServingError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-GRPC_INVALID_ARGUMENT = 3
-GRPC_DEADLINE_EXCEEDED = 4
-GRPC_RESOURCE_EXHAUSTED = 8
-GRPC_UNAUTHENTICATED = 16
-
-
-def gateway_error(status: int, grpc_code: int, message: str) -> web.Response:
-    body = {"error": message, "code": grpc_code, "message": message, "details": []}
-    return web.json_response(body, status=status)
-
 
 ACCEPTED_ENCODINGS = ("", "identity", "gzip", "deflate")  # the last two inflated here, bounded
 # where the guard leaves the (inflated) body for the handlers (aiohttp < 3.12 has no RequestKey: a str key)
@@ -88,37 +80,28 @@ def unauthenticated(tokens: TokenSet | None, path: str, authorization: str | Non
     if tokens is None or is_open_path(path) or tokens.accepts(authorization):
         return None
     log.info("http %s from %s: refused, missing or unknown bearer token", path, remote)
-    response = gateway_error(401, GRPC_UNAUTHENTICATED, "missing or invalid bearer token: send "
-                             "'Authorization: Bearer <token>'")
+    response = gateway_error(ServingError(ErrorKind.UNAUTHENTICATED, "missing or invalid bearer token: send "
+                                          "'Authorization: Bearer <token>'"))
     response.headers["WWW-Authenticate"] = 'Bearer realm="resnest-serving"'
     return response
 
 
-class BodyRefused(Exception):
-    """A request body refused before any handler: HTTP status, gRPC code (for grpc-gateway's body), why."""
-
-    def __init__(self, status: int, grpc_code: int, message: str):
-        super().__init__(message)
-        self.status, self.grpc_code, self.message = status, grpc_code, message
-
-
-def too_large(limit: int) -> BodyRefused:
-    return BodyRefused(413, GRPC_RESOURCE_EXHAUSTED, f"request body over the limit of {limit} bytes "
-                                                     "(max_request_bytes)")
+def too_large(limit: int) -> ServingError:
+    return ServingError(ErrorKind.TOO_LARGE, f"request body over the limit of {limit} bytes (max_request_bytes)")
 
 
 def check_encoding(encoding: str) -> str:
-    """The normalized Content-Encoding, or BodyRefused(415) for one this server does not inflate."""
+    """The normalized Content-Encoding, or ServingError (ENCODING, 415) for one this server does not inflate."""
     encoding = encoding.strip().lower()
     if encoding not in ACCEPTED_ENCODINGS:
-        raise BodyRefused(415, GRPC_INVALID_ARGUMENT, f"Content-Encoding {encoding!r} is not supported; send "
-                                                      "gzip, deflate or identity")
+        raise ServingError(ErrorKind.ENCODING, f"Content-Encoding {encoding!r} is not supported; send gzip, "
+                           "deflate or identity")
     return encoding
 
 
 async def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes:
     """`raw` inflated (off the event loop, step by step, at most `limit` bytes out) when `encoding` is gzip
-    or deflate; BodyRefused (413, 400) otherwise. Used by every HTTP door, Ray's included."""
+    or deflate; ServingError (TOO_LARGE, INVALID) otherwise. Used by every HTTP door, Ray's included."""
     if len(raw) > limit:
         raise too_large(limit)
     encoding = check_encoding(encoding)
@@ -128,17 +111,17 @@ async def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes:
         return await asyncio.to_thread(inflate, raw, encoding, limit)
     except InflateError as exc:
         if exc.too_large:
-            raise BodyRefused(413, GRPC_RESOURCE_EXHAUSTED, f"request body: {exc} (max_request_bytes)") from None
-        raise BodyRefused(400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}") from None
+            raise ServingError(ErrorKind.TOO_LARGE, f"request body: {exc} (max_request_bytes)") from None
+        raise ServingError(ErrorKind.INVALID, f"request body could not be read: {exc}") from None
 
 
-def open_path_refusal(method: str, path: str, has_body: bool) -> BodyRefused | None:
+def open_path_refusal(method: str, path: str, has_body: bool) -> ServingError | None:
     """Why an open path (health, readiness: no token needed) refuses this request, or None: they take GET
     or HEAD only (405) and no body at all (413), both decided from the request line and headers alone."""
     if method not in OPEN_METHODS:
-        return BodyRefused(405, GRPC_INVALID_ARGUMENT, f"{method} not allowed on {path}; use GET or HEAD")
+        return ServingError(ErrorKind.METHOD, f"{method} not allowed on {path}; use GET or HEAD")
     if has_body:
-        return BodyRefused(413, GRPC_INVALID_ARGUMENT, f"{path} takes no request body")
+        return ServingError(ErrorKind.TOO_LARGE, f"{path} takes no request body")
     return None
 
 
@@ -149,7 +132,7 @@ def post_takes_body(method: str, path: str) -> bool:
 
 def protocol_of(path: str) -> str:
     """The metrics protocol label of an HTTP path: "v2-http" for the Open Inference Protocol, else "http"."""
-    return "v2-http" if path == "/v2" or path.startswith("/v2/") else "http"
+    return "v2-http" if is_v2_path(path) else "http"
 
 
 async def read_bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:
@@ -164,7 +147,29 @@ async def read_bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     return b"".join(parts)
 
 
-def http_guard(door: DoorSettings, metrics: Metrics | None = None,
+def check_headers(method: str, path: str, headers: Mapping[str, str], has_body: bool, declared: int | None,
+                  door: DoorSettings, takes_body: Callable[[str, str], bool],
+                  remote: str | None = "") -> tuple[str, ServingError | web.Response] | None:
+    """Steps 1-4 of `http_guard`, from the request line and headers alone (for every HTTP server: aiohttp's
+    here, Ray Serve's proxy in serving.ray.replica): None to go on, or (step, refusal): "open" (an open
+    path's rule, a ServingError), "token" (the 401 answer) or "body" (a ServingError: size, encoding)."""
+    if is_open_path(path):
+        refusal = open_path_refusal(method, path, has_body)
+        return None if refusal is None else ("open", refusal)
+    refused = unauthenticated(door.tokens, path, headers.get("Authorization"), remote)
+    if refused is not None:
+        return "token", refused
+    if has_body and takes_body(method, path):
+        try:
+            check_encoding(headers.get("Content-Encoding", ""))
+            if declared is not None and declared > door.max_request_bytes:
+                raise too_large(door.max_request_bytes)
+        except ServingError as exc:
+            return "body", exc
+    return None
+
+
+def http_guard(door: DoorSettings, core: ServingCore | None = None,
                takes_body: Callable[[str, str], bool] = post_takes_body):
     """aiohttp middleware run before any handler, in this order, each step before any body byte is read:
     1. open paths (health, readiness) take GET/HEAD without a body, else 405/413 with the body unread;
@@ -174,47 +179,37 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None,
     4. the size: a declared Content-Length over max_request_bytes is 413 unread, an encoding not accepted 415;
     then the body is read within request_read_timeout_s and max_request_bytes and inflated step by step up
     to max_request_bytes (aiohttp's own inflating is off: `serve_app`); handlers parse it from
-    `request_body`. Refusals of authenticated requests (or with auth off) are counted in `metrics` as
+    `request_body`. Refusals of authenticated requests (or with auth off) are counted by `core` as
     err_no 5000 on "http" (or "v2-http"); refusals before authentication (1, 2) only in
     `resnest_refused_requests`, never as err_no."""
 
-    def refuse(request: web.Request, status: int, grpc_code: int, message: str,
-               authenticated: bool = True) -> web.Response:
-        log.info("http %s %s from %s: %d %s", request.method, request.path, request.remote, status, message)
-        if metrics is not None:
+    def refuse(request: web.Request, error: ServingError, authenticated: bool = True) -> web.Response:
+        response = gateway_error(error)
+        log.info("http %s %s from %s: %d %s", request.method, request.path, request.remote, response.status,
+                 error.message)
+        if core is not None:
             if authenticated:
-                metrics.request_done(protocol_of(request.path), int(ErrorCode.INPUT_PARAMS_ERROR), 0.0)
+                core.reject(protocol_of(request.path), error.err_no)
             else:
-                metrics.refused(protocol_of(request.path), status)
-        response = gateway_error(status, grpc_code, message)
+                core.refused(protocol_of(request.path), response.status)
         if request.body_exists and request.can_read_body:
             response.force_close()  # the body is left unread: drained for lingering_time at most, then closed
         return response
 
     def before_reading(request: web.Request) -> web.Response | None:
         """Steps 1-4: the refusal decided from the request line and headers alone, or None."""
-        path, method = request.path, request.method
-        if is_open_path(path):
-            refusal = open_path_refusal(method, path, request.body_exists)
-            if refusal is None:
-                return None
-            return refuse(request, refusal.status, refusal.grpc_code, refusal.message, authenticated=False)
-        refused = unauthenticated(door.tokens, path, request.headers.get("Authorization"), request.remote)
-        if refused is not None:
-            if metrics is not None:
-                metrics.refused(protocol_of(path), refused.status)
-            if request.body_exists:
-                refused.force_close()
-            return refused
-        if request.body_exists and takes_body(method, path):
-            try:
-                check_encoding(request.headers.get("Content-Encoding", ""))
-                declared = request.content_length
-                if declared is not None and declared > door.max_request_bytes:
-                    raise too_large(door.max_request_bytes)
-            except BodyRefused as exc:
-                return refuse(request, exc.status, exc.grpc_code, exc.message)
-        return None
+        verdict = check_headers(request.method, request.path, request.headers, request.body_exists,
+                                request.content_length, door, takes_body, request.remote)
+        if verdict is None:
+            return None
+        step, refusal = verdict
+        if isinstance(refusal, ServingError):
+            return refuse(request, refusal, authenticated=step != "open")
+        if core is not None:
+            core.refused(protocol_of(request.path), refusal.status)
+        if request.body_exists:
+            refusal.force_close()
+        return refusal
 
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
@@ -226,18 +221,20 @@ def http_guard(door: DoorSettings, metrics: Metrics | None = None,
             try:
                 raw = await asyncio.wait_for(request.read(), door.limits.read_timeout_s)
                 request[BODY] = await decoded_body(raw, encoding, door.max_request_bytes)
-            except BodyRefused as exc:
-                return refuse(request, exc.status, exc.grpc_code, exc.message)
+            except ServingError as exc:
+                return refuse(request, exc)
             except TimeoutError:
-                response = refuse(request, 408, GRPC_DEADLINE_EXCEEDED, "request body not received within "
-                                  f"{door.limits.read_timeout_s:g} s (request_read_timeout_s)")
+                response = refuse(request, ServingError(ErrorKind.READ_TIMEOUT, "request body not received within "
+                                  f"{door.limits.read_timeout_s:g} s (request_read_timeout_s)"))
                 response.force_close()
                 return response
             except web.HTTPRequestEntityTooLarge:
-                error = too_large(door.max_request_bytes)
-                return refuse(request, error.status, error.grpc_code, error.message)
+                return refuse(request, too_large(door.max_request_bytes))
             except (RequestPayloadError, web.HTTPBadRequest, ClientPayloadError) as exc:
-                return refuse(request, 400, GRPC_INVALID_ARGUMENT, f"request body could not be read: {exc}")
+                return refuse(request, ServingError(ErrorKind.INVALID, f"request body could not be read: {exc}"))
+            except ConnectionResetError:  # the client left mid-body: one line, not aiohttp's ERROR traceback
+                return refuse(request, ServingError(ErrorKind.INVALID, "the client closed the connection before "
+                                                    "the whole request body arrived"))
         return await handler(request)
 
     async def expect_handler(request: web.Request) -> web.StreamResponse | None:

@@ -1,5 +1,5 @@
 """The config.yml schema, each key declared once: its default, allowed values and meaning live in the field's
-`Setting`, from which `serving.config` parses and checks it and `serving.config_docs` writes the tables of
+`Setting`, from which `serving.config.loader` parses and checks it and `serving.config.docs` writes the tables of
 docs/configuration.md. Paddle Serving 0.9's keys and defaults (`ServerYamlConfChecker`, `Op.init_from_dict`),
 then ours."""
 
@@ -23,7 +23,7 @@ class Setting:
     """How one config key is read and documented.
 
     kind: int | number | bool | str | port | path | str_list | section | custom (parsed by hand in
-    serving.config, because it depends on other keys). `origin`: "paddle" (Paddle Serving's key), "ours" or
+    serving.config.loader, because it depends on other keys). `origin`: "paddle" (Paddle Serving's key), "ours" or
     "compat" (Paddle Serving's, accepted and type-checked, no effect here)."""
 
     kind: str
@@ -50,6 +50,11 @@ def setting(default: Any = MISSING, doc: str = "", kind: str = "", **options: An
 
 def section(factory: Callable[[], Any], doc: str) -> Any:
     return field(default_factory=factory, metadata={"setting": Setting("section", doc)})
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The schema's default of key `name` of section `cls` (for code that needs it without a config)."""
+    return next(f.default for f in fields(cls) if f.name == name)
 
 
 def settings_of(cls: type) -> list[tuple[Field, Setting]]:
@@ -151,7 +156,7 @@ class LocalServiceConf:
                                     "CPU predictor fails to build with it, so on CPU it is accepted and ignored.")
     ir_optim: bool = setting(
         True, "Paddle Inference IR (graph) optimisation passes. Deliberately on by default: for legacy `.pdmodel` "
-        "models it is the difference between ~3 and ~14 req/s for ResNeSt50 on 2 cores (reference perf anchors); "
+        "models it is the difference between ~3 and ~14 req/s for ResNeSt50 on 2 cores (`../shared/reference/perf_anchors.md`); "
         "for Paddle 3 `.json` models it makes no measurable difference.", default_doc="**true** (Paddle Serving: false)")
     precision: str = setting(
         "fp32", "Case-insensitive; stored lowercase. CPU: `bf16` on OpenVINO or Paddle Inference (needs a CPU with "

@@ -8,11 +8,12 @@ import grpc
 from google.protobuf.message import DecodeError
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
-from resnest_serving.serving import v2_grpc
-from resnest_serving.serving.config_schema import TlsConfig
-from resnest_serving.serving.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
+from resnest_serving.serving.config.schema import TlsConfig
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
+from resnest_serving.serving.doors.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
+from resnest_serving.serving.doors.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
+from resnest_serving.serving.v2 import grpc_door as v2_grpc
+from resnest_serving.serving.v2.model import V2Model
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def start_grpc(core: ServingCore, host: str, port: int, door: DoorSettings, tls: TlsConfig | None = None,
-                     reuse_port: bool = False) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server (TLS when `tls` is on, tokens when `door.tokens` holds any); returns it and the
-    bound port (port 0 = ephemeral)."""
+                     reuse_port: bool = False, v2: V2Model | None = None) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server (TLS when `tls` is on, tokens when `door.tokens` holds any), with the Open
+    Inference Protocol's service for `v2` beside PipelineService; returns it and the bound port (port 0 =
+    ephemeral)."""
     limits = door.limits
     options = [("grpc.max_receive_message_length", door.max_request_bytes),
                ("grpc.max_send_message_length", door.max_request_bytes),
@@ -77,7 +79,8 @@ async def start_grpc(core: ServingCore, host: str, port: int, door: DoorSettings
                                                   response_serializer=pb.Response.SerializeToString)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(PIPELINE_SERVICE,
                                                                           {"inference": handler})])
-    v2_grpc.add_to_server(core, server)  # Open Inference Protocol (KServe V2) beside it
+    if v2 is not None:
+        v2_grpc.add_to_server(v2, server)  # Open Inference Protocol (KServe V2) beside it
     address = f"{_grpc_host(host)}:{port}"
     credentials = grpc_server_credentials(tls) if tls is not None else None
     bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)

@@ -13,19 +13,17 @@ import numpy as np
 from google.protobuf import json_format
 from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.v2_adapter import (
-    MODEL_VERSION,
-    NUMERIC_DTYPES,
+from resnest_serving.protocol.v2 import NUMERIC_DTYPES
+from resnest_serving.serving.doors.statuses import grpc_abort
+from resnest_serving.serving.errors import ServingError, invalid
+from resnest_serving.serving.v2.model import MODEL_VERSION, V2Model
+from resnest_serving.serving.v2.tensors import (
     RequestedOutput,
     Tensor,
-    V2Error,
-    V2Model,
     check_datatype,
     check_shape,
     decode_raw,
     encode_raw,
-    invalid,
 )
 
 PROTOCOL = "v2-grpc"
@@ -80,18 +78,8 @@ def _typed(name: str, datatype: str, shape: list[int], contents: pb.InferTensorC
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     """GRPCInferenceService over the served pipeline."""
 
-    def __init__(self, core: ServingCore):
-        self.core = core
-        self._model: V2Model | None = None
-
-    @property
-    def model(self) -> V2Model:
-        if self._model is None:
-            self._model = V2Model(self.core)
-        return self._model
-
-    async def _abort(self, context: grpc.aio.ServicerContext, error: V2Error) -> None:
-        await context.abort(getattr(grpc.StatusCode, error.kind.value[1]), error.message)
+    def __init__(self, model: V2Model):
+        self.model = model
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -102,8 +90,8 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:  # noqa: N802
         try:
             self.model.check(request.name, request.version, open_path=True)  # open: names nothing served
-        except V2Error as exc:
-            await self._abort(context, exc)
+        except ServingError as exc:
+            await grpc_abort(context, exc)
         return pb.ModelReadyResponse(ready=self.model.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:  # noqa: N802
@@ -112,15 +100,15 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:  # noqa: N802
         try:
             self.model.check(request.name, request.version)
-        except V2Error as exc:
-            await self._abort(context, exc)
+        except ServingError as exc:
+            await grpc_abort(context, exc)
         return json_format.ParseDict(self.model.metadata(), pb.ModelMetadataResponse())
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:  # noqa: N802
         try:
             self.model.check(request.name, request.version)
-        except V2Error as exc:
-            await self._abort(context, exc)
+        except ServingError as exc:
+            await grpc_abort(context, exc)
         return pb.ModelConfigResponse(config=json_format.ParseDict(self.model.config(), pb.ModelConfig()))
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:  # noqa: N802
@@ -134,10 +122,9 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs = decode_inputs(request)
             outputs = [RequestedOutput(o.name, parameters(o.parameters)) for o in request.outputs]
             result = await model.infer(inputs, outputs, request.id, PROTOCOL)
-        except V2Error as exc:
-            if not exc.counted:
-                model.reject(PROTOCOL, request.id, exc)
-            await self._abort(context, exc)
+        except ServingError as exc:
+            model.reject(PROTOCOL, request.id, exc)
+            await grpc_abort(context, exc)
         response = pb.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
         for tensor in result:
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
@@ -145,6 +132,6 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def add_to_server(core: ServingCore, server: grpc.aio.Server) -> None:
-    """Register GRPCInferenceService on `server` (beside PipelineService)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(core), server)
+def add_to_server(model: V2Model, server: grpc.aio.Server) -> None:
+    """Register GRPCInferenceService for `model` on `server` (beside PipelineService)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(model), server)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from resnest_serving.serving.config.schema import ServerConfig, default_of
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +22,18 @@ MAX_CALLS_PER_CONNECTION = 128
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """Per front door. `max_per_peer` 0 means no per-address limit."""
+    """Per front door, from config.yml (`from_config`); each default is its key's default in the schema.
+    `max_per_peer` 0 means no per-address limit."""
 
-    max_connections: int = 1024
-    max_per_peer: int = 0
-    idle_timeout_s: float = 60.0
-    read_timeout_s: float = 30.0
+    max_connections: int = default_of(ServerConfig, "max_connections")
+    max_per_peer: int = default_of(ServerConfig, "max_connections_per_peer")
+    idle_timeout_s: float = default_of(ServerConfig, "idle_timeout_s")
+    read_timeout_s: float = default_of(ServerConfig, "request_read_timeout_s")
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> ConnectionLimits:
+        return cls(max_connections=config.max_connections, max_per_peer=config.max_connections_per_peer,
+                   idle_timeout_s=config.idle_timeout_s, read_timeout_s=config.request_read_timeout_s)
 
 
 class PeerLimiter:
@@ -138,7 +145,7 @@ class LimitedSite(web.TCPSite):
 @dataclass(frozen=True)
 class DoorSettings:
     """What every front door enforces: body size, connection limits, TLS (an ssl.SSLContext, REST and bRPC)
-    and the accepted tokens (a serving.security.TokenSet)."""
+    and the accepted tokens (a serving.doors.security.TokenSet)."""
 
     max_request_bytes: int
     limits: ConnectionLimits = ConnectionLimits()

@@ -1,6 +1,6 @@
-"""Open Inference Protocol (KServe V2 / Triton) mapping shared by the REST (serving/v2_rest.py) and gRPC
-(serving/v2_grpc.py) front doors: the model's V2 view (metadata, Triton model config), tensor decoding,
-V2 inputs → pipeline.Request → pipeline.Response → V2 outputs, and err_no → protocol errors.
+"""The served pipeline as one Open Inference Protocol (KServe V2 / Triton) model, shared by the REST
+(serving/v2/rest_door.py) and gRPC (serving/v2/grpc_door.py) front doors: its metadata and Triton model
+config, and V2 inputs (decoded by serving/v2/tensors.py) → pipeline.Request → pipeline.Response → V2 outputs.
 
 The served model takes either input (exactly one per request):
   * `image`: BYTES [N] or [N, 1], one encoded image file (JPEG, PNG, ...) per row;
@@ -11,188 +11,24 @@ extension (`parameters.classification: k` on that output) BYTES [N, k] of "score
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import math
-import struct
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.pipeline.postprocess import top_k
 from resnest_serving.pipeline.types import Request
+from resnest_serving.protocol.v2 import IMAGE_INPUT
 from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.http_guard import ascii_int
+from resnest_serving.serving.doors.http_guard import ascii_int
+from resnest_serving.serving.errors import ErrorKind, ServingError, from_err_no, invalid
+from resnest_serving.serving.v2.tensors import MAX_REQUESTED_OUTPUTS, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
 SERVER_NAME = "resnest-serving"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository(index)"]
-BYTES_INPUT = "image"
-
-NUMERIC_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-}
-"""V2 datatype → little-endian numpy dtype (the binary tensor extension's byte layout)."""
-DATATYPES = frozenset(NUMERIC_DTYPES) | {"BYTES", "BF16"}
-
-
-class ErrorKind(Enum):
-    """What went wrong, independent of the transport: (HTTP status, gRPC status name)."""
-
-    INVALID = (400, "INVALID_ARGUMENT")
-    NOT_FOUND = (404, "NOT_FOUND")
-    METHOD = (405, "UNIMPLEMENTED")
-    TOO_LARGE = (413, "RESOURCE_EXHAUSTED")
-    UNAVAILABLE = (503, "UNAVAILABLE")
-    INTERNAL = (500, "INTERNAL")
-
-
-class V2Error(Exception):
-    """A request the protocol answers with an error: HTTP status + {"error"}, or a gRPC status."""
-
-    def __init__(self, kind: ErrorKind, message: str, err_no: int = int(ErrorCode.INPUT_PARAMS_ERROR)):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.err_no = err_no  # for the per-protocol request metrics
-        self.counted = False  # True once the pipeline has counted it (an err_no answer)
-
-
-def invalid(message: str) -> V2Error:
-    return V2Error(ErrorKind.INVALID, message)
-
-
-ERR_NO_KINDS = {ErrorCode.INPUT_PARAMS_ERROR: ErrorKind.INVALID, ErrorCode.NO_SERVICE: ErrorKind.NOT_FOUND,
-                ErrorCode.TIMEOUT: ErrorKind.UNAVAILABLE, ErrorCode.CLOSED_ERROR: ErrorKind.UNAVAILABLE}
-
-
-@dataclass
-class Tensor:
-    """A decoded input or an output: numeric data as an ndarray of `shape`, BYTES as a flat list."""
-
-    name: str
-    datatype: str
-    shape: list[int]
-    data: np.ndarray | list[bytes]
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RequestedOutput:
-    name: str
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-MAX_REQUESTED_OUTPUTS = 16  # entries in a request's `outputs` (deduplicated to the model's one output)
-MAX_RANK = 8
-MAX_ELEMENTS = 2**31 - 1  # more than max_request_bytes can carry; numpy cannot reshape far beyond it
-
-
-def check_shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise invalid(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
-    if len(shape) > MAX_RANK or math.prod(d for d in shape if d) > MAX_ELEMENTS:
-        raise invalid(f"input {name!r}: shape {shape} is beyond what any request can hold (at most {MAX_RANK} "
-                      f"dimensions, {MAX_ELEMENTS} elements)")
-    return shape
-
-
-def check_datatype(name: str, datatype: Any) -> str:
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise invalid(f"input {name!r}: unknown datatype {datatype!r}; the protocol's are "
-                      f"{', '.join(sorted(DATATYPES))}")
-    return datatype
-
-
-def decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray | list[bytes]:
-    """Raw tensor bytes (binary extension or gRPC raw_input_contents): little-endian elements, or for
-    BYTES a 4-byte little-endian length before each element."""
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        items, offset = [], 0
-        while offset < len(raw):
-            if offset + 4 > len(raw):
-                raise invalid(f"input {name!r}: BYTES data ends inside an element's 4-byte length prefix")
-            (size,) = struct.unpack_from("<I", raw, offset)
-            offset += 4
-            if offset + size > len(raw):
-                raise invalid(f"input {name!r}: BYTES element {len(items)} claims {size} bytes but only "
-                              f"{len(raw) - offset} remain")
-            items.append(bytes(raw[offset:offset + size]))
-            offset += size
-        if len(items) != count:
-            raise invalid(f"input {name!r}: shape {shape} needs {count} BYTES elements, the data holds {len(items)}")
-        return items
-    if datatype == "BF16":
-        raise invalid(f"input {name!r}: BF16 is not accepted by this model; send FP32")
-    dtype = NUMERIC_DTYPES[datatype]
-    if len(raw) != count * dtype.itemsize:
-        raise invalid(f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
-                      f"got {len(raw)}")
-    return np.frombuffer(raw, dtype).reshape(shape)
-
-
-def decode_json(name: str, datatype: str, shape: list[int], data: Any, b64: bool) -> np.ndarray | list[bytes]:
-    """JSON `data` (flat or nested, row-major). BYTES elements are strings (UTF-8 text, or base64 when the
-    input or request has parameters.content_type "base64": JSON cannot carry raw image bytes)."""
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        flat = _flatten(name, data)
-        if len(flat) != count:
-            raise invalid(f"input {name!r}: shape {shape} needs {count} elements, data has {len(flat)}")
-        out = []
-        for i, item in enumerate(flat):
-            if not isinstance(item, str):
-                raise invalid(f"input {name!r}: BYTES element {i} must be a string, got {type(item).__name__}")
-            out.append(_b64(name, i, item) if b64 else item.encode("utf-8", "surrogatepass"))
-        return out
-    if datatype == "BF16":
-        raise invalid(f"input {name!r}: BF16 is not accepted by this model; send FP32")
-    try:
-        array = np.asarray(data, dtype=NUMERIC_DTYPES[datatype])
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise invalid(f"input {name!r}: data is not a (nested) list of {datatype} numbers: {exc}") from None
-    if array.size != count:
-        raise invalid(f"input {name!r}: shape {shape} needs {count} elements, data has {array.size}")
-    return array.reshape(shape)
-
-
-def _flatten(name: str, data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        raise invalid(f"input {name!r}: data must be a list, got {type(data).__name__}")
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
-
-
-def _b64(name: str, index: int, text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise invalid(f"input {name!r}: element {index} is not valid base64 ({exc})") from None
-
-
-def encode_raw(tensor: Tensor) -> bytes:
-    """The binary form of an output (see decode_raw)."""
-    if tensor.datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(item)) + item for item in tensor.data)
-    return np.ascontiguousarray(tensor.data, NUMERIC_DTYPES[tensor.datatype]).tobytes()
 
 
 def logid_of(request_id: str) -> int:
@@ -213,7 +49,7 @@ class V2Model:
         self.crop = bundle.meta.crop_size
         self.classes = bundle.meta.class_num
         self.tensor_input = bundle.feed_alias
-        self.bytes_input = BYTES_INPUT if bundle.feed_alias != BYTES_INPUT else f"{BYTES_INPUT}_bytes"
+        self.bytes_input = IMAGE_INPUT if bundle.feed_alias != IMAGE_INPUT else f"{IMAGE_INPUT}_bytes"
         self.output = bundle.fetch_alias
         self.max_batch = pipeline.settings.max_images_per_request
         self.label_file = bundle.meta.label_file
@@ -229,11 +65,12 @@ class V2Model:
         readiness, answered without a token) the message names nothing this server serves."""
         if name != self.name:
             served = "" if open_path else f"; this server serves {self.name!r}"
-            raise V2Error(ErrorKind.NOT_FOUND, f"unknown model {name[:200]!r}{served}", int(ErrorCode.NO_SERVICE))
+            raise ServingError(ErrorKind.NOT_FOUND, f"unknown model {name[:200]!r}{served}",
+                               int(ErrorCode.NO_SERVICE))
         if version and version != MODEL_VERSION:
             has = "" if open_path else f"; it has version {MODEL_VERSION!r}"
-            raise V2Error(ErrorKind.NOT_FOUND, f"model {name!r} has no version {version[:200]!r}{has}",
-                          int(ErrorCode.NO_SERVICE))
+            raise ServingError(ErrorKind.NOT_FOUND, f"model {name!r} has no version {version[:200]!r}{has}",
+                               int(ErrorCode.NO_SERVICE))
 
     def server_metadata(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -266,11 +103,14 @@ class V2Model:
     def repository_index(self) -> list[dict[str, str]]:
         return [{"name": self.name, "version": MODEL_VERSION, "state": "READY" if self.ready else "UNAVAILABLE"}]
 
-    def reject(self, protocol: str, request_id: str, error: V2Error) -> None:
-        """Log and count a request refused before it reached the pipeline."""
+    def reject(self, protocol: str, request_id: str, error: ServingError) -> None:
+        """Log and count a request refused before it reached the pipeline (once: a counted error is not)."""
+        if error.counted:
+            return
         log.info("logid=%d protocol=%s id=%r %s: %s", logid_of(request_id), protocol, request_id[:200],
                  error.kind.name, error.message)
-        self.core.metrics.request_done(protocol, error.err_no, 0.0)
+        self.core.reject(protocol, error.err_no)
+        error.counted = True
 
     def to_request(self, inputs: list[Tensor], request_id: str, protocol: str) -> Request:
         """The pipeline Request for decoded V2 inputs (exactly one of the two inputs)."""
@@ -337,16 +177,12 @@ class V2Model:
 
     async def infer(self, inputs: list[Tensor], outputs: list[RequestedOutput], request_id: str,
                     protocol: str) -> list[Tensor]:
-        """Run the pipeline; the requested outputs (all outputs when none are named), or V2Error."""
+        """Run the pipeline; the requested outputs (all outputs when none are named), or ServingError."""
         outputs = self.check_outputs(outputs)
         request = self.to_request(inputs, request_id, protocol)
         response = await self.core.infer(request)
         if response.err_no != 0:
-            kind = ERR_NO_KINDS.get(ErrorCode(response.err_no) if response.err_no in ErrorCode._value2member_map_
-                                    else ErrorCode.UNKNOW, ErrorKind.INTERNAL)
-            error = V2Error(kind, response.err_msg, response.err_no)
-            error.counted = True
-            raise error
+            raise from_err_no(response.err_no, response.err_msg)
         probs = np.asarray(response.probs, np.float32)
         result = []
         for out in outputs or [RequestedOutput(self.output)]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from resnest_serving.protocol.baidu_std import short_service_name
 from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE
-from resnest_serving.serving.config import ConfigError, ServerConfig, check_paths
-from resnest_serving.serving.model_service import register_model_service, start_model_http
-from resnest_serving.serving.security import door_security_line, warn_if_exposed
+from resnest_serving.serving.config.files import check_paths
+from resnest_serving.serving.config.loader import ConfigError, ServerConfig
+from resnest_serving.serving.doors.security import door_security_line, warn_if_exposed
 from resnest_serving.serving.server import (
     door_settings,
     load_bundle,
@@ -29,6 +29,7 @@ from resnest_serving.serving.server import (
     warn_secret_files,
     write_ready_file,
 )
+from resnest_serving.serving.split.model_service import register_model_service, start_model_http
 
 __all__ = ["check_model_server_config", "run_model_server", "serve_model"]
 
@@ -48,7 +49,7 @@ def check_model_server_config(config: ServerConfig) -> None:
 
 async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> int:
     """Load the model, serve GeneralModelService until SIGTERM/SIGINT, stop gracefully; returns 0."""
-    from resnest_serving.serving.brpc_server import BrpcServer
+    from resnest_serving.serving.doors.brpc_server import BrpcServer
 
     check_model_server_config(config)
     op = config.op

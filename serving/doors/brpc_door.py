@@ -6,8 +6,9 @@ from __future__ import annotations
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.baidu_std import parse_message
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
-from resnest_serving.serving.brpc_server import BrpcServer, RequestContext
 from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.doors.brpc_server import BrpcServer
+from resnest_serving.serving.doors.brpc_services import RequestContext
 
 
 def register_pipeline(server: BrpcServer, core: ServingCore) -> None:

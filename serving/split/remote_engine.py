@@ -40,8 +40,8 @@ from resnest_serving.protocol.endpoints import split_host_port
 from resnest_serving.protocol.general_model import encode_request, tensor_values
 from resnest_serving.protocol.serving_config import read_config
 from resnest_serving.protocol.wire import GENERAL_MODEL_SERVICE
-from resnest_serving.serving.config_schema import LocalServiceConf
-from resnest_serving.serving.security import TokenSet, read_tokens
+from resnest_serving.serving.config.schema import LocalServiceConf
+from resnest_serving.serving.doors.security import TokenSet, read_tokens
 
 __all__ = ["RemoteEngine", "RemoteModel", "RemoteModelError", "RemoteSecurity", "create_remote_engines"]
 

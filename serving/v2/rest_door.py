@@ -1,13 +1,12 @@
-"""Open Inference Protocol (KServe V2) over REST, on the HTTP port beside Paddle Serving's routes:
-`GET /v2`, `GET /v2/models/{m}[/versions/{v}]`, `.../ready`, `.../config`, `POST .../infer`,
-`POST /v2/repository/index` (`/v2/health/*` are answered by serving/rest_adapter.py). Errors are HTTP
-4xx/5xx with `{"error": "..."}`.
+"""Open Inference Protocol (KServe V2) over REST, on the HTTP port beside Paddle Serving's routes, by the
+route table of serving.v2.routes (`/v2/health/*` are answered by serving/doors/rest_door.py). Errors are
+HTTP 4xx/5xx with `{"error": "..."}`.
 
 Binary tensor extension both ways: `Inference-Header-Content-Length` splits the body into the JSON header
 and the inputs' raw bytes (`parameters.binary_data_size`, in input order); outputs asked for with
 `parameters.binary_data: true` (or request `parameters.binary_data_output: true`) come back the same way.
 Request bodies compressed with `Content-Encoding: gzip|deflate` (tritonclient's
-request_compression_algorithm) are inflated by serving.http_guard, up to max_request_bytes inflated.
+request_compression_algorithm) are inflated by serving.doors.http_guard, up to max_request_bytes inflated.
 """
 
 from __future__ import annotations
@@ -17,86 +16,51 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from resnest_serving.serving.core import ServingCore
-from resnest_serving.serving.http_guard import ascii_int, load_json, off_loop_if_large, request_body
-from resnest_serving.serving.v2_adapter import (
+from resnest_serving.protocol.v2 import HEADER_LENGTH
+from resnest_serving.serving.doors.http_guard import ascii_int, load_json, off_loop_if_large, request_body
+from resnest_serving.serving.doors.statuses import json_error
+from resnest_serving.serving.errors import ErrorKind, ServingError, invalid
+from resnest_serving.serving.v2.model import V2Model
+from resnest_serving.serving.v2.routes import Endpoint, match
+from resnest_serving.serving.v2.tensors import (
     MAX_REQUESTED_OUTPUTS,
-    ErrorKind,
     RequestedOutput,
     Tensor,
-    V2Error,
-    V2Model,
     check_datatype,
     check_shape,
     decode_json,
     decode_raw,
     encode_raw,
-    invalid,
 )
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "v2-http"
-HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_ELEMENT_SLACK = 10_000  # JSON elements allowed beside the tensor data a full batch needs
 
-_models: dict[int, V2Model] = {}
-
-
-def error(kind: ErrorKind, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=kind.value[0])
-
-
-def model_of(core: ServingCore) -> V2Model:
-    """The V2 view of `core`'s pipeline (built once per core)."""
-    model = _models.get(id(core))
-    if model is None or model.core is not core:
-        model = _models[id(core)] = V2Model(core)
-    return model
-
-
-async def handle(core: ServingCore, request: web.Request) -> web.StreamResponse:
-    """Answer any `/v2` or `/v2/...` request."""
-    model = model_of(core)
-    parts = request.path.strip("/").split("/")[1:]
-    method = request.method
+async def handle(model: V2Model, request: web.Request) -> web.StreamResponse:
+    """Answer any `/v2` or `/v2/...` request by its route (serving.v2.routes)."""
+    route, method = match(request.path), request.method
+    if route is None:
+        return json_error(ServingError(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}"))
+    if not route.allows(method):
+        return json_error(ServingError(ErrorKind.METHOD, f"{method} not allowed on {request.path}; use "
+                                       f"{route.endpoint.method}"))
+    endpoint = route.endpoint
     try:
-        if not parts:
-            return _get(method) or web.json_response(model.server_metadata())
-        if parts == ["repository", "index"]:
-            if method != "POST":
-                return error(ErrorKind.METHOD, f"{method} not allowed on /v2/repository/index; use POST")
+        if endpoint is Endpoint.SERVER_METADATA:
+            return web.json_response(model.server_metadata())
+        if endpoint is Endpoint.REPOSITORY_INDEX:
             return web.json_response(model.repository_index())
-        if len(parts) < 2 or parts[0] != "models":
-            return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
-        name, rest = parts[1], parts[2:]
-        version = ""
-        if rest[:1] == ["versions"]:
-            if len(rest) < 2:
-                return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
-            version, rest = rest[1], rest[2:]
-        if rest == ["infer"]:
-            if method != "POST":
-                return error(ErrorKind.METHOD, f"{method} not allowed on {request.path}; use POST")
-            return await infer(model, request, name, version)
-        if len(rest) > 1 or rest not in ([], ["ready"], ["config"]):
-            return error(ErrorKind.NOT_FOUND, f"no such endpoint: {request.path}")
-        not_get = _get(method)
-        if not_get is not None:
-            return not_get
-        model.check(name, version, open_path=rest == ["ready"])
-        if rest == ["ready"]:
+        if endpoint is Endpoint.INFER:
+            return await infer(model, request, route.name, route.version)
+        model.check(route.name, route.version, open_path=endpoint is Endpoint.MODEL_READY)
+        if endpoint is Endpoint.MODEL_READY:
             ready = model.ready
-            return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
-        return web.json_response(model.config() if rest == ["config"] else model.metadata())
-    except V2Error as exc:
-        return error(exc.kind, exc.message)
-
-
-def _get(method: str) -> web.Response | None:
-    if method in ("GET", "HEAD"):
-        return None
-    return error(ErrorKind.METHOD, f"{method} not allowed here; use GET")
+            return web.json_response({"name": route.name, "ready": ready}, status=200 if ready else 503)
+        return web.json_response(model.config() if endpoint is Endpoint.MODEL_CONFIG else model.metadata())
+    except ServingError as exc:
+        return json_error(exc)
 
 
 async def infer(model: V2Model, request: web.Request, name: str, version: str) -> web.Response:
@@ -104,7 +68,7 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str) -
     request_id = ""
     try:
         model.check(name, version)
-        body = request_body(request)  # read, size-checked and inflated by serving.http_guard
+        body = request_body(request)  # read, size-checked and inflated by serving.doors.http_guard
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         limit = model.max_batch * 3 * model.crop * model.crop + JSON_ELEMENT_SLACK  # a full FP32 batch as JSON
         data = await off_loop_if_large(header, lambda text: _parse_json(text, limit))
@@ -114,10 +78,9 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str) -
         request_id = given_id
         inputs, outputs, binary_output = _read_request(data, binary)
         result = await model.infer(inputs, outputs, request_id, PROTOCOL)
-    except V2Error as exc:
-        if not exc.counted:
-            model.reject(PROTOCOL, request_id, exc)
-        return error(exc.kind, exc.message)
+    except ServingError as exc:
+        model.reject(PROTOCOL, request_id, exc)
+        return json_error(exc)
     return _respond(model, result, request_id, binary_output)
 
 
@@ -133,7 +96,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _parse_json(header: bytes, max_elements: int) -> dict[str, Any]:
-    """The JSON request object, within `max_elements` (serving.http_guard.load_json), or INVALID_ARGUMENT."""
+    """The JSON request object, within `max_elements` (serving.doors.http_guard.load_json), or INVALID_ARGUMENT."""
     try:
         data = load_json(header, max_elements)
     except (ValueError, RecursionError) as exc:

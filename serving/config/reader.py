@@ -1,5 +1,5 @@
 """Reading one mapping of config.yml by the schema's Settings: strict types, ranges and choices, unknown keys
-with a suggestion, defaults logged at DEBUG. Generic; the rules that tie keys together are serving.config's."""
+with a suggestion, defaults logged at DEBUG. Generic; the rules that tie keys together are serving.config.loader's."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnest_serving.serving.config_schema import Setting, settings_of
-from resnest_serving.serving.config_yaml import ConfigError, type_name
+from resnest_serving.serving.config.schema import Setting, settings_of
+from resnest_serving.serving.config.yaml_file import ConfigError, type_name
 
-_LOGGER = logging.getLogger("resnest_serving.serving.config")
+_LOGGER = logging.getLogger("resnest_serving.serving.config.loader")
 MISSING = object()
 
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from resnest_serving.protocol.endpoints import is_loopback
-from resnest_serving.serving.config_schema import AuthConfig, TlsConfig
+from resnest_serving.serving.config.schema import AuthConfig, TlsConfig
+from resnest_serving.serving.v2 import routes as v2_routes
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ OPEN_GRPC_METHODS = frozenset({"/inference.GRPCInferenceService/ServerLive",
 def is_open_path(path: str) -> bool:
     """HTTP paths that need no token: the health checks, and the Open Inference Protocol's model readiness
     (`/v2/models/{name}[/versions/{v}]/ready`, open on gRPC too)."""
-    return path in HEALTH_PATHS or (path.startswith("/v2/models/") and path.endswith("/ready"))
+    return path in HEALTH_PATHS or v2_routes.is_open(path)
 
 
 def read_tokens(path: Path, key: str = "auth.token_file") -> list[str]:

@@ -1,0 +1,1 @@
+"""Scale-out on Ray Serve: the same pipeline in replicas behind Ray's gRPC and HTTP proxies."""
