@@ -71,7 +71,8 @@ DEFAULT_POLICY = VersionPolicy()
 
 @dataclass(frozen=True)
 class Selection:
-    """The versions to serve (sorted) and the `specific` versions that are not among the loadable ones."""
+    """The versions to serve (sorted) and the `specific` versions that are not among the available ones (not on
+    disk, broken, or refused by the server)."""
 
     versions: tuple[int, ...]
     missing: tuple[int, ...] = ()
@@ -81,10 +82,10 @@ class Selection:
         if not self.missing:
             return None
         names = ", ".join(str(v) for v in self.missing)
-        loadable = ", ".join(str(v) for v in sorted(available)) or "none"
+        servable = ", ".join(str(v) for v in sorted(available)) or "none"
         word = "version" if len(self.missing) == 1 else "versions"
-        return (f"version_policy specific names {word} {names}, not among the loadable versions on disk "
-                f"(loadable: {loadable})")
+        return (f"version_policy specific names {word} {names}, not among the servable versions on disk "
+                f"(servable: {servable})")
 
 
 def parse_policy(value: Any, path: str) -> VersionPolicy:
@@ -109,7 +110,8 @@ def parse_policy(value: Any, path: str) -> VersionPolicy:
         return VersionPolicy("all")
     if form == "latest":
         latest = keys.sub("latest", LatestKeys)
-        return VersionPolicy("latest", num_versions=latest.read("num_versions", _setting(LatestKeys, "num_versions"), 1))
+        count = latest.read("num_versions", _setting(LatestKeys, "num_versions"), 1)
+        return VersionPolicy("latest", num_versions=count)
     specific = keys.sub("specific", SpecificKeys)
     return VersionPolicy("specific", versions=_read_versions(specific))
 
@@ -138,11 +140,11 @@ def _read_versions(keys: Section) -> tuple[int, ...]:
 def select(policy: VersionPolicy, available: Iterable[int]) -> Selection:
     """The versions to serve among the loadable `available` ones, sorted; `specific` versions that are not
     available are reported in `missing`, and the others are still served."""
-    loadable = sorted(set(available))
+    available_set = set(available)
+    loadable = sorted(available_set)
     if policy.form == "all":
         return Selection(tuple(loadable))
     if policy.form == "latest":
         return Selection(tuple(loadable[-policy.num_versions:]))
-    present = set(loadable)
-    return Selection(tuple(v for v in policy.versions if v in present),
-                     tuple(v for v in policy.versions if v not in present))
+    wanted = sorted(set(policy.versions))
+    return Selection(tuple(v for v in wanted if v in available_set), tuple(v for v in wanted if v not in available_set))

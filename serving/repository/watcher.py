@@ -178,7 +178,13 @@ class RepositoryWatcher:
             self._scan_error = None
         if self._stopping:
             return
-        change = self.plan(served(), observation)
+        try:
+            await self._apply(self.plan(served(), observation), on_change, served)
+        except Exception:  # a bug in `served`, the plan or its record: the traceback is worth having, the loop goes on
+            _LOGGER.exception("model %s: deciding or recording the versions to serve failed", self.name)
+
+    async def _apply(self, change: RepositoryChange, on_change: Callable[[RepositoryChange], Awaitable[None]],
+                     served: Callable[[], Collection[int]]) -> None:
         if change.empty:
             return
         _LOGGER.info("model %s: versions on disk changed: %s", self.name, change.describe())

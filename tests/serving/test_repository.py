@@ -170,8 +170,8 @@ def test_select_each_form():
     assert ok.versions == (1, 3) and ok.error(available) is None
     partly = select(VersionPolicy("specific", versions=(2, 4, 5)), available)
     assert partly.versions == (2,) and partly.missing == (4, 5)
-    assert partly.error(available) == ("version_policy specific names versions 4, 5, not among the loadable "
-                                       "versions on disk (loadable: 1, 2, 3, 7)")
+    assert partly.error(available) == ("version_policy specific names versions 4, 5, not among the servable "
+                                       "versions on disk (servable: 1, 2, 3, 7)")
 
 
 # --- change detection ---
@@ -235,6 +235,14 @@ def test_version_being_copied_is_loaded_only_once_stable(tiny_model_dir, tmp_pat
     assert watcher.step(served).empty
     params.write_bytes(params.read_bytes()[:100])
     assert watcher.step(served).empty
+
+
+def test_unversioned_layout_is_watched_as_version_1(tiny_model_dir):
+    watcher = RepositoryWatcher(tiny_model_dir)
+    watcher.step(set())
+    change = watcher.step(set())
+    assert [(v.version, v.directory) for v in change.added] == [(1, tiny_model_dir.resolve())]
+    assert watcher.step({1}).empty
 
 
 def test_broken_version_reported_once_and_removal_unloads(tiny_model_dir, tmp_path, caplog):
