@@ -103,7 +103,7 @@ class RepositoryWatcher:
         offered = []
         for version in scan.versions:
             if previous.get(version.path) != version.fingerprint:
-                _LOGGER.debug("%s: version %d is new or changing; offered once unchanged for one poll",
+                _LOGGER.debug("model %s: version %d is new or changing; offered once unchanged for one poll",
                               self.name, version.version)
             elif self._refused.get(version.version) != version.fingerprint:
                 offered.append(version)
@@ -127,7 +127,7 @@ class RepositoryWatcher:
         """One blocking look: scan, then plan against `served`."""
         return self.plan(served, self.observe())
 
-    def refused(self, change: RepositoryChange, served: Collection[int]) -> list[int]:
+    def record_refused(self, change: RepositoryChange, served: Collection[int]) -> list[int]:
         """Remember the versions of `change` that are not in `served` after the server applied it: they are
         not offered again until their files change. Returns them."""
         left_out = [v for v in change.added if v.version not in set(served)]
@@ -193,7 +193,7 @@ class RepositoryWatcher:
         except Exception as exc:
             _LOGGER.error("model %s: applying the change (%s) failed: %s: %s", self.name, change.describe(),
                           type(exc).__name__, exc)
-        self.refused(change, served())
+        self.record_refused(change, served())
 
     def _scan_failed(self, message: str) -> None:
         """One ERROR line per distinct failure; the same failure again is DEBUG (a poll every few seconds
