@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from resnest_serving.serving.config_reader import Section
-from resnest_serving.serving.config_schema import Setting, section, setting, settings_of
-from resnest_serving.serving.config_yaml import ConfigError, type_name
+from resnest_serving.serving.config.reader import Section
+from resnest_serving.serving.config.schema import Setting, section, setting, settings_of
+from resnest_serving.serving.config.yaml_file import ConfigError, type_name
 
 FORMS = ("latest", "specific", "all")
 EXAMPLES = {"latest": "{latest: {num_versions: 1}}", "specific": "{specific: {versions: [1, 3]}}", "all": "{all: {}}"}
