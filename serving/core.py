@@ -1,4 +1,4 @@
-"""The one object every front door calls: protocol messages → pipeline.Request → Pipeline →
+"""The one object every front door calls: protocol messages → pipeline.Request → the named model's Pipeline →
 pipeline.Response → protocol messages, with per-protocol metrics (counted here, once, for every door). gRPC and bRPC carry the same
 protobuf Request/Response; REST carries their JSON mapping."""
 
@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.pipeline import Pipeline
 from resnest_serving.pipeline.types import Request, Response
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.wire import ElemType
+from resnest_serving.serving.config.schema import OpConfig
 from resnest_serving.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,17 +44,55 @@ def response_to_proto(response: Response) -> pb.Response:
                        value=response.values)
 
 
-class ServingCore:
-    """Pipeline plus metrics; the front doors stay thin."""
+@dataclass
+class ServedModel:
+    """One served model: its name, op and current Pipeline. The pipeline is the one reference a request reads,
+    so a later version reload can swap it here without touching the doors."""
 
-    def __init__(self, pipeline: Pipeline, metrics: Metrics):
-        self.pipeline = pipeline
+    name: str
+    op: OpConfig
+    pipeline: Pipeline
+
+    @property
+    def ready(self) -> bool:
+        return self.pipeline.ready
+
+
+class ServingCore:
+    """The served models plus metrics; routing a request to its model by name happens here, for every door."""
+
+    def __init__(self, models: list[ServedModel], metrics: Metrics):
+        self.models = {model.name: model for model in models}
         self.metrics = metrics
+
+    @property
+    def ready(self) -> bool:
+        """True when every configured model is ready."""
+        return all(model.ready for model in self.models.values())
+
+    def model(self, name: str) -> ServedModel:
+        """The model called `name` (an empty name: the only model, when one is served); PipelineError
+        NO_SERVICE (3002) naming the served models otherwise."""
+        found = self.models.get(name) if name else next(iter(self.models.values())) if len(self.models) == 1 else None
+        if found is not None:
+            return found
+        served = ", ".join(repr(n) for n in self.models)
+        if not name:
+            raise PipelineError(ErrorCode.NO_SERVICE, f"no service name in the request; this server serves "
+                                f"several models ({served}): name one (request.name, or /{{name}}/prediction)")
+        raise PipelineError(ErrorCode.NO_SERVICE, f"Failed to inference: Service name error. (got {name[:200]!r}; "
+                            f"this server serves {served})")
 
     async def infer(self, request: Request) -> Response:
         started = time.perf_counter()
-        response = await self.pipeline.infer(request)
-        self.metrics.request_done(request.protocol, response.err_no, time.perf_counter() - started)
+        try:
+            model = self.model(request.name)
+        except PipelineError as exc:
+            log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, exc.code, exc.message)
+            self.reject(request.protocol, int(exc.code))
+            return Response.from_error(exc)
+        response = await model.pipeline.infer(request)
+        self.metrics.request_done(request.protocol, response.err_no, time.perf_counter() - started, model.name)
         return response
 
     async def infer_proto(self, message: pb.Request, protocol: str) -> pb.Response:
@@ -60,14 +100,14 @@ class ServingCore:
             request = request_from_proto(message, protocol)
         except PipelineError as exc:
             log.info("logid=%d protocol=%s err_no=%d %s", message.logid, protocol, exc.code, exc.message)
-            self.reject(protocol, int(exc.code))
+            self.reject(protocol, int(exc.code), message.name if message.name in self.models else "")
             return response_to_proto(Response.from_error(exc))
         return response_to_proto(await self.infer(request))
 
-    def reject(self, protocol: str, err_no: int) -> None:
-        """Count a request answered with `err_no` before it reached the pipeline (no latency). With `infer`,
+    def reject(self, protocol: str, err_no: int, model: str = "") -> None:
+        """Count a request answered with `err_no` before it reached a pipeline (no latency). With `infer`,
         the one place where requests are counted, whatever door they came through."""
-        self.metrics.request_done(protocol, err_no, 0.0)
+        self.metrics.request_done(protocol, err_no, 0.0, model)
 
     def refused(self, protocol: str, status: int) -> None:
         """Count a request refused before authentication (in resnest_refused_requests, never as an err_no)."""

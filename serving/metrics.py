@@ -37,47 +37,41 @@ class Window:
         self.max_s = max(self.max_s, seconds)
 
 
-class Metrics(StageObserver):
-    """The pipeline's observer plus per-protocol request accounting."""
+class Metrics:
+    """The server's Prometheus registry: per-protocol, per-model request accounting; `for_model` gives each
+    model's pipeline observer."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("resnest_requests", "Requests answered, by protocol and Paddle Serving err_no",
-                                ["protocol", "err_no"], registry=self.registry)
+        self.requests = Counter("resnest_requests", "Requests answered, by protocol, Paddle Serving err_no and "
+                                "model (\"\" when refused before a model was named)",
+                                ["protocol", "err_no", "model"], registry=self.registry)
         self.request_seconds = Histogram("resnest_request_seconds", "Request latency inside the server, by "
-                                         "protocol", ["protocol"], buckets=LATENCY_BUCKETS, registry=self.registry)
+                                         "protocol and model", ["protocol", "model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.stage_seconds = Histogram("resnest_stage_seconds", "Latency per pipeline stage (preprocess, "
-                                       "queue_wait, engine, inference, postprocess, total)", ["stage"],
+                                       "queue_wait, engine, inference, postprocess, total), by model", ["stage", "model"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_images = Histogram("resnest_batch_images", "Images per engine batch", buckets=BATCH_BUCKETS,
-                                      registry=self.registry)
-        self.batch_requests = Histogram("resnest_batch_requests", "Requests per engine batch",
+        self.batch_images = Histogram("resnest_batch_images", "Images per engine batch, by model", ["model"],
+                                      buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_requests = Histogram("resnest_batch_requests", "Requests per engine batch, by model", ["model"],
                                         buckets=BATCH_BUCKETS, registry=self.registry)
-        self.queue_images = Gauge("resnest_queue_images", "Images waiting for an engine instance",
-                                  registry=self.registry)
+        self.queue_images = Gauge("resnest_queue_images", "Images waiting for an engine instance, by model",
+                                  ["model"], registry=self.registry)
         self.refused_requests = Counter("resnest_refused_requests", "HTTP requests refused before "
                                         "authentication (401, and 405/413 on the open health paths), by "
                                         "protocol and HTTP status; not counted in resnest_requests",
                                         ["protocol", "status"], registry=self.registry)
         self.window = Window()  # since the tracer's last line: fixed size, whatever the traffic
 
-    def stage(self, name: str, seconds: float) -> None:
-        self.stage_seconds.labels(name).observe(seconds)
+    def for_model(self, model: str) -> ModelMetrics:
+        """The pipeline observer of one model (its stage, batch and queue series carry `model`)."""
+        return ModelMetrics(self, model)
 
-    def batch_done(self, images: int, requests: int, queue_wait_s: float, infer_s: float) -> None:
-        self.batch_images.observe(images)
-        self.batch_requests.observe(requests)
-        self.stage_seconds.labels("queue_wait").observe(queue_wait_s)
-        self.stage_seconds.labels("engine").observe(infer_s)
-
-    def queue_depth(self, images: int) -> None:
-        self.queue_images.set(images)
-
-    def request_done(self, protocol: str, err_no: int, seconds: float) -> None:
-        self.requests.labels(protocol, str(err_no)).inc()
-        self.request_seconds.labels(protocol).observe(seconds)
+    def request_done(self, protocol: str, err_no: int, seconds: float, model: str = "") -> None:
+        self.requests.labels(protocol, str(err_no), model).inc()
+        self.request_seconds.labels(protocol, model).observe(seconds)
         self.window.add(err_no, seconds)
 
     def refused(self, protocol: str, status: int) -> None:
@@ -86,6 +80,27 @@ class Metrics(StageObserver):
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelMetrics(StageObserver):
+    """One model's pipeline observer: writes into the server's Metrics with its `model` label."""
+
+    def __init__(self, metrics: Metrics, model: str):
+        self.metrics = metrics
+        self.model = model
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.metrics.stage_seconds.labels(name, self.model).observe(seconds)
+
+    def batch_done(self, images: int, requests: int, queue_wait_s: float, infer_s: float) -> None:
+        m = self.metrics
+        m.batch_images.labels(self.model).observe(images)
+        m.batch_requests.labels(self.model).observe(requests)
+        m.stage_seconds.labels("queue_wait", self.model).observe(queue_wait_s)
+        m.stage_seconds.labels("engine", self.model).observe(infer_s)
+
+    def queue_depth(self, images: int) -> None:
+        self.metrics.queue_images.labels(self.model).set(images)
 
 
 class Tracer:

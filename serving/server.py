@@ -1,4 +1,5 @@
-"""The server process: one asyncio loop hosting the gRPC, REST and bRPC front doors over one pipeline.
+"""The server process: one asyncio loop hosting the gRPC, REST and bRPC front doors over the served models
+(one pipeline per op, routed by name in serving.core).
 
 `run(config)` serves until SIGTERM/SIGINT, then stops accepting, lets requests in flight finish (up to
 `shutdown_grace_s`) and returns 0. With `worker_num > 1` it starts that many worker processes that
@@ -24,7 +25,8 @@ from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import DEVICE_CODES, EngineOptions
 from resnest_serving.serving.config.files import check_paths
 from resnest_serving.serving.config.loader import ServerConfig
-from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.config.schema import OpConfig
+from resnest_serving.serving.core import ServedModel, ServingCore
 from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings
 from resnest_serving.serving.doors.security import (
     TokenSet,
@@ -34,14 +36,14 @@ from resnest_serving.serving.doors.security import (
     warn_if_readable_by_others,
 )
 from resnest_serving.serving.metrics import Metrics, Tracer
-from resnest_serving.serving.v2.model import V2Model
+from resnest_serving.serving.v2.model import V2Models
 
 log = logging.getLogger(__name__)
 
 
-def engine_options(config: ServerConfig) -> EngineOptions:
-    """Paddle Serving's local_service_conf → our Paddle Inference switches."""
-    op, lsc = config.op, config.op.local_service_conf
+def engine_options(op: OpConfig) -> EngineOptions:
+    """Paddle Serving's local_service_conf → our Paddle Inference switches (one op's)."""
+    lsc = op.local_service_conf
     return EngineOptions(device_type=DEVICE_CODES[lsc.device], thread_num=lsc.thread_num,
                          use_mkldnn=lsc.use_mkldnn, mkldnn_cache_capacity=lsc.mkldnn_cache_capacity,
                          mkldnn_op_list=lsc.mkldnn_op_list, mkldnn_bf16_op_list=lsc.mkldnn_bf16_op_list,
@@ -56,9 +58,9 @@ def door_settings(config: ServerConfig) -> DoorSettings:
                         TokenSet.load(config.auth))
 
 
-def pipeline_settings(config: ServerConfig) -> PipelineSettings:
-    op = config.op
-    return PipelineSettings(service_name=config.service_name, topk=op.topk, batch_size=op.batch_size,
+def pipeline_settings(config: ServerConfig, op: OpConfig, name: str) -> PipelineSettings:
+    """The pipeline settings of the op served as model `name`."""
+    return PipelineSettings(service_name=name, topk=op.topk, batch_size=op.batch_size,
                             auto_batching_timeout_ms=op.auto_batching_timeout, timeout_ms=op.timeout,
                             max_images_per_request=op.max_images_per_request,
                             max_image_pixels=op.max_image_pixels, max_aspect_ratio=op.max_aspect_ratio,
@@ -68,8 +70,7 @@ def pipeline_settings(config: ServerConfig) -> PipelineSettings:
                             log_profile=config.dag.use_profile)
 
 
-def load_bundle(config: ServerConfig) -> ModelBundle:
-    op = config.op
+def load_bundle(op: OpConfig) -> ModelBundle:
     bundle = ModelBundle.load(op.local_service_conf.model_config, op.label_file)
     fetch_list = op.effective_fetch_list
     if fetch_list is not None and bundle.fetch_alias not in fetch_list:
@@ -78,10 +79,9 @@ def load_bundle(config: ServerConfig) -> ModelBundle:
     return bundle
 
 
-async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[Engine]:
+async def start_op_engines(op: OpConfig, bundle: ModelBundle) -> list[Engine]:
     """The op's engine instances, loaded and warmed up at every batch size (the slow part of start-up):
     local engines in worker processes, or the remote model server(s) of `client_type: brpc`."""
-    op = config.op
     if op.is_remote:
         from resnest_serving.serving.config.loader import ConfigError
         from resnest_serving.serving.split.remote_engine import (
@@ -98,29 +98,51 @@ async def start_op_engines(config: ServerConfig, bundle: ModelBundle) -> list[En
             bundle = with_client_config(bundle, op.client_config)
         return create_remote_engines(bundle, op.server_endpoints, op.concurrency,
                                      op.local_service_conf.rpc_timeout_ms / 1000.0, security=security)
-    engines = await start_engines(bundle, op.engine, engine_options(config), op.concurrency, op.batch_size,
+    engines = await start_engines(bundle, op.engine, engine_options(op), op.concurrency, op.batch_size,
                                   list(op.local_service_conf.devices) or None)
     report = engines[0].report
     if report.precision != "fp32":
         check = recorded_check(bundle, report.precision, report.kind)
         if check:
-            log.info("accuracy check: %s", check)
+            log.info("model %s: accuracy check: %s", op.name, check)
         else:
-            log.warning("no accuracy check of %s on %s is recorded for this model: export it with "
-                        "--check-images DIR to measure what %s costs", report.precision, report.kind, report.precision)
+            log.warning("model %s: no accuracy check of %s on %s is recorded for this model: export it with "
+                        "--check-images DIR to measure what %s costs", op.name, report.precision, report.kind,
+                        report.precision)
     return engines
 
 
-async def build_pipeline(config: ServerConfig, metrics: Metrics) -> Pipeline:
-    """Load the model and start the engine instances."""
-    bundle = load_bundle(config)
-    engines = await start_op_engines(config, bundle)
-    return Pipeline(bundle, engines, pipeline_settings(config), metrics)
+async def build_pipeline(config: ServerConfig, op: OpConfig, name: str, metrics: Metrics) -> Pipeline:
+    """Load the op's model and start its engine instances; the pipeline serves it as model `name`."""
+    bundle = load_bundle(op)
+    engines = await start_op_engines(op, bundle)
+    return Pipeline(bundle, engines, pipeline_settings(config, op, name), metrics.for_model(name))
+
+
+async def start_model(config: ServerConfig, op: OpConfig, name: str, metrics: Metrics) -> ServedModel:
+    """One model loaded, started and logged (its start-up lines name it)."""
+    started = time.perf_counter()
+    pipeline = await build_pipeline(config, op, name, metrics)
+    await pipeline.start()
+    bundle = pipeline.bundle
+    where = (f"remote model at {', '.join(op.server_endpoints)} over bRPC" if op.is_remote else
+             f"{op.concurrency} engine instance(s) x {op.local_service_conf.thread_num} thread(s) on "
+             f"{op.local_service_conf.device}")
+    log.info("model %r: %s (%s, input %d, %d classes) %s; loaded in %.2f s", name, bundle.directory,
+             bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
+             time.perf_counter() - started)
+    return ServedModel(name, op, pipeline)
+
+
+def engine_line(model: ServedModel) -> str:
+    """'kind precision' of the model's engines, or 'remote' (the ready file's `engine`)."""
+    report = getattr(model.pipeline.batcher.engines[0], "report", None)
+    return f"{report.kind} {report.precision}" if report else "remote"
 
 
 @dataclass
 class Server:
-    """All front doors of one process over one pipeline."""
+    """All front doors of one process over the served models (one pipeline each)."""
 
     config: ServerConfig
     reuse_port: bool = False
@@ -133,19 +155,16 @@ class Server:
         from resnest_serving.serving.doors.rest_door import start_rest
 
         config = self.config
-        started = time.perf_counter()
         self.metrics = Metrics()
-        self.pipeline = await build_pipeline(config, self.metrics)
-        await self.pipeline.start()
-        bundle, op = self.pipeline.bundle, config.op
-        where = (f"remote model at {', '.join(op.server_endpoints)} over bRPC" if op.is_remote else
-                 f"{op.concurrency} engine instance(s) x {op.local_service_conf.thread_num} thread(s) on "
-                 f"{op.local_service_conf.device}")
-        log.info("model %s (%s, input %d, %d classes) %s; loaded in %.2f s", bundle.directory,
-                 bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
-                 time.perf_counter() - started)
-        self.core = ServingCore(self.pipeline, self.metrics)
-        self.v2 = V2Model(self.core)  # the Open Inference Protocol's view, one for its REST and gRPC doors
+        self.models: list[ServedModel] = []
+        try:
+            for name, op in config.models.items():
+                self.models.append(await start_model(config, op, name, self.metrics))
+        except BaseException:
+            await asyncio.gather(*(model.pipeline.stop() for model in self.models), return_exceptions=True)
+            raise
+        self.core = ServingCore(self.models, self.metrics)
+        self.v2 = V2Models(self.core)  # the Open Inference Protocol's view, one for its REST and gRPC doors
         self._grpc = self._rest = self._brpc = self._prometheus = None
         door = door_settings(config)
         self.tokens = door.tokens
@@ -170,7 +189,8 @@ class Server:
                 self.core, config.host, config.dag.prometheus_port, door, self.reuse_port, metrics_only=True,
                 shutdown_timeout_s=grace)
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in self.ports.items())
-        log.info("service %r listening %s (pid %d)", config.service_name, listening, os.getpid())
+        log.info("service %r listening %s (pid %d), models %s", config.service_name, listening, os.getpid(),
+                 ", ".join(repr(name) for name in self.core.models))
         log.info("%s", door_security_line(list(self.ports), config.tls, door.tokens))
         self._tracer = Tracer(self.metrics, config.dag.tracer.interval_s) if config.dag.tracer.interval_s >= 1 else None
         if self._tracer is not None:
@@ -193,8 +213,8 @@ class Server:
         doors = [asyncio.ensure_future(stop) for stop in stops]
         _done, pending = await asyncio.wait(doors, timeout=grace) if doors else (set(), set())
         if pending:
-            count = self.pipeline.abort(f"server shutting down: the request did not finish within "
-                                        f"shutdown_grace_s ({grace:g} s); retry it")
+            count = sum(model.pipeline.abort(f"server shutting down: the request did not finish within "
+                                             f"shutdown_grace_s ({grace:g} s); retry it") for model in self.models)
             log.warning("stopping: grace of %g s over; answered %d request(s) still in flight with err_no 3001",
                         grace, count)
             await asyncio.wait(pending, timeout=backstop - grace + 1.0)
@@ -206,16 +226,19 @@ class Server:
                 log.warning("stopping: a front door failed to stop cleanly: %r", door.exception())
         if self._tracer is not None:
             await self._tracer.stop()
-        await self.pipeline.stop()
+        for model in self.models:
+            await model.pipeline.stop()
         log.info("stopped")
 
 
 def warn_secret_files(config: ServerConfig) -> None:
     """A WARNING for each secret file of the config (token files, TLS private keys) readable by others."""
-    lsc = config.op.local_service_conf
-    warn_if_readable_by_others({"auth.token_file": config.auth.token_file, "tls.key_file": config.tls.key_file,
-                                f"op.{config.op.name}.local_service_conf.rpc_token_file": lsc.rpc_token_file,
-                                f"op.{config.op.name}.local_service_conf.rpc_tls_key_file": lsc.rpc_tls_key_file})
+    files = {"auth.token_file": config.auth.token_file, "tls.key_file": config.tls.key_file}
+    for op in config.op:
+        lsc = op.local_service_conf
+        files[f"op.{op.name}.local_service_conf.rpc_token_file"] = lsc.rpc_token_file
+        files[f"op.{op.name}.local_service_conf.rpc_tls_key_file"] = lsc.rpc_tls_key_file
+    warn_if_readable_by_others(files)
 
 
 def reload_tokens_on_sighup(tokens: TokenSet) -> None:
@@ -239,9 +262,8 @@ async def serve(config: ServerConfig, reuse_port: bool = False, ready_file: Path
     """Run one server until SIGTERM/SIGINT."""
     server = Server(config, reuse_port=reuse_port)
     await server.start()
-    report = getattr(server.pipeline.batcher.engines[0], "report", None)
     write_ready_file(ready_file, config.service_name, config.host, server.ports,
-                     f"{report.kind} {report.precision}" if report else "remote")
+                     ", ".join(engine_line(model) for model in server.models))
     # After start: importing paddle installs its own SIGTERM handler, which must not win.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import ssl
 
-from resnest_serving.serving.config.schema import ServerConfig
+from resnest_serving.serving.config.schema import OpConfig, ServerConfig
 from resnest_serving.serving.config.yaml_file import ConfigError
 
 SERVER_CONF_FILES = ("serving_server_conf.prototxt", "serving_server_conf.stream.prototxt")
 
 
-def _check_op_lists(config: ServerConfig, lsc_path: str) -> None:
+def _check_op_lists(op: OpConfig, lsc_path: str) -> None:
     """mkldnn_op_list / mkldnn_bf16_op_list act only on Paddle Inference running a legacy `.pdmodel`: Paddle
     3.3's PIR executor runs the same oneDNN primitives with or without them (measured with ONEDNN_VERBOSE),
     and the other engines do not read them. Anywhere else they are refused rather than ignored."""
-    lsc = config.op.local_service_conf
+    lsc = op.local_service_conf
     given = [name for name in ("mkldnn_op_list", "mkldnn_bf16_op_list") if getattr(lsc, name)]
-    if not given or config.op.is_remote:
+    if not given or op.is_remote:
         return
     from resnest_serving.protocol.bundle import find_model_files
 
@@ -26,17 +26,17 @@ def _check_op_lists(config: ServerConfig, lsc_path: str) -> None:
         model_file = find_model_files(lsc.model_config)[0]
     except (FileNotFoundError, ValueError):
         return  # reported by the model loader, with its own message
-    if config.op.engine != "paddle" or model_file.suffix == ".json":
-        why = (f"engine is {config.op.engine!r} (only engine: paddle reads it)" if config.op.engine != "paddle"
+    if op.engine != "paddle" or model_file.suffix == ".json":
+        why = (f"engine is {op.engine!r} (only engine: paddle reads it)" if op.engine != "paddle"
                else f"{model_file.name} is a Paddle 3 (PIR) model, on which Paddle 3.3 ignores it")
         raise ConfigError(f"[CONF] {lsc_path}.{given[0]}: has no effect here: {why}; it works only with engine: "
                           "paddle and a legacy .pdmodel model. Remove it")
 
 
-def _check_gpu_build(config: ServerConfig, lsc_path: str) -> None:
+def _check_gpu_build(op: OpConfig, lsc_path: str) -> None:
     """device_type 1/2 on a CPU-only Paddle: refused before anything starts, saying how to run on CPU."""
-    lsc = config.op.local_service_conf
-    if config.op.is_remote or lsc.device == "cpu":
+    lsc = op.local_service_conf
+    if op.is_remote or lsc.device == "cpu":
         return
     device_type = 2 if lsc.device == "tensorrt" else 1
     import paddle  # only for GPU configs: the server process does not need Paddle otherwise
@@ -50,25 +50,8 @@ def _check_gpu_build(config: ServerConfig, lsc_path: str) -> None:
 
 def check_paths(config: ServerConfig) -> None:
     """Check that the files the config names exist (kept apart so parsing can be tested without a model)."""
-    op = config.op
-    lsc_path = f"op.{op.name}.local_service_conf"
-    model_dir = op.local_service_conf.model_config
-    if not model_dir.exists():
-        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} does not exist (relative paths "
-                          "resolve against the config file's folder)")
-    if not model_dir.is_dir():
-        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} is not a folder; give the "
-                          "serving_server folder")
-    if not any((model_dir / name).is_file() for name in SERVER_CONF_FILES):
-        inner = model_dir / "serving_server"
-        hint = (f"did you mean {str(inner)!r}? (resnest export --out DIR writes the model into DIR/serving_server)"
-                if any((inner / name).is_file() for name in SERVER_CONF_FILES)
-                else "is it a Paddle Serving serving_server folder?")
-        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} has no {SERVER_CONF_FILES[0]}; {hint}")
-    _check_gpu_build(config, lsc_path)
-    _check_op_lists(config, lsc_path)
-    if op.label_file is not None and not op.label_file.is_file():
-        raise ConfigError(f"[CONF] op.{op.name}.label_file: {str(op.label_file)!r} is not a file")
+    for op in config.op:
+        _check_op_paths(op)
     for key, path in (("tls.cert_file", config.tls.cert_file), ("tls.key_file", config.tls.key_file),
                       ("tls.client_ca_file", config.tls.client_ca_file), ("auth.token_file", config.auth.token_file)):
         if path is not None and not path.is_file():
@@ -85,5 +68,27 @@ def check_paths(config: ServerConfig) -> None:
         raise ConfigError(str(exc)) from None
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"[CONF] tls: cannot load the certificate/key files: {exc}") from None
+
+
+def _check_op_paths(op: OpConfig) -> None:
+    """One op's model folder, label file, client config and model-dependent switches."""
+    lsc_path = f"op.{op.name}.local_service_conf"
+    model_dir = op.local_service_conf.model_config
+    if not model_dir.exists():
+        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} does not exist (relative paths "
+                          "resolve against the config file's folder)")
+    if not model_dir.is_dir():
+        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} is not a folder; give the "
+                          "serving_server folder")
+    if not any((model_dir / name).is_file() for name in SERVER_CONF_FILES):
+        inner = model_dir / "serving_server"
+        hint = (f"did you mean {str(inner)!r}? (resnest export --out DIR writes the model into DIR/serving_server)"
+                if any((inner / name).is_file() for name in SERVER_CONF_FILES)
+                else "is it a Paddle Serving serving_server folder?")
+        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} has no {SERVER_CONF_FILES[0]}; {hint}")
+    _check_gpu_build(op, lsc_path)
+    _check_op_lists(op, lsc_path)
+    if op.label_file is not None and not op.label_file.is_file():
+        raise ConfigError(f"[CONF] op.{op.name}.label_file: {str(op.label_file)!r} is not a file")
     if op.client_config is not None and not op.client_config.exists():
         raise ConfigError(f"[CONF] op.{op.name}.client_config: {str(op.client_config)!r} does not exist")

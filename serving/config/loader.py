@@ -98,9 +98,12 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> ServerConfig:
         raise ConfigError("[CONF] Failed to prepare_server: rpc_port or http_port can not be None. "
                           "Set rpc_port (gRPC), http_port (REST) and/or brpc_port (bRPC).")
     dag = _parse_dag(top.sub("dag", DagConfig), base_dir)
-    op = _parse_op(top, base_dir, values["worker_num"])
+    ops = _parse_ops(top, base_dir, values["worker_num"])
+    if top.has("service_name") and len(ops) > 1:
+        raise top.fail("service_name", top.raw("service_name"), f"it names the model of a one-op config; with "
+                       f"{len(ops)} ops each op's name is its model's name: remove service_name")
     service_name = read_str(top, "service_name", top.raw("service_name"), Setting("str", "", non_empty=True),
-                             None) if top.has("service_name") else op.name
+                             None) if top.has("service_name") else ops[0].name if len(ops) == 1 else "resnest-serving"
     if not _NAME_RE.match(service_name):
         raise top.fail("service_name", service_name, "allowed characters: letters, digits, '_', '-', '.'")
     tls = TlsConfig(**read_plain(top.sub("tls", TlsConfig), base_dir))
@@ -109,7 +112,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> ServerConfig:
                           f"cert_file={_text(tls.cert_file)}, key_file={_text(tls.key_file)}, "
                           f"client_ca_file={_text(tls.client_ca_file)}")
     auth = AuthConfig(**read_plain(top.sub("auth", AuthConfig), base_dir))
-    config = ServerConfig(op=op, dag=dag, service_name=service_name, tls=tls, auth=auth, **values)
+    config = ServerConfig(op=ops, dag=dag, service_name=service_name, tls=tls, auth=auth, **values)
     _check_ports(config.ports, config.worker_num)
     return config
 
@@ -140,17 +143,25 @@ def _parse_dag(dag: Section, base_dir: Path) -> DagConfig:
     return DagConfig(tracer=TracerConfig(**read_plain(dag.sub("tracer", TracerConfig), base_dir)), **values)
 
 
-def _parse_op(top: Section, base_dir: Path, worker_num: int) -> OpConfig:
+def _parse_ops(top: Section, base_dir: Path, worker_num: int) -> tuple[OpConfig, ...]:
+    """Every op, in config order: one model each, named by its op name (case-sensitive: `a` and `A` are two)."""
     ops = top.raw("op")
     if ops is None or ops == {}:
-        raise ConfigError("[CONF] op: not set; this server needs exactly one op, e.g. "
+        raise ConfigError("[CONF] op: not set; this server needs at least one op (one per model), e.g. "
                           "op: {imagenet: {local_service_conf: {model_config: ...}}}")
     if not isinstance(ops, dict):
         raise top.type_error("op", ops, "a mapping of op name -> op settings")
-    if len(ops) != 1:
-        raise ConfigError(f"[CONF] op: got {len(ops)} ops ({', '.join(map(repr, ops))}); this server runs "
-                          "exactly one model op (PaddleClas: imagenet)")
-    name = next(iter(ops))
+    parsed = tuple(_parse_op(ops, name, base_dir, worker_num) for name in ops)
+    folded: dict[str, str] = {}
+    for op in parsed:
+        if op.name.lower() in folded:
+            _LOGGER.warning("[CONF] op: %r and %r differ only in case; they are two models (names are "
+                            "case-sensitive)", folded[op.name.lower()], op.name)
+        folded.setdefault(op.name.lower(), op.name)
+    return parsed
+
+
+def _parse_op(ops: dict, name: Any, base_dir: Path, worker_num: int) -> OpConfig:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"[CONF] op: op name {name!r} is not allowed; use letters, digits, '_', '-', '.' "
                           "(it is also the service name in REST URLs)")
@@ -304,9 +315,12 @@ def _fetch_list(section: Section) -> tuple[str, ...] | None:
 def to_dict(config: ServerConfig) -> dict[str, Any]:
     """The effective config in config.yml shape (plain types), for logging; `parse_config` accepts it back."""
     top = _plain(config, skip=("op", "config_file"))
-    op = config.op
-    top["op"] = {op.name: _plain(op, skip=("name",))}
-    top["op"][op.name]["local_service_conf"]["devices"] = ",".join(str(d) for d in op.local_service_conf.devices)
+    top["op"] = {}
+    for op in config.op:
+        top["op"][op.name] = _plain(op, skip=("name",))
+        top["op"][op.name]["local_service_conf"]["devices"] = ",".join(str(d) for d in op.local_service_conf.devices)
+    if len(config.op) > 1:
+        top.pop("service_name")
     return top
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from resnest_serving.pipeline.engines.choose import ENGINE_CHOICES
+from resnest_serving.serving.config.yaml_file import ConfigError
 
 MIB = 1024 * 1024
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -312,7 +313,9 @@ class ServerConfig:
     grpc_gateway_port: int | None = setting(None, "Type-checked only; Paddle Serving does not use it either.",
                                             origin="compat", kind="int")
     dag: DagConfig = section(DagConfig, "See [`dag`](#dag).")
-    op: OpConfig = setting(doc="Exactly one op. See [`op.<name>`](#opname).", kind="custom", type_doc="mapping",
+    op: tuple[OpConfig, ...] = setting(doc="One op per model, served by its name (several ops: several models; "
+                                           "names are case-sensitive, `a` and `A` are two). See "
+                                           "[`op.<name>`](#opname).", kind="custom", type_doc="mapping",
                            default_doc="— (required)")
     host: str = setting("127.0.0.1", "Bind address for every port. Use `0.0.0.0` (or `\"::\"`, quoted) to listen "
                                      "on all interfaces.", origin="ours", normalize=str.strip, non_empty=True)
@@ -321,8 +324,8 @@ class ServerConfig:
     service_name: str = setting(
         "", "The name checked against `request.name` (err_no 3002 when they differ) and used in REST URLs. Paddle "
         "Serving takes it from `WebService(name=...)`, which PaddleClas sets to `\"imagenet\"`, its op name. Allowed "
-        "characters: letters, digits, `_ - .`.", origin="ours", kind="custom", type_doc="str",
-        default_doc="the op's name")
+        "characters: letters, digits, `_ - .`. Only with one op: with several, each op's name is its model's name.",
+        origin="ours", kind="custom", type_doc="str", default_doc="the op's name")
     max_request_bytes: int = setting(64 * MIB, "Largest HTTP body, gRPC message and bRPC body accepted.",
                                      origin="ours", minimum=1024, maximum=2**31 - 1,
                                      type_doc="int, 1024 – 2³¹−1", default_doc="67108864 (64 MiB)")
@@ -348,7 +351,22 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if not self.service_name:
-            object.__setattr__(self, "service_name", self.op.name)
+            object.__setattr__(self, "service_name", self.op[0].name if len(self.op) == 1 else "resnest-serving")
+
+    @property
+    def models(self) -> dict[str, OpConfig]:
+        """Model name -> its op, in config order: `service_name` for the one op of a one-op config (as Paddle
+        Serving names it), else each op's name."""
+        if len(self.op) == 1:
+            return {self.service_name: self.op[0]}
+        return {op.name: op for op in self.op}
+
+    def only_op(self, where: str) -> OpConfig:
+        """The op of a one-op config; a [CONF] error naming `op` for a part (`where`) that serves one model."""
+        if len(self.op) != 1:
+            raise ConfigError(f"[CONF] op: got {len(self.op)} ops ({', '.join(repr(o.name) for o in self.op)}); "
+                              f"{where} serves exactly one model: give it a config with one op")
+        return self.op[0]
 
     @property
     def ports(self) -> dict[str, int]:

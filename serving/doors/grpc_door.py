@@ -13,7 +13,7 @@ from resnest_serving.serving.core import ServingCore
 from resnest_serving.serving.doors.connections import MAX_CALLS_PER_CONNECTION, DoorSettings
 from resnest_serving.serving.doors.security import OPEN_GRPC_METHODS, TokenSet, grpc_server_credentials
 from resnest_serving.serving.v2 import grpc_door as v2_grpc
-from resnest_serving.serving.v2.model import V2Model
+from resnest_serving.serving.v2.model import V2Models
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def start_grpc(core: ServingCore, host: str, port: int, door: DoorSettings, tls: TlsConfig | None = None,
-                     reuse_port: bool = False, v2: V2Model | None = None) -> tuple[grpc.aio.Server, int]:
+                     reuse_port: bool = False, v2: V2Models | None = None) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server (TLS when `tls` is on, tokens when `door.tokens` holds any), with the Open
     Inference Protocol's service for `v2` beside PipelineService; returns it and the bound port (port 0 =
     ephemeral)."""

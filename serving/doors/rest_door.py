@@ -35,7 +35,7 @@ from resnest_serving.serving.doors.statuses import gateway_error
 from resnest_serving.serving.errors import invalid
 from resnest_serving.serving.v2 import rest_door as v2_rest
 from resnest_serving.serving.v2 import routes as v2_routes
-from resnest_serving.serving.v2.model import V2Model
+from resnest_serving.serving.v2.model import V2Models
 
 MAX_JSON_ELEMENTS = 100_000  # list items, fields and containers in one Paddle Serving REST body
 
@@ -102,7 +102,7 @@ def rest_takes_body(method: str, path: str) -> bool:
 class RestAdapter:
     """Paddle Serving's REST routes, health and /metrics; with `v2`, the Open Inference Protocol beside them."""
 
-    def __init__(self, core: ServingCore, door: DoorSettings, v2: V2Model | None = None):
+    def __init__(self, core: ServingCore, door: DoorSettings, v2: V2Models | None = None):
         self.core = core
         self.door = door
         self.v2 = v2
@@ -146,7 +146,7 @@ class RestAdapter:
         return web.Response(body=grpc_gateway_json(answer), content_type="application/json")
 
     def health(self, kind: str) -> web.Response:
-        ready = self.core.pipeline.ready
+        ready = self.core.ready
         if kind == "live":
             return web.json_response({"status": "live"})
         return web.json_response({"status": "ready" if ready else "not ready"}, status=200 if ready else 503)
@@ -159,7 +159,7 @@ class RestAdapter:
 
 async def start_rest(core: ServingCore, host: str, port: int, door: DoorSettings, reuse_port: bool = False,
                      metrics_only: bool = False, shutdown_timeout_s: float = 10.0,
-                     v2: V2Model | None = None) -> tuple[web.AppRunner, int]:
+                     v2: V2Models | None = None) -> tuple[web.AppRunner, int]:
     """Start the HTTP server, with the Open Inference Protocol for `v2` (or, with metrics_only, Paddle
     Serving's separate Prometheus port serving GET /metrics alone); returns the runner (for cleanup) and the
     bound port."""

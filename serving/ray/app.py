@@ -29,6 +29,8 @@ from resnest_serving.serving.ray.replica import PipelineReplica
 
 log = logging.getLogger(__name__)
 
+RAY = "Ray Serve (--ray)"  # what the one-op check names
+
 GRPC_SERVICER = "resnest_serving.protocol.pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server"
 DEPLOYMENT_NAME = "ResNeStPipeline"
 
@@ -64,25 +66,28 @@ class RayOptions:
         to form (2 x batch_size), at least Ray's default of 5."""
         if self.max_ongoing is not None:
             return self.max_ongoing
-        return max(5, math.ceil(2 * self.target_ongoing), 2 * config.op.batch_size)
+        return max(5, math.ceil(2 * self.target_ongoing), 2 * config.only_op(RAY).batch_size)
 
     def effective_replica_cpus(self, config: ServerConfig) -> float:
         if self.replica_cpus is not None:
             return self.replica_cpus
-        return float(config.op.concurrency * config.op.local_service_conf.thread_num)
+        op = config.only_op(RAY)
+        return float(op.concurrency * op.local_service_conf.thread_num)
 
 
 def replica_resources(config: ServerConfig, options: RayOptions) -> dict[str, float]:
     """What Ray reserves per replica: CPUs (see RayOptions) and, for a GPU config, one GPU per engine
     instance (Ray sets CUDA_VISIBLE_DEVICES, so the replica sees its GPU(s) as 0, 1, ...)."""
     resources = {"num_cpus": options.effective_replica_cpus(config)}
-    if config.op.local_service_conf.device != "cpu" and not config.op.is_remote:
-        resources["num_gpus"] = float(min(config.op.concurrency, len(config.op.local_service_conf.devices) or 1))
+    op = config.only_op(RAY)
+    if op.local_service_conf.device != "cpu" and not op.is_remote:
+        resources["num_gpus"] = float(min(op.concurrency, len(op.local_service_conf.devices) or 1))
     return resources
 
 
 def check_ray_config(config: ServerConfig) -> None:
-    """Refuse what Ray Serve cannot honour (rather than serve without it)."""
+    """Refuse what Ray Serve cannot honour (rather than serve without it): several ops ([CONF] op), TLS."""
+    config.only_op(RAY)
     if config.tls.enabled:
         raise ValueError("tls: is not applied with --ray (Ray Serve's proxies terminate the connections; its gRPC "
                          "proxy has no TLS): terminate TLS in front of Ray (ingress, load balancer) and drop tls:")

@@ -117,8 +117,9 @@ def run_ray(config: ServerConfig, options: RayOptions, ready_file: Path | None =
     if config.worker_num > 1:
         log.warning("worker_num %d is ignored with --ray: replicas (--ray-min-replicas/--ray-max-replicas) "
                     "take its place", config.worker_num)
-    if config.op.is_remote:
-        log.warning("client_type brpc: every replica calls the remote model server(s) %s", config.op.server_endpoints)
+    op = config.op[0]  # one op: check_ray_config refused several
+    if op.is_remote:
+        log.warning("client_type brpc: every replica calls the remote model server(s) %s", op.server_endpoints)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     local = options.address is None
     runtime_env = local_runtime_env(config.host) if local else None

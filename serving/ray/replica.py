@@ -24,15 +24,16 @@ class PipelineReplica:
         from resnest_serving.serving.doors.security import TokenSet
         from resnest_serving.serving.logs import setup_logging
         from resnest_serving.serving.metrics import Metrics
-        from resnest_serving.serving.server import build_pipeline
+        from resnest_serving.serving.ray.app import RAY
+        from resnest_serving.serving.server import start_model
 
         setup_logging(config.log_level)
         started = time.perf_counter()
         self.config = config
         self.metrics = Metrics()
-        self.pipeline = await build_pipeline(config, self.metrics)
-        await self.pipeline.start()
-        self.core = ServingCore(self.pipeline, self.metrics)
+        model = await start_model(config, config.only_op(RAY), config.service_name, self.metrics)
+        self.pipeline = model.pipeline
+        self.core = ServingCore([model], self.metrics)
         self.tokens = TokenSet.load(config.auth)
         self.rest = RestAdapter(self.core, DoorSettings(config.max_request_bytes, ConnectionLimits.from_config(config),
                                                         tokens=self.tokens))

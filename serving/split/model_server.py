@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def check_model_server_config(config: ServerConfig) -> None:
     """Refuse configs a model server cannot honour, naming the key."""
-    op = config.op
+    op = config.only_op("a model server (--model-server)")
     if config.brpc_port is None:
         raise ConfigError("[CONF] brpc_port: not set; a model server serves GeneralModelService over bRPC on "
                           "brpc_port (C++ Serving's default is 9393; 0 = OS picks)")
@@ -52,13 +52,13 @@ async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> i
     from resnest_serving.serving.doors.brpc_server import BrpcServer
 
     check_model_server_config(config)
-    op = config.op
+    op = config.op[0]  # one op: check_model_server_config refused several
     if config.rpc_port is not None:
         log.warning("rpc_port %d is ignored: a model server speaks bRPC (brpc_port) and HTTP (http_port)",
                     config.rpc_port)
     started = time.perf_counter()
-    bundle = load_bundle(config)
-    engines = await start_op_engines(config, bundle)
+    bundle = load_bundle(op)
+    engines = await start_op_engines(op, bundle)
     door = door_settings(config)
     warn_if_exposed(config.host, config.tls, door.tokens)
     warn_secret_files(config)
@@ -108,5 +108,5 @@ def run_model_server(config: ServerConfig, ready_file: Path | None = None) -> in
     check_paths(config)
     if config.worker_num != 1:
         raise ConfigError(f"[CONF] worker_num: got {config.worker_num}; a model server runs one process (use "
-                          f"op.{config.op.name}.concurrency for more engine instances)")
+                          f"op.{config.op[0].name}.concurrency for more engine instances)")
     return asyncio.run(serve_model(config, ready_file))

@@ -16,7 +16,7 @@ from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.protocol.v2 import NUMERIC_DTYPES
 from resnest_serving.serving.doors.statuses import grpc_abort
 from resnest_serving.serving.errors import ServingError, invalid
-from resnest_serving.serving.v2.model import MODEL_VERSION, V2Model
+from resnest_serving.serving.v2.model import MODEL_VERSION, V2Models
 from resnest_serving.serving.v2.tensors import (
     RequestedOutput,
     Tensor,
@@ -76,54 +76,54 @@ def _typed(name: str, datatype: str, shape: list[int], contents: pb.InferTensorC
 
 
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    """GRPCInferenceService over the served pipeline."""
+    """GRPCInferenceService over the served models."""
 
-    def __init__(self, model: V2Model):
-        self.model = model
+    def __init__(self, models: V2Models):
+        self.models = models
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:  # noqa: N802
-        return pb.ServerReadyResponse(ready=self.model.ready)
+        return pb.ServerReadyResponse(ready=self.models.ready)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:  # noqa: N802
         try:
-            self.model.check(request.name, request.version, open_path=True)  # open: names nothing served
+            model = self.models.find(request.name, request.version, open_path=True)  # open: names nothing served
         except ServingError as exc:
             await grpc_abort(context, exc)
-        return pb.ModelReadyResponse(ready=self.model.ready)
+        return pb.ModelReadyResponse(ready=model.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:  # noqa: N802
-        return json_format.ParseDict(self.model.server_metadata(), pb.ServerMetadataResponse())
+        return json_format.ParseDict(self.models.server_metadata(), pb.ServerMetadataResponse())
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:  # noqa: N802
         try:
-            self.model.check(request.name, request.version)
+            model = self.models.find(request.name, request.version)
         except ServingError as exc:
             await grpc_abort(context, exc)
-        return json_format.ParseDict(self.model.metadata(), pb.ModelMetadataResponse())
+        return json_format.ParseDict(model.metadata(), pb.ModelMetadataResponse())
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:  # noqa: N802
         try:
-            self.model.check(request.name, request.version)
+            model = self.models.find(request.name, request.version)
         except ServingError as exc:
             await grpc_abort(context, exc)
-        return pb.ModelConfigResponse(config=json_format.ParseDict(self.model.config(), pb.ModelConfig()))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(model.config(), pb.ModelConfig()))
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:  # noqa: N802
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m)
-                                                  for m in self.model.repository_index()])
+                                                  for m in self.models.repository_index()])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:  # noqa: N802
-        model = self.model
+        model = None
         try:
-            model.check(request.model_name, request.model_version)
+            model = self.models.find(request.model_name, request.model_version)
             inputs = decode_inputs(request)
             outputs = [RequestedOutput(o.name, parameters(o.parameters)) for o in request.outputs]
             result = await model.infer(inputs, outputs, request.id, PROTOCOL)
         except ServingError as exc:
-            model.reject(PROTOCOL, request.id, exc)
+            self.models.reject(PROTOCOL, request.id, exc, model)
             await grpc_abort(context, exc)
         response = pb.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
         for tensor in result:
@@ -132,6 +132,6 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def add_to_server(model: V2Model, server: grpc.aio.Server) -> None:
-    """Register GRPCInferenceService for `model` on `server` (beside PipelineService)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(model), server)
+def add_to_server(models: V2Models, server: grpc.aio.Server) -> None:
+    """Register GRPCInferenceService for `models` on `server` (beside PipelineService)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2Servicer(models), server)

@@ -1,8 +1,8 @@
-"""The served pipeline as one Open Inference Protocol (KServe V2 / Triton) model, shared by the REST
+"""Each served model as an Open Inference Protocol (KServe V2 / Triton) model, shared by the REST
 (serving/v2/rest_door.py) and gRPC (serving/v2/grpc_door.py) front doors: its metadata and Triton model
 config, and V2 inputs (decoded by serving/v2/tensors.py) → pipeline.Request → pipeline.Response → V2 outputs.
 
-The served model takes either input (exactly one per request):
+Each model takes either input (exactly one per request):
   * `image`: BYTES [N] or [N, 1], one encoded image file (JPEG, PNG, ...) per row;
   * the model's feed alias (`x`): FP32 [N, 3, H, W], already preprocessed as the server would.
 It answers the fetch alias (`prediction`): FP32 [N, classes] probabilities, or with the classification
@@ -15,11 +15,11 @@ import logging
 from typing import Any
 
 import numpy as np
-from resnest_serving.pipeline.errors import ErrorCode
+from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.postprocess import top_k
 from resnest_serving.pipeline.types import Request
 from resnest_serving.protocol.v2 import IMAGE_INPUT
-from resnest_serving.serving.core import ServingCore
+from resnest_serving.serving.core import ServedModel, ServingCore
 from resnest_serving.serving.doors.http_guard import ascii_int
 from resnest_serving.serving.errors import ErrorKind, ServingError, from_err_no, invalid
 from resnest_serving.serving.v2.tensors import MAX_REQUESTED_OUTPUTS, RequestedOutput, Tensor
@@ -39,13 +39,14 @@ def logid_of(request_id: str) -> int:
 
 
 class V2Model:
-    """The served pipeline as one V2 model: its metadata, config, and inference."""
+    """One served model as a V2 model: its metadata, config, and inference."""
 
-    def __init__(self, core: ServingCore):
+    def __init__(self, core: ServingCore, served: ServedModel):
         self.core = core
-        pipeline = core.pipeline
+        self.served = served
+        pipeline = served.pipeline
         bundle = pipeline.bundle
-        self.name = pipeline.settings.service_name
+        self.name = served.name
         self.crop = bundle.meta.crop_size
         self.classes = bundle.meta.class_num
         self.tensor_input = bundle.feed_alias
@@ -58,28 +59,7 @@ class V2Model:
 
     @property
     def ready(self) -> bool:
-        return self.core.pipeline.ready
-
-    def check(self, name: str, version: str = "", open_path: bool = False) -> None:
-        """NOT_FOUND unless `name` (and `version`, if given) is this model. On an `open_path` (model
-        readiness, answered without a token) the message names nothing this server serves."""
-        if name != self.name:
-            served = "" if open_path else f"; this server serves {self.name!r}"
-            raise ServingError(ErrorKind.NOT_FOUND, f"unknown model {name[:200]!r}{served}",
-                               int(ErrorCode.NO_SERVICE))
-        if version and version != MODEL_VERSION:
-            has = "" if open_path else f"; it has version {MODEL_VERSION!r}"
-            raise ServingError(ErrorKind.NOT_FOUND, f"model {name!r} has no version {version[:200]!r}{has}",
-                               int(ErrorCode.NO_SERVICE))
-
-    def server_metadata(self) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            ours = version(SERVER_NAME)
-        except PackageNotFoundError:
-            ours = "unknown"
-        return {"name": SERVER_NAME, "version": ours, "extensions": list(EXTENSIONS)}
+        return self.served.ready
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "versions": [MODEL_VERSION], "platform": self.platform,
@@ -99,18 +79,6 @@ class V2Model:
                           {"name": self.tensor_input, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
                            "dims": [3, self.crop, self.crop], "optional": True}],
                 "output": [output]}
-
-    def repository_index(self) -> list[dict[str, str]]:
-        return [{"name": self.name, "version": MODEL_VERSION, "state": "READY" if self.ready else "UNAVAILABLE"}]
-
-    def reject(self, protocol: str, request_id: str, error: ServingError) -> None:
-        """Log and count a request refused before it reached the pipeline (once: a counted error is not)."""
-        if error.counted:
-            return
-        log.info("logid=%d protocol=%s id=%r %s: %s", logid_of(request_id), protocol, request_id[:200],
-                 error.kind.name, error.message)
-        self.core.reject(protocol, error.err_no)
-        error.counted = True
 
     def to_request(self, inputs: list[Tensor], request_id: str, protocol: str) -> Request:
         """The pipeline Request for decoded V2 inputs (exactly one of the two inputs)."""
@@ -196,7 +164,61 @@ class V2Model:
     def classify(self, probs: np.ndarray, k: int) -> list[bytes]:
         """Row-major "score:index:label" for the top k of every row (score as the pipeline's `prob`)."""
         best = top_k(probs, k)
-        label = self.core.pipeline.postprocess.label
+        label = self.served.pipeline.postprocess.label
         return [f"{score!r}:{index}:{label(index)}".encode()
                 for ids, scores in zip(best.class_ids, best.scores, strict=True)
                 for index, score in zip(ids, scores, strict=True)]
+
+
+class V2Models:
+    """Every served model's V2 view, shared by the REST and gRPC doors: finding a model by name and version
+    (the routing itself is ServingCore.model's), server metadata, the repository index and readiness."""
+
+    def __init__(self, core: ServingCore):
+        self.core = core
+        self.models = {name: V2Model(core, served) for name, served in core.models.items()}
+
+    @property
+    def ready(self) -> bool:
+        """True when every configured model is ready."""
+        return self.core.ready
+
+    def find(self, name: str, version: str = "", open_path: bool = False) -> V2Model:
+        """The model `name` (and `version`, if given); NOT_FOUND otherwise. On an `open_path` (model readiness,
+        answered without a token) the message names nothing this server serves."""
+        try:
+            served = self.core.model(name) if name else None
+        except PipelineError:
+            served = None
+        if served is None:
+            names = ", ".join(repr(n) for n in self.models)
+            what = "" if open_path else f"; this server serves {names}"
+            raise ServingError(ErrorKind.NOT_FOUND, f"unknown model {name[:200]!r}{what}", int(ErrorCode.NO_SERVICE))
+        if version and version != MODEL_VERSION:
+            has = "" if open_path else f"; it has version {MODEL_VERSION!r}"
+            raise ServingError(ErrorKind.NOT_FOUND, f"model {name!r} has no version {version[:200]!r}{has}",
+                               int(ErrorCode.NO_SERVICE))
+        return self.models[served.name]
+
+    def server_metadata(self) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ours = version(SERVER_NAME)
+        except PackageNotFoundError:
+            ours = "unknown"
+        return {"name": SERVER_NAME, "version": ours, "extensions": list(EXTENSIONS)}
+
+    def repository_index(self) -> list[dict[str, str]]:
+        return [{"name": m.name, "version": MODEL_VERSION, "state": "READY" if m.ready else "UNAVAILABLE"}
+                for m in self.models.values()]
+
+    def reject(self, protocol: str, request_id: str, error: ServingError, model: V2Model | None = None) -> None:
+        """Log and count a request refused before it reached a pipeline (once: a counted error is not)."""
+        if error.counted:
+            return
+        name = model.name if model is not None else ""
+        log.info("logid=%d protocol=%s id=%r model=%r %s: %s", logid_of(request_id), protocol, request_id[:200],
+                 name, error.kind.name, error.message)
+        self.core.reject(protocol, error.err_no, name)
+        error.counted = True

@@ -20,7 +20,7 @@ from resnest_serving.protocol.v2 import HEADER_LENGTH
 from resnest_serving.serving.doors.http_guard import ascii_int, load_json, off_loop_if_large, request_body
 from resnest_serving.serving.doors.statuses import json_error
 from resnest_serving.serving.errors import ErrorKind, ServingError, invalid
-from resnest_serving.serving.v2.model import V2Model
+from resnest_serving.serving.v2.model import MODEL_VERSION, V2Model, V2Models
 from resnest_serving.serving.v2.routes import Endpoint, match
 from resnest_serving.serving.v2.tensors import (
     MAX_REQUESTED_OUTPUTS,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "v2-http"
 JSON_ELEMENT_SLACK = 10_000  # JSON elements allowed beside the tensor data a full batch needs
 
-async def handle(model: V2Model, request: web.Request) -> web.StreamResponse:
+async def handle(models: V2Models, request: web.Request) -> web.StreamResponse:
     """Answer any `/v2` or `/v2/...` request by its route (serving.v2.routes)."""
     route, method = match(request.path), request.method
     if route is None:
@@ -49,12 +49,12 @@ async def handle(model: V2Model, request: web.Request) -> web.StreamResponse:
     endpoint = route.endpoint
     try:
         if endpoint is Endpoint.SERVER_METADATA:
-            return web.json_response(model.server_metadata())
+            return web.json_response(models.server_metadata())
         if endpoint is Endpoint.REPOSITORY_INDEX:
-            return web.json_response(model.repository_index())
+            return web.json_response(models.repository_index())
         if endpoint is Endpoint.INFER:
-            return await infer(model, request, route.name, route.version)
-        model.check(route.name, route.version, open_path=endpoint is Endpoint.MODEL_READY)
+            return await infer(models, request, route.name, route.version)
+        model = models.find(route.name, route.version, open_path=endpoint is Endpoint.MODEL_READY)
         if endpoint is Endpoint.MODEL_READY:
             ready = model.ready
             return web.json_response({"name": route.name, "ready": ready}, status=200 if ready else 503)
@@ -63,11 +63,12 @@ async def handle(model: V2Model, request: web.Request) -> web.StreamResponse:
         return json_error(exc)
 
 
-async def infer(model: V2Model, request: web.Request, name: str, version: str) -> web.Response:
-    """POST .../infer: JSON (and binary) body → pipeline → JSON (and binary) answer."""
+async def infer(models: V2Models, request: web.Request, name: str, version: str) -> web.Response:
+    """POST .../infer: JSON (and binary) body → the named model's pipeline → JSON (and binary) answer."""
     request_id = ""
+    model = None
     try:
-        model.check(name, version)
+        model = models.find(name, version)
         body = request_body(request)  # read, size-checked and inflated by serving.doors.http_guard
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         limit = model.max_batch * 3 * model.crop * model.crop + JSON_ELEMENT_SLACK  # a full FP32 batch as JSON
@@ -79,7 +80,7 @@ async def infer(model: V2Model, request: web.Request, name: str, version: str) -
         inputs, outputs, binary_output = _read_request(data, binary)
         result = await model.infer(inputs, outputs, request_id, PROTOCOL)
     except ServingError as exc:
-        model.reject(PROTOCOL, request_id, exc)
+        models.reject(PROTOCOL, request_id, exc, model)
         return json_error(exc)
     return _respond(model, result, request_id, binary_output)
 
@@ -172,7 +173,7 @@ def _respond(model: V2Model, result: list[Tensor], request_id: str, binary_outpu
         else:
             out["data"] = tensor.data.reshape(-1).tolist()
         outputs.append(out)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": "1"}
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": MODEL_VERSION}
     if request_id:
         answer["id"] = request_id
     answer["outputs"] = outputs

@@ -88,7 +88,7 @@ def test_plain_deployment_matches_the_server(plain, container_config):
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert container["resources"]["requests"]["cpu"], "an HPA on CPU utilisation needs a CPU request"
     cpus = float(container["resources"]["requests"]["cpu"])
-    assert container_config.op.local_service_conf.thread_num * container_config.op.concurrency <= cpus
+    assert container_config.op[0].local_service_conf.thread_num * container_config.op[0].concurrency <= cpus
 
 
 # The RayService fields this project uses (KubeRay ray.io/v1); unknown keys are refused at the levels we
@@ -220,5 +220,5 @@ def test_dockerfile_copies_what_exists_and_serves_the_config():
     assert extras and {"server", "export", "ray"} <= set(extras[1].split(",")), \
         "the image serves (server), exports the demo model at build time (export) and runs Ray pods (ray)"
     container = load_config(DEPLOY / "config.yml")
-    assert str(container.op.local_service_conf.model_config).startswith("/models/demo")
+    assert str(container.op[0].local_service_conf.model_config).startswith("/models/demo")
     assert container.host == "0.0.0.0"

@@ -52,7 +52,7 @@ def test_one_story_from_export_to_the_paddleclas_config():
 
     readme = (REPO_ROOT / "README.md").read_text()
     assert re.search(r"resnest export --arch ResNeSt50 .*--out ResNeSt50_serving\b", readme.replace("\\\n", ""))
-    model_config = load_config(CONFIG).op.local_service_conf.model_config
+    model_config = load_config(CONFIG).op[0].local_service_conf.model_config
     assert model_config == REPO_ROOT / "ResNeSt50_serving" / "serving_server"
     yaml_block = readme.split("([configs/paddleclas_config.yml](configs/paddleclas_config.yml))", 1)[1]
     assert re.search(r"model_config: (\S+)", yaml_block)[1] == "../ResNeSt50_serving/serving_server"

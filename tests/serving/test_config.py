@@ -86,7 +86,7 @@ def test_paddleclas_config_loads_with_only_model_config_changed(tmp_path: Path, 
     assert config.brpc_port is None and config.host == "127.0.0.1"
     assert config.service_name == "imagenet"
     assert config.dag.is_thread_op is False
-    op = config.op
+    op = config.op[0]
     assert op.name == "imagenet" and op.concurrency == 1
     lsc = op.local_service_conf
     assert lsc.model_config == model_dir  # relative to the config file's folder, absolute
@@ -105,9 +105,9 @@ def test_paddleclas_config_keeps_tipc_sed_line_numbers() -> None:
 
 def test_example_config_parses() -> None:
     config = load_config(EXAMPLE_YML)
-    assert config.op.name == "imagenet" and config.service_name == "imagenet"
-    assert config.op.local_service_conf.model_config == (REPO / "demo_out" / "bundle" / "serving_server").resolve()
-    assert config.op.local_service_conf.device == "cpu"
+    assert config.op[0].name == "imagenet" and config.service_name == "imagenet"
+    assert config.op[0].local_service_conf.model_config == (REPO / "demo_out" / "bundle" / "serving_server").resolve()
+    assert config.op[0].local_service_conf.device == "cpu"
     assert len({p for p in config.ports.values() if p}) == len(config.ports)
 
 
@@ -134,7 +134,7 @@ def test_defaults_filled(cpus) -> None:
     assert config.max_request_bytes == 64 * 1024 * 1024 and config.shutdown_grace_s == 10.0
     assert config.log_level == "INFO"
 
-    op = config.op
+    op = config.op[0]
     assert (op.concurrency, op.timeout, op.retry, op.batch_size, op.auto_batching_timeout) == (1, -1, 1, 1, -1)
     assert op.server_endpoints == () and op.fetch_list is None and op.client_config is None
     assert op.use_encryption_model is False and op.encryption_key is None
@@ -171,7 +171,7 @@ def test_values_read_and_derived(cpus) -> None:
         lsc={"device_type": 2, "devices": "0, 1", "precision": "FP16", "thread_num": 3, "fetch_list": ["b"]},
         rpc_port=9993, brpc_port=9994, service_name="classify", log_level="debug", shutdown_grace_s=2.5,
         dag={"tracer": {"interval_s": 10}, "enable_prometheus": True, "prometheus_port": 9995}))
-    op = config.op
+    op = config.op[0]
     assert op.timeout_s == 3.0 and op.auto_batching_timeout == 5
     assert op.topk == 5 and op.label_file == Path("/srv/conf/labels.txt") and op.engine == "onnxruntime"
     assert op.effective_fetch_list == ("b",)
@@ -185,9 +185,9 @@ def test_values_read_and_derived(cpus) -> None:
 
 
 def test_device_type_auto_from_devices() -> None:
-    assert parse(with_op(lsc={"devices": "1"})).op.local_service_conf.device == "gpu"
-    assert parse(with_op(lsc={"devices": ""})).op.local_service_conf.device == "cpu"
-    assert parse(with_op(lsc={"devices": 0})).op.local_service_conf.devices == (0,)  # unquoted YAML int
+    assert parse(with_op(lsc={"devices": "1"})).op[0].local_service_conf.device == "gpu"
+    assert parse(with_op(lsc={"devices": ""})).op[0].local_service_conf.device == "cpu"
+    assert parse(with_op(lsc={"devices": 0})).op[0].local_service_conf.devices == (0,)  # unquoted YAML int
 
 
 def test_to_dict_round_trips(cpus) -> None:
@@ -202,7 +202,7 @@ def test_dataclasses_are_frozen() -> None:
     config = parse(minimal())
     with pytest.raises(AttributeError):
         config.http_port = 1  # type: ignore[misc]
-    assert isinstance(config.op, OpConfig) and isinstance(config.op.local_service_conf, LocalServiceConf)
+    assert isinstance(config.op[0], OpConfig) and isinstance(config.op[0].local_service_conf, LocalServiceConf)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,12 +214,12 @@ def test_dataclasses_are_frozen() -> None:
 def test_thread_num_default_does_not_oversubscribe(cpus, cores, concurrency, workers, expected) -> None:
     cpus(cores)
     config = parse(with_op(op={"concurrency": concurrency}, worker_num=workers))
-    assert config.op.local_service_conf.thread_num == expected
+    assert config.op[0].local_service_conf.thread_num == expected
 
 
 def test_thread_num_given_is_kept(cpus) -> None:
     cpus(64)
-    assert parse(with_op(lsc={"thread_num": 2})).op.local_service_conf.thread_num == 2
+    assert parse(with_op(lsc={"thread_num": 2})).op[0].local_service_conf.thread_num == 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,8 +232,8 @@ def test_server_endpoints_in_either_place(where: str) -> None:
     op = {"server_endpoints": endpoints} if where in ("op", "both") else {}
     lsc = {"server_endpoints": endpoints} if where in ("lsc", "both") else {}
     config = parse(with_op(op=op, lsc=lsc))
-    assert config.op.server_endpoints == tuple(endpoints)
-    assert config.op.client_type == "brpc" and config.op.is_remote  # default with endpoints
+    assert config.op[0].server_endpoints == tuple(endpoints)
+    assert config.op[0].client_type == "brpc" and config.op[0].is_remote  # default with endpoints
 
 
 def test_server_endpoints_in_both_places_must_agree() -> None:
@@ -245,7 +245,7 @@ def test_server_endpoints_in_both_places_must_agree() -> None:
 
 def test_op_level_client_type_is_accepted() -> None:
     config = parse(with_op(op={"server_endpoints": ["h:1"], "client_type": "brpc"}))
-    assert config.op.client_type == "brpc"
+    assert config.op[0].client_type == "brpc"
 
 
 def test_bad_endpoint() -> None:
@@ -350,7 +350,7 @@ def test_gpu_device_type_needs_devices(device_type: int) -> None:
 
 
 def test_precision_is_case_insensitive() -> None:
-    assert parse(with_op(lsc={"precision": "BF16", "use_mkldnn": True})).op.local_service_conf.precision == "bf16"
+    assert parse(with_op(lsc={"precision": "BF16", "use_mkldnn": True})).op[0].local_service_conf.precision == "bf16"
 
 
 def test_queue_must_hold_a_full_request() -> None:
@@ -470,12 +470,32 @@ def test_missing_local_service_conf() -> None:
     assert f"{LSC}.model_config: not set" in error_of(data)
 
 
-def test_exactly_one_op() -> None:
+def test_several_ops_are_several_models(caplog) -> None:
     assert "op: not set" in error_of({"http_port": 18080})
     two = minimal()
     two["op"]["other"] = copy.deepcopy(two["op"]["imagenet"])
-    message = error_of(two)
-    assert "got 2 ops" in message and "'imagenet'" in message and "'other'" in message
+    two["op"]["other"]["batch_size"] = 4
+    config = parse(two)
+    assert [op.name for op in config.op] == ["imagenet", "other"]
+    assert list(config.models) == ["imagenet", "other"] and config.models["other"].batch_size == 4
+    assert config.op[0].batch_size != 4  # each op its own settings
+    assert parse_config(to_dict(config), Path(".")).models.keys() == config.models.keys()
+    with pytest.raises(ConfigError, match=r"\[CONF\] op: got 2 ops \('imagenet', 'other'\); Ray"):
+        config.only_op("Ray")
+    assert parse(minimal()).only_op("Ray").name == "imagenet"
+    message = error_of({**two, "service_name": "x"})
+    assert "service_name: got 'x'" in message and "each op's name is its model's name" in message
+    cased = minimal()
+    cased["op"]["IMAGENET"] = copy.deepcopy(cased["op"]["imagenet"])
+    with caplog.at_level(logging.WARNING):
+        assert list(parse(cased).models) == ["imagenet", "IMAGENET"]
+    assert "differ only in case" in caplog.text
+
+
+def test_bad_op_among_several_is_named() -> None:
+    two = minimal()
+    two["op"]["other"] = {"concurrency": "2", "local_service_conf": {"model_config": "m"}}
+    assert "op.other.concurrency" in error_of(two)
 
 
 def test_bad_names() -> None:
@@ -541,10 +561,10 @@ def test_model_config_relative_to_config_dir(tmp_path: Path, monkeypatch: pytest
     path = write(sub, yaml.safe_dump(with_op(lsc={"model_config": "../models/m"}, op={"label_file": "l.txt"})))
     monkeypatch.chdir(tmp_path.parent)
     config = load_config(path)
-    assert config.op.local_service_conf.model_config == tmp_path / "models" / "m"
-    assert config.op.label_file == sub / "l.txt"
+    assert config.op[0].local_service_conf.model_config == tmp_path / "models" / "m"
+    assert config.op[0].label_file == sub / "l.txt"
     absolute = with_op(lsc={"model_config": str(tmp_path / "abs")})
-    assert parse_config(absolute, sub).op.local_service_conf.model_config == tmp_path / "abs"
+    assert parse_config(absolute, sub).op[0].local_service_conf.model_config == tmp_path / "abs"
 
 
 def test_check_paths(tmp_path: Path) -> None:
@@ -604,7 +624,7 @@ def test_paddle_switches_from_config_reach_paddle(tiny_model_dir: Path, cpus) ->
     bundle = ModelBundle.load(tiny_model_dir)
 
     def summary(lsc: dict[str, Any]) -> str:
-        options = engine_options(parse(with_op(lsc=lsc)))
+        options = engine_options(parse(with_op(lsc=lsc)).op[0])
         return paddle_config(bundle.model_file, bundle.params_file, options).summary()
 
     def option(text: str, name: str) -> str:
@@ -618,7 +638,7 @@ def test_paddle_switches_from_config_reach_paddle(tiny_model_dir: Path, cpus) ->
     assert option(summary({"mkldnn_cache_capacity": 7}), "mkldnn_cache_capacity") == "7"
 
     def gpu_calls(**lsc: Any) -> dict[str, tuple]:
-        return dict(config_calls(engine_options(parse(with_op(lsc={"devices": "0", **lsc})))))
+        return dict(config_calls(engine_options(parse(with_op(lsc={"devices": "0", **lsc})).op[0])))
 
     for mem_optim in (True, False):
         assert option(summary({"mem_optim": mem_optim}), "memory_optim") == "false"
@@ -637,8 +657,8 @@ def test_overrides(tmp_path: Path) -> None:
                                 "op.imagenet.local_service_conf.devices": None,
                                 "op.imagenet.local_service_conf.device_type": 0})
     assert config.ports == {"rpc_port": 0, "http_port": 0, "brpc_port": 0}
-    assert config.op.concurrency == 2
-    lsc = config.op.local_service_conf
+    assert config.op[0].concurrency == 2
+    lsc = config.op[0].local_service_conf
     assert lsc.device == "cpu" and lsc.devices == () and lsc.fetch_list == ("prediction",)
     assert lsc.model_config == tmp_path.parent / "ResNeSt50_serving" / "serving_server"  # relative to the file
 

@@ -197,5 +197,5 @@ def test_metrics_count_v2_grpc(server, stub, jpegs):
     text = requests.get(server.url("/metrics"), timeout=10).text
     for err_no in ("0", "5000"):
         line = [s for s in text.splitlines()
-                if s.startswith(f'resnest_requests_total{{err_no="{err_no}",protocol="v2-grpc"}}')]
+                if s.startswith(f'resnest_requests_total{{err_no="{err_no}",model="imagenet",protocol="v2-grpc"}}')]
         assert line and float(line[0].split()[-1]) >= 1, err_no

@@ -256,8 +256,8 @@ def test_metrics_count_v2_http(server, jpeg):
     assert_serves(server, jpeg)
     requests.post(infer_url(server), data=b"{", timeout=10)
     text = requests.get(server.url("/metrics"), timeout=10).text
-    ok = [line for line in text.splitlines() if line.startswith('resnest_requests_total{err_no="0",protocol="v2-http"}')]
+    ok = [line for line in text.splitlines() if line.startswith('resnest_requests_total{err_no="0",model="imagenet",protocol="v2-http"}')]
     bad = [line for line in text.splitlines()
-           if line.startswith('resnest_requests_total{err_no="5000",protocol="v2-http"}')]
+           if line.startswith('resnest_requests_total{err_no="5000",model="imagenet",protocol="v2-http"}')]
     assert ok and float(ok[0].split()[-1]) >= 1
     assert bad and float(bad[0].split()[-1]) >= 1
