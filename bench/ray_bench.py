@@ -36,9 +36,10 @@ POINTS = [("grpc", 1), ("grpc", 8), ("http", 8)]
 def batch_mean(url: str) -> tuple[float, float]:
     """(sum, count) of resnest_batch_images from a /metrics page."""
     text = requests.get(url, timeout=10).text
-    values = {name: float(value) for name, value in re.findall(r"^(resnest_batch_images_(?:sum|count)) (\S+)$",
-                                                                text, flags=re.M)}
-    return values.get("resnest_batch_images_sum", 0.0), values.get("resnest_batch_images_count", 0.0)
+    values = {"resnest_batch_images_sum": 0.0, "resnest_batch_images_count": 0.0}  # summed over models
+    for name, value in re.findall(r"^(resnest_batch_images_(?:sum|count))(?:\{[^}]*\})? (\S+)$", text, flags=re.M):
+        values[name] += float(value)
+    return values["resnest_batch_images_sum"], values["resnest_batch_images_count"]
 
 
 def measure(server: ServerProcess, images: list[Path], duration: float, batch_known: bool) -> list[dict]:

@@ -55,7 +55,7 @@ def wait_batches(server, count: int, timeout: float = 20.0) -> list[tuple[int, i
 def batches_of_four(server) -> float:
     """Engine batches of 3 or 4 images so far, from the resnest_batch_images histogram."""
     text = requests.get(server.url("/metrics"), timeout=10).text
-    bucket = {le: float(v) for le, v in re.findall(r'resnest_batch_images_bucket\{le="([\d.]+)"\} ([\d.]+)', text)}
+    bucket = {le: float(v) for le, v in re.findall(r'resnest_batch_images_bucket\{le="([\d.]+)",model="imagenet"\} ([\d.]+)', text)}
     return bucket["4.0"] - bucket["2.0"]
 
 

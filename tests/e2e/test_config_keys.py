@@ -242,7 +242,7 @@ def test_full_queue_gives_6000_on_every_protocol(server_factory, image_paths, va
 
     def wait_preprocessed(count: int, threads: list[threading.Thread]) -> None:
         deadline = time.monotonic() + 120
-        while f'resnest_stage_seconds_count{{stage="preprocess"}} {count}.0' not in requests.get(
+        while f'resnest_stage_seconds_count{{model="imagenet",stage="preprocess"}} {count}.0' not in requests.get(
                 server.url("/metrics"), timeout=10).text:
             assert time.monotonic() < deadline and all(t.is_alive() for t in threads)
             time.sleep(0.02)

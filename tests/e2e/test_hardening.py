@@ -193,7 +193,7 @@ def test_sigterm_answers_everything_within_grace(server_factory, image_paths, va
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 120
-    while 'resnest_stage_seconds_count{stage="preprocess"} 3.0' not in requests.get(server.url("/metrics"),
+    while 'resnest_stage_seconds_count{model="imagenet",stage="preprocess"} 3.0' not in requests.get(server.url("/metrics"),
                                                                                     timeout=10).text:
         assert time.monotonic() < deadline and all(t.is_alive() for t in threads)
         time.sleep(0.02)

@@ -168,8 +168,8 @@ def test_bad_input_gets_codes_and_server_keeps_serving(server_factory, image_pat
     assert ok.err_no == 0
     assert server.proc.poll() is None
     metrics = requests.get(server.url("/metrics"), timeout=10).text
-    assert 'resnest_requests_total{err_no="5000",protocol="grpc"}' in metrics
-    assert 'resnest_requests_total{err_no="5000",protocol="brpc"}' in metrics
+    assert 'resnest_requests_total{err_no="5000",model="imagenet",protocol="grpc"}' in metrics
+    assert 'resnest_requests_total{err_no="5000",model="imagenet",protocol="brpc"}' in metrics
 
 
 def test_startup_log_sigterm_finishes_in_flight(server_factory, image_paths, tiny_model_dir, variant_dirs):
@@ -188,7 +188,7 @@ def test_startup_log_sigterm_finishes_in_flight(server_factory, image_paths, tin
 
     thread = threading.Thread(target=slow_call)
     thread.start()
-    while 'resnest_stage_seconds_count{stage="preprocess"} 1.0' not in requests.get(server.url("/metrics"),
+    while 'resnest_stage_seconds_count{model="imagenet",stage="preprocess"} 1.0' not in requests.get(server.url("/metrics"),
                                                                                     timeout=10).text:
         assert thread.is_alive(), "the request finished before SIGTERM could be sent"
         time.sleep(0.01)
