@@ -492,6 +492,18 @@ def test_several_ops_are_several_models(caplog) -> None:
     assert "differ only in case" in caplog.text
 
 
+def test_ray_and_model_server_refuse_several_ops() -> None:
+    from resnest_serving.serving.ray.app import check_ray_config
+    from resnest_serving.serving.split.model_server import check_model_server_config
+
+    two = minimal(brpc_port=9393)
+    two["op"]["other"] = copy.deepcopy(two["op"]["imagenet"])
+    with pytest.raises(ConfigError, match=r"\[CONF\] op: got 2 ops \('imagenet', 'other'\); Ray Serve"):
+        check_ray_config(parse(two))
+    with pytest.raises(ConfigError, match=r"\[CONF\] op: got 2 ops .*; a model server .* serves exactly one"):
+        check_model_server_config(parse(two))
+
+
 def test_bad_op_among_several_is_named() -> None:
     two = minimal()
     two["op"]["other"] = {"concurrency": "2", "local_service_conf": {"model_config": "m"}}
