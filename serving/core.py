@@ -4,6 +4,7 @@ protobuf Request/Response; REST carries their JSON mapping."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,22 @@ from resnest_serving.serving.config.schema import OpConfig
 from resnest_serving.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_MODEL: contextvars.ContextVar[str] = contextvars.ContextVar("served_model", default="")
+
+
+class _ModelInLogLines(logging.Filter):
+    """Prefixes the pipeline's per-request log lines with `model=NAME`: the model a request was routed to
+    (set by ServingCore.infer for the request's task and the tasks it starts)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = _MODEL.get()
+        if name and isinstance(record.msg, str):
+            record.msg = f"model={name} {record.msg}"  # names are [A-Za-z0-9_.-]: no % to escape
+        return True
+
+
+logging.getLogger(Pipeline.__module__).addFilter(_ModelInLogLines())
 
 
 
@@ -91,7 +108,11 @@ class ServingCore:
             log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, exc.code, exc.message)
             self.reject(request.protocol, int(exc.code))
             return Response.from_error(exc)
-        response = await model.pipeline.infer(request)
+        token = _MODEL.set(model.name)
+        try:
+            response = await model.pipeline.infer(request)
+        finally:
+            _MODEL.reset(token)
         self.metrics.request_done(request.protocol, response.err_no, time.perf_counter() - started, model.name)
         return response
 

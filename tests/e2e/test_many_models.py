@@ -148,7 +148,10 @@ def test_unknown_or_missing_names_on_every_door(servers, jpeg):
         with pytest.raises(grpc.RpcError) as info:
             v2_grpc_infer(both, jpeg, name, version)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    bad = grpc_answer(both, pb.Request(key=["image"], value=["@@"], name="other", logid=99))
+    assert bad.err_no == 5000
     assert grpc_answer(both, paddle_request(jpeg, "other")).err_no == 0  # still serving
+    assert "model=other logid=99 protocol=grpc err_no=5000" in both.log  # per-request lines name the model
 
 
 def test_ready_metadata_and_metrics_cover_both_models(servers, jpeg):
