@@ -156,7 +156,7 @@ def test_protected_paths_check_token_before_reading(server, model_server):
         assert peak_rss(pid) - rss < 40 * MIB, (pid, (peak_rss(pid) - rss) / MIB)
     after_text = requests.get(metrics, headers=AUTH, timeout=10).text
     for protocol in ("http", "v2-http"):
-        line = f'resnest_requests_total{{err_no="5000",protocol="{protocol}"}}'
+        line = f'resnest_requests_total{{err_no="5000",model="imagenet",protocol="{protocol}"}}'
         assert metric(after_text, line) == metric(before_text, line), protocol
     refused = 'resnest_refused_requests_total{protocol="http",status="401"}'
     assert metric(after_text, refused) - metric(before_text, refused) >= 8
