@@ -189,8 +189,8 @@ class Server:
                 self.core, config.host, config.dag.prometheus_port, door, self.reuse_port, metrics_only=True,
                 shutdown_timeout_s=grace)
         listening = " ".join(f"{k}={config.host}:{v}" for k, v in self.ports.items())
-        log.info("service %r listening %s (pid %d), models %s", config.service_name, listening, os.getpid(),
-                 ", ".join(repr(name) for name in self.core.models))
+        log.info("service %r listening %s, models %s (pid %d)", config.service_name, listening,
+                 ", ".join(repr(name) for name in self.core.models), os.getpid())
         log.info("%s", door_security_line(list(self.ports), config.tls, door.tokens))
         self._tracer = Tracer(self.metrics, config.dag.tracer.interval_s) if config.dag.tracer.interval_s >= 1 else None
         if self._tracer is not None:
