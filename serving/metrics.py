@@ -61,10 +61,21 @@ class Metrics(StageObserver):
                                         "authentication (401, and 405/413 on the open health paths), by "
                                         "protocol and HTTP status; not counted in resnest_requests",
                                         ["protocol", "status"], registry=self.registry)
+        self.cache_hits = Counter("resnest_response_cache_hits", "Images answered from the response cache, by "
+                                  "model", ["model"], registry=self.registry)
+        self.cache_misses = Counter("resnest_response_cache_misses", "Images looked up in the response cache and "
+                                    "not found, by model", ["model"], registry=self.registry)
+        self.cache_bytes = Gauge("resnest_response_cache_bytes", "Bytes held by the response cache, by model",
+                                 ["model"], registry=self.registry)
         self.window = Window()  # since the tracer's last line: fixed size, whatever the traffic
 
     def stage(self, name: str, seconds: float) -> None:
         self.stage_seconds.labels(name).observe(seconds)
+
+    def response_cache(self, model: str, hits: int, misses: int, used_bytes: int) -> None:
+        self.cache_hits.labels(model).inc(hits)
+        self.cache_misses.labels(model).inc(misses)
+        self.cache_bytes.labels(model).set(used_bytes)
 
     def batch_done(self, images: int, requests: int, queue_wait_s: float, infer_s: float) -> None:
         self.batch_images.observe(images)

@@ -65,7 +65,7 @@ def pipeline_settings(config: ServerConfig) -> PipelineSettings:
                             jpeg_dct_scaling=op.jpeg_dct_scaling,
                             max_queue_images=op.max_queue_images,
                             preprocess_threads=max(1, min(4, os.cpu_count() or 1)), retry=config.dag.retry,
-                            log_profile=config.dag.use_profile)
+                            log_profile=config.dag.use_profile, response_cache_mb=op.response_cache_mb)
 
 
 def load_bundle(config: ServerConfig) -> ModelBundle:
