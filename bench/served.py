@@ -4,6 +4,8 @@
 2. the server (a real `resnest serve` child process) over gRPC at concurrency 1 and 4, REST and bRPC at 4;
 3. `GET /health/live` latency while a 32-image request is being classified (the event loop must not wait
    for the engine);
+4. for the first config, one image sent again and again over gRPC: to that server (cache off: every request
+   a miss) and to a second one with `response_cache_mb` (every request after the first a hit);
 and prints images/s (median and min–max over --repeats), × bound, latency, × the same server running Paddle
 Inference fp32 (what Paddle Serving 0.9's pipeline runs in its best configuration), and the CPU each request
 cost in the server's processes: the front door (protocols, preprocessing, batching) and the engine workers.
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 POINTS = [("grpc", 1), ("grpc", 4), ("http", 4), ("brpc", 4)]
 BASELINE = "paddle:fp32"
+CACHE_POINT = ("grpc", 1)  # the response cache's miss and hit rows: one image, one client
 
 
 def measure_preprocess(bundle: ModelBundle, images: list[bytes], rounds: int = 20) -> float:
@@ -115,40 +118,61 @@ def flame_graph(pid: int, folder: Path, name: str, seconds: float) -> subprocess
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, images: list[bytes],
-               image_dir: Path, workdir: Path) -> dict:
+def measure_point(server, protocol: str, concurrency: int, image_paths: list[Path], args: argparse.Namespace,
+                  name: str) -> dict:
+    """One load point against a running server: the bench summary plus the server's CPU per request."""
     from resnest_serving.client.bench import BenchConfig, run_repeats
+
+    bench = BenchConfig(protocol=protocol, endpoint=f"127.0.0.1:{server.ports[protocol]}", images=image_paths,
+                        concurrency=concurrency, duration=args.seconds, warmup=4, metrics_url=server.url("/metrics"))
+    before = process_tree_cpu(server.proc.pid)
+    profiler = flame_graph(server.proc.pid, args.flamegraph, name, args.seconds * args.repeats) \
+        if args.flamegraph else None
+    run = asyncio.run(run_repeats(bench, args.repeats))
+    after = process_tree_cpu(server.proc.pid)
+    if profiler is not None:
+        profiler.wait(60)
+    requests_done = sum(len(r.samples) for r in run.reports) + bench.warmup
+    summary = run.median_report.summary()
+    summary["figures"] = run.figures()
+    summary["cpu_ms_per_request"] = {k: 1000 * (after[k] - before[k]) / max(1, requests_done) for k in after}
+    log.info("%s: %.2f images/s, CPU/request %s", name, summary["images_per_s"],
+             ", ".join(f"{k} {v:.2f} ms" for k, v in summary["cpu_ms_per_request"].items()))
+    return summary
+
+
+def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, images: list[bytes],
+               image_dir: Path, workdir: Path, cache_rows: bool = False) -> dict:
     from resnest_serving.serving.launcher import ServerProcess, write_config
 
     workdir.mkdir(parents=True, exist_ok=True)
     op = {"batch_size": args.batch_size, "auto_batching_timeout": args.batch_timeout_ms, "engine": engine}
-    config = write_config(workdir / f"bench_{engine}_{precision}.yml", model_dir, op=op,
-                          lsc={"thread_num": args.threads, "precision": precision})
-    server = ServerProcess(config, timeout=300)
+
+    def start(name: str, **extra) -> ServerProcess:
+        config = write_config(workdir / f"bench_{engine}_{precision}{name}.yml", model_dir, op={**op, **extra},
+                              lsc={"thread_num": args.threads, "precision": precision})
+        return ServerProcess(config, timeout=300)
+
+    one_image = sorted(image_dir.iterdir())[:1]
+    server = start("")
     results: dict = {"engine": server.info["engine"]}
     try:
         for protocol, concurrency in POINTS:
-            bench = BenchConfig(protocol=protocol, endpoint=f"127.0.0.1:{server.ports[protocol]}",
-                                images=sorted(image_dir.iterdir()), concurrency=concurrency,
-                                duration=args.seconds, warmup=4, metrics_url=server.url("/metrics"))
-            before = process_tree_cpu(server.proc.pid)
-            profiler = flame_graph(server.proc.pid, args.flamegraph, f"{engine}_{precision}_{protocol}_c{concurrency}",
-                                   args.seconds * args.repeats) if args.flamegraph else None
-            run = asyncio.run(run_repeats(bench, args.repeats))
-            after = process_tree_cpu(server.proc.pid)
-            if profiler is not None:
-                profiler.wait(60)
-            requests_done = sum(len(r.samples) for r in run.reports) + bench.warmup
-            summary = run.median_report.summary()
-            summary["figures"] = run.figures()
-            summary["cpu_ms_per_request"] = {k: 1000 * (after[k] - before[k]) / max(1, requests_done) for k in after}
-            results[(protocol, concurrency)] = summary
-            log.info("%s:%s %s c=%d: %.2f images/s, CPU/request %s", engine, precision, protocol, concurrency,
-                     summary["images_per_s"],
-                     ", ".join(f"{k} {v:.2f} ms" for k, v in summary["cpu_ms_per_request"].items()))
+            results[(protocol, concurrency)] = measure_point(server, protocol, concurrency, sorted(image_dir.iterdir()),
+                                                             args, f"{engine}_{precision}_{protocol}_c{concurrency}")
+        if cache_rows:
+            results[(f"{CACHE_POINT[0]}, 1 image, cache off", CACHE_POINT[1])] = measure_point(
+                server, *CACHE_POINT, one_image, args, f"{engine}_{precision}_cache_miss")
         results["health"] = health_during_big_request(server, images)
     finally:
         server.stop()
+    if cache_rows:
+        server = start("_cache", response_cache_mb=args.cache_mb)
+        try:
+            results[(f"{CACHE_POINT[0]}, 1 image, cache hit", CACHE_POINT[1])] = measure_point(
+                server, *CACHE_POINT, one_image, args, f"{engine}_{precision}_cache_hit")
+        finally:
+            server.stop()
     return results
 
 
@@ -167,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every figure and the machine fingerprint here")
     parser.add_argument("--flamegraph", type=Path, metavar="DIR",
                         help="record a py-spy flame graph of the front door at every point into DIR (pip install py-spy)")
+    parser.add_argument("--cache-mb", type=float, default=16.0,
+                        help="response_cache_mb of the cache-hit row's server (first config only); 0 skips the rows")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -194,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         engine_s = min(ms / int(bs) for bs, ms in raw["ms"].items()) / 1000
         bounds[spec] = 1.0 / (pre_s + engine_s)
-        served = run_served(model_dir, engine, precision or "fp32", args, images, image_dir, args.out)
+        served = run_served(model_dir, engine, precision or "fp32", args, images, image_dir, args.out,
+                            cache_rows=not rows and args.cache_mb > 0)
         health[spec] = (served.pop("engine"), served.pop("health"))
         rows[spec] = served
 

@@ -301,7 +301,7 @@ async def _warmup(load: _Load, count: int) -> int:
 
 def _client(config: BenchConfig) -> AsyncClassifier:
     return connect_async(config.protocol, config.endpoint, service_name=config.service_name,
-                         timeout=config.timeout, credentials=config.credentials)
+                         model_version=config.model_version, timeout=config.timeout, credentials=config.credentials)
 
 
 async def run_bench(config: BenchConfig) -> BenchReport:

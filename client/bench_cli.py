@@ -20,7 +20,7 @@ from resnest_serving.client.bench import (
 from resnest_serving.client.bench_results import ARRIVALS
 from resnest_serving.client.compare import compare_reports, format_spread
 from resnest_serving.client.credentials import add_credential_arguments, credentials_from_arguments
-from resnest_serving.client.factory import PROTOCOLS
+from resnest_serving.client.factory import PROTOCOLS, add_model_arguments
 from resnest_serving.client.images import list_images
 from resnest_serving.client.predict_cli import default_endpoint
 from resnest_serving.client.report import format_report, format_sweep, plot_report, plot_sweep, write_json
@@ -98,7 +98,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--endpoint", metavar="HOST:PORT",
                    help="server address (default 127.0.0.1 with configs/config.yml's port: grpc and v2-grpc 9993, "
                         "http and v2-http 18080, brpc 9994)")
-    p.add_argument("--service-name", default="imagenet", help="pipeline service name (default imagenet)")
+    add_model_arguments(p)
     p.add_argument("--concurrency", type=_levels, default=[1], metavar="N[,N...]",
                    help="requests in flight (closed loop) or in-flight cap (open loop); a list such as "
                         "1,2,4,8,16 runs a sweep and reports the knee (default 1)")
@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     credentials = credentials_from_arguments(args)
     config = BenchConfig(
         protocol=args.protocol, endpoint=endpoint, images=bench_images(folder), service_name=args.service_name,
+        model_version=args.model_version,
         concurrency=args.concurrency[0], rate=args.rate[0] if args.rate else None, arrivals=args.arrivals,
         latency_bound_ms=args.latency_bound_ms, duration=args.duration, requests=args.requests,
         images_per_request=args.images_per_request, warmup=args.warmup, timeout=args.timeout,

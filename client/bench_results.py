@@ -44,6 +44,7 @@ class BenchConfig:
     endpoint: str
     images: list[Path]
     service_name: str = "imagenet"
+    model_version: str = ""  # Open Inference Protocol only: one version of the model ("" = the server's choice)
     concurrency: int = 1
     rate: float | None = None
     arrivals: str = "poisson"

@@ -1,5 +1,5 @@
 """`resnest predict`: classify image files with a running server over gRPC, REST, bRPC or the Open Inference
-Protocol; or, with `--model`, in this process through a classifier the root CLI hands in (the client shares only
+Protocol; or, with `--model-dir`, in this process through a classifier the root CLI hands in (the client shares only
 `protocol/` with the server side, so it never imports the pipeline itself)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from resnest_serving.client.credentials import add_credential_arguments, credentials_from_arguments
 from resnest_serving.client.errors import ClientError
-from resnest_serving.client.factory import PROTOCOLS, connect
+from resnest_serving.client.factory import PROTOCOLS, add_model_arguments, connect
 from resnest_serving.client.images import list_images, shrink_image
 from resnest_serving.client.text_table import text_table
 
@@ -31,7 +31,7 @@ def default_endpoint(protocol: str) -> str:
 
 
 def add_parser(subparsers, in_process: InProcess | None = None) -> None:
-    """The `predict` subcommand; with `in_process` it also offers `--model DIR` and `--topk`."""
+    """The `predict` subcommand; with `in_process` it also offers `--model-dir DIR` and `--topk`."""
     p = subparsers.add_parser(
         "predict", help="classify images with a running server (gRPC, REST, bRPC or Open Inference Protocol)",
         description="Send images to a running server and print the top-1 (and top-k when the server "
@@ -43,7 +43,7 @@ def add_parser(subparsers, in_process: InProcess | None = None) -> None:
     p.add_argument("--endpoint", metavar="HOST:PORT",
                    help="server address (default 127.0.0.1 with configs/config.yml's port for the protocol: "
                         "grpc and v2-grpc 9993, http and v2-http 18080, brpc 9994)")
-    p.add_argument("--service-name", default="imagenet", help="pipeline service name (default imagenet)")
+    add_model_arguments(p)
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
     p.add_argument("--batch", type=int, default=1, metavar="N", help="images per request (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -53,10 +53,10 @@ def add_parser(subparsers, in_process: InProcess | None = None) -> None:
                         "within the tolerance README \"Big photos\" records")
     add_credential_arguments(p)
     if in_process is not None:
-        p.add_argument("--model", type=Path, metavar="DIR",
+        p.add_argument("--model-dir", type=Path, metavar="DIR",
                        help="classify in-process with this exported serving_server dir instead of calling a "
                             "server (needs the server extra)")
-        p.add_argument("--topk", type=int, default=5, help="classes per image with --model (default 5)")
+        p.add_argument("--topk", type=int, default=5, help="classes per image with --model-dir (default 5)")
     p.set_defaults(func=functools.partial(run, in_process=in_process))
 
 
@@ -80,13 +80,13 @@ def run(args: argparse.Namespace, in_process: InProcess | None = None) -> int:
     if args.client_resize is not None and args.client_resize < 1:
         raise ValueError(f"--client-resize must be >= 1, got {args.client_resize}")
     images = _expand(args.images)
-    if in_process is not None and args.model is not None:
-        return _print(args, in_process(args.model, images, args.topk), failed=0)
+    if in_process is not None and args.model_dir is not None:
+        return _print(args, in_process(args.model_dir, images, args.topk), failed=0)
     endpoint = args.endpoint or default_endpoint(args.protocol)
     rows: list[dict] = []
     failed = 0
-    with connect(args.protocol, endpoint, service_name=args.service_name, timeout=args.timeout,
-                 credentials=credentials_from_arguments(args)) as client:
+    with connect(args.protocol, endpoint, service_name=args.service_name, model_version=args.model_version,
+                 timeout=args.timeout, credentials=credentials_from_arguments(args)) as client:
         for i in range(0, len(images), args.batch):
             chunk = images[i:i + args.batch]
             try:

@@ -101,7 +101,8 @@ class _V2Http:
 
     def _v2_setup(self, topk: int) -> None:
         self.topk = topk
-        self.path = f"/v2/models/{quote(self.service_name, safe='')}/infer"
+        version = f"/versions/{quote(self.model_version, safe='')}" if self.model_version else ""
+        self.path = f"/v2/models/{quote(self.service_name, safe='')}{version}/infer"
         self.url = f"{self.credentials.scheme}://{join_host_port(self.host, self.port)}{self.path}"
 
     def _body(self, images: list[bytes], k: int) -> tuple[bytes, dict[str, str]]:
@@ -139,8 +140,9 @@ class _V2Http:
 class V2HttpClassifier(_V2Http, HttpClassifier):
     """Blocking Open Inference Protocol REST client (keep-alive pool, binary tensors)."""
 
-    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
+        self.model_version = model_version
         self._v2_setup(topk)
 
     def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
@@ -162,8 +164,9 @@ class V2HttpClassifier(_V2Http, HttpClassifier):
 class AsyncV2HttpClassifier(_V2Http, AsyncHttpClassifier):
     """asyncio Open Inference Protocol REST client (aiohttp)."""
 
-    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
+        self.model_version = model_version
         self._v2_setup(topk)
 
     async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
@@ -191,7 +194,7 @@ class _V2Grpc:
         if k:
             output.parameters["classification"].int64_param = k
         return pb.ModelInferRequest(
-            model_name=self.service_name, outputs=[output], raw_input_contents=[encode_bytes(images)],
+            model_name=self.service_name, model_version=self.model_version, outputs=[output], raw_input_contents=[encode_bytes(images)],
             inputs=[pb.ModelInferRequest.InferInputTensor(name=IMAGE_INPUT, datatype="BYTES",
                                                           shape=[len(images), 1])])
 
@@ -212,8 +215,9 @@ class _V2Grpc:
 class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
     """Blocking Open Inference Protocol gRPC client."""
 
-    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
+        self.model_version = model_version
         self.topk = topk
         self._v2 = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
@@ -241,8 +245,9 @@ class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
 class AsyncV2GrpcClassifier(_V2Grpc, AsyncGrpcClassifier):
     """asyncio Open Inference Protocol gRPC client (grpc.aio)."""
 
-    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, **kwargs: Any) -> None:
+    def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
+        self.model_version = model_version
         self.topk = topk
         self._v2: pb_grpc.GRPCInferenceServiceStub | None = None
 

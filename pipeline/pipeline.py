@@ -4,7 +4,11 @@ Response. Every protocol adapter calls `Pipeline.infer`; one Pipeline object ser
 What reaches the engine (`pipeline.pixels`): images as their cropped uint8 pixels when the engines take them
 (local engines, which normalize inside their graph), otherwise as float32 tensors normalized here in the
 preprocessing threads (the remote engine, whose wire carries FP32: this is the one place that converts for
-it); a preprocessed FP32 tensor request (Open Inference Protocol) goes through as float32 tensors."""
+it); a preprocessed FP32 tensor request (Open Inference Protocol) goes through as float32 tensors.
+
+With `response_cache_mb` > 0, every image is first looked up in the response cache (pipeline.response_cache):
+cached images skip decoding and the engine, only the others are preprocessed and batched, and their rows are
+stored once the engine has answered. Tensor requests bypass it."""
 
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, Queu
 from resnest_serving.pipeline.engines.base import Engine, EngineError, takes_pixels
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.postprocess import Postprocessor
-from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec, b64decode_image
+from resnest_serving.pipeline.response_cache import ResponseCache
 from resnest_serving.pipeline.types import Request, Response
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.wire import PROFILE_KEY
 
 log = logging.getLogger(__name__)
 
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class PipelineSettings:
     preprocess_threads: int
     retry: int  # attempts for a request that timed out (err_no 6000), as Paddle Serving's dag.retry
     log_profile: bool  # one log line per request with its stage timings (dag.use_profile)
+    response_cache_mb: float  # > 0: the response cache's size limit in MiB; 0: no cache
 
 
 class StageObserver(BatchObserver):
@@ -53,14 +60,20 @@ class StageObserver(BatchObserver):
 
     def stage(self, name: str, seconds: float) -> None: ...
 
+    def response_cache(self, model: str, hits: int, misses: int, used_bytes: int) -> None:
+        """One request's cache lookups (hits, misses) and the cache's bytes in use after it."""
+
 
 class Pipeline:
     """Serves one model. Create, `await start()`, call `infer` from any protocol, `await stop()`."""
 
     def __init__(self, bundle: ModelBundle, engines: list[Engine], settings: PipelineSettings,
-                 observer: StageObserver | None = None):
+                 observer: StageObserver | None = None, version: str = "1"):
         self.bundle = bundle
         self.settings = settings
+        self.version = version  # part of every cache key; a new version gets a new Pipeline, so a new cache
+        self.cache = (ResponseCache(int(settings.response_cache_mb * MIB)) if settings.response_cache_mb > 0
+                      else None)
         self.observer = observer or StageObserver()
         meta = bundle.meta
         self.preprocess = Preprocessor(PreprocessSpec(meta.resize_short, meta.crop_size, meta.mean, meta.std,
@@ -162,12 +175,48 @@ class Pipeline:
         profile = {}
 
         t0 = time.perf_counter()
+        cached: list[np.ndarray | None] = [None] * len(images)
+        keys: list[bytes | None] = [None] * len(images)
+        caching = self.cache is not None and request.tensor is None
+        if caching:
+            images, keys, cached = self._look_up(images)
+        misses = [i for i, row in enumerate(cached) if row is None]
+        if caching:
+            self.observer.response_cache(self.settings.service_name, len(images) - len(misses), len(misses),
+                                         self.cache.used_bytes)
+        fresh = None
+        if misses:
+            fresh = await self._run_engine([images[i] for i in misses], request.tensor, profile, t0)
+        else:
+            profile["preprocess"] = profile["inference"] = 0.0  # every image from the cache
+        if caching:
+            for j, i in enumerate(misses):
+                if keys[i] is not None:
+                    self.cache.put(keys[i], fresh[j])
+            self.observer.response_cache(self.settings.service_name, 0, 0, self.cache.used_bytes)
+            profile_marker = f"cache:{len(images) - len(misses)}/{len(images)} "
+        else:
+            profile_marker = ""
+        probs = fresh if len(misses) == len(images) else self._merge(cached, misses, fresh)
+
+        t2 = time.perf_counter()
+        values = self.postprocess(probs)
+        profile["postprocess"] = time.perf_counter() - t2
+        self.observer.stage("postprocess", profile["postprocess"])
+        timings = profile_marker + " ".join(f"{k}:{v * 1000:.3f}ms" for k, v in profile.items())
+        if PROFILE_KEY in request.keys:
+            values[PROFILE_KEY] = timings
+        if self.settings.log_profile:
+            log.info("logid=%d protocol=%s profile images:%d %s", request.logid, request.protocol,
+                     len(images), timings)
+        return Response(keys=list(values), values=list(values.values()), probs=probs)
+
+    async def _run_engine(self, images: list[tuple[str, str | bytes]], tensor: np.ndarray | None,
+                          profile: dict[str, float], t0: float) -> np.ndarray:
+        """Preprocess `images` (or check `tensor`), run them through the batcher; the rows, in order."""
         self.batcher.announce()
         try:
-            if request.tensor is not None:
-                batch = self._check_tensor(request.tensor)
-            else:
-                batch = await self._preprocess_all(images)
+            batch = self._check_tensor(tensor) if tensor is not None else await self._preprocess_all(images)
         finally:
             self.batcher.withdraw()
         profile["preprocess"] = time.perf_counter() - t0
@@ -180,18 +229,36 @@ class Pipeline:
             raise PipelineError(ErrorCode.TIMEOUT, f"server overloaded: {exc}; retry later") from None
         profile["inference"] = time.perf_counter() - t1
         self.observer.stage("inference", profile["inference"])
+        return probs
 
-        t2 = time.perf_counter()
-        values = self.postprocess(probs)
-        profile["postprocess"] = time.perf_counter() - t2
-        self.observer.stage("postprocess", profile["postprocess"])
-        timings = " ".join(f"{k}:{v * 1000:.3f}ms" for k, v in profile.items())
-        if PROFILE_KEY in request.keys:
-            values[PROFILE_KEY] = timings
-        if self.settings.log_profile:
-            log.info("logid=%d protocol=%s profile images:%d %s", request.logid, request.protocol,
-                     len(images), timings)
-        return Response(keys=list(values), values=list(values.values()), probs=probs)
+    def _look_up(self, images: list[tuple[str, str | bytes]]
+                 ) -> tuple[list[tuple[str, str | bytes]], list[bytes | None], list[np.ndarray | None]]:
+        """Each image's cache key and cached row (None: a miss). Base64 text is decoded first (the key is the
+        file's bytes, shared with raw-bytes requests) and handed on decoded; a value that is not valid base64
+        keeps its text and no key, so preprocessing reports it as it always does."""
+        decoded, keys, rows = [], [], []
+        for key, value in images:
+            if isinstance(value, str):
+                try:
+                    value = b64decode_image(key, value)
+                except PipelineError:
+                    decoded.append((key, value))
+                    keys.append(None)
+                    rows.append(None)
+                    continue
+            cache_key = ResponseCache.key(self.version, value)
+            decoded.append((key, value))
+            keys.append(cache_key)
+            rows.append(self.cache.get(cache_key))
+        return decoded, keys, rows
+
+    @staticmethod
+    def _merge(cached: list[np.ndarray | None], misses: list[int], fresh: np.ndarray | None) -> np.ndarray:
+        """The output rows in request order: cached rows where they were found, the engine's for the misses."""
+        rows = list(cached)
+        for j, i in enumerate(misses):
+            rows[i] = fresh[j]
+        return np.stack(rows)
 
     def _images(self, request: Request) -> list[tuple[str, str | bytes | np.ndarray]]:
         """(key, value) pairs that are images: every key except Paddle Serving's profile key. A value is

@@ -4,8 +4,10 @@ Identical images (thumbnails, retries, a client's repeated frame) are answered w
 the model. What is kept is the engine's output row (the probabilities of one image), not a formatted
 response: the same row serves every top-k, every protocol and every request that mixes the image with
 others, and postprocessing it again gives byte-for-byte the answer of the first time. Entries are keyed by
-(model version, BLAKE2b of the image bytes); base64 text is hashed as sent (two encodings of one file are
-two entries, which is rare and harmless). The cache lives on the event loop's thread: no locks.
+(model version, BLAKE2b of the image file's bytes): the pipeline hashes base64 text after decoding it, so
+one image sent as base64 (Paddle Serving, V2 JSON) and as raw bytes (V2 binary) shares one entry. A new model
+version is a new Pipeline with a new cache: that is the invalidation. The cache lives on the event loop's
+thread: no locks.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ class ResponseCache:
         return len(self._rows)
 
     @staticmethod
-    def key(version: str, image: str | bytes) -> bytes:
-        """The entry key of one image for one model version (the image as sent: base64 text or bytes)."""
-        digest = hashlib.blake2b(image.encode() if isinstance(image, str) else image, digest_size=_DIGEST_BYTES,
-                                 person=b"resnest-cache")
+    def key(version: str, image: bytes) -> bytes:
+        """The entry key of one image file (its encoded bytes, base64 already decoded) for one model version."""
+        digest = hashlib.blake2b(image, digest_size=_DIGEST_BYTES, person=b"resnest-cache")
         digest.update(version.encode())
         return digest.digest()
 

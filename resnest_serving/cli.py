@@ -51,10 +51,10 @@ def require_extras(command: str, extras: tuple[str, ...]) -> None:
 
 
 def classify_in_process(model_dir: Path, images: list[Path], k: int) -> list[dict]:
-    """`resnest predict --model DIR`: the images classified in this process with the pipeline's own code (the
+    """`resnest predict --model-dir DIR`: the images classified in this process with the pipeline's own code (the
     server's preprocessing, engine and top-k), as rows shaped like the client's Classification.to_dict(). It
     lives here, above both packages, because the client shares only `protocol/` with the server side."""
-    require_extras("predict --model", ("server",))
+    require_extras("predict --model-dir", ("server",))
     from resnest_serving.pipeline.local import LocalClassifier
 
     classifier = LocalClassifier(model_dir)

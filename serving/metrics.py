@@ -63,6 +63,12 @@ class Metrics:
                                         "authentication (401, and 405/413 on the open health paths), by "
                                         "protocol and HTTP status; not counted in resnest_requests",
                                         ["protocol", "status"], registry=self.registry)
+        self.cache_hits = Counter("resnest_response_cache_hits", "Images answered from the response cache, by "
+                                  "model", ["model"], registry=self.registry)
+        self.cache_misses = Counter("resnest_response_cache_misses", "Images looked up in the response cache and "
+                                    "not found, by model", ["model"], registry=self.registry)
+        self.cache_bytes = Gauge("resnest_response_cache_bytes", "Bytes held by the response cache, by model",
+                                 ["model"], registry=self.registry)
         self.window = Window()  # since the tracer's last line: fixed size, whatever the traffic
 
     def for_model(self, model: str) -> ModelMetrics:
@@ -101,6 +107,12 @@ class ModelMetrics(StageObserver):
 
     def queue_depth(self, images: int) -> None:
         self.metrics.queue_images.labels(self.model).set(images)
+
+    def response_cache(self, model: str, hits: int, misses: int, used_bytes: int) -> None:
+        m = self.metrics
+        m.cache_hits.labels(model).inc(hits)
+        m.cache_misses.labels(model).inc(misses)
+        m.cache_bytes.labels(model).set(used_bytes)
 
 
 class Tracer:

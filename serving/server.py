@@ -67,7 +67,7 @@ def pipeline_settings(config: ServerConfig, op: OpConfig, name: str) -> Pipeline
                             jpeg_dct_scaling=op.jpeg_dct_scaling,
                             max_queue_images=op.max_queue_images,
                             preprocess_threads=max(1, min(4, os.cpu_count() or 1)), retry=config.dag.retry,
-                            log_profile=config.dag.use_profile)
+                            log_profile=config.dag.use_profile, response_cache_mb=op.response_cache_mb)
 
 
 def load_bundle(op: OpConfig) -> ModelBundle:

@@ -282,6 +282,14 @@ class OpConfig:
     max_queue_images: int = setting(1024, "The number of images that may wait for the engine (backpressure). "
                                           "Requests beyond it are refused.", origin="ours", minimum=1,
                                     type_doc="int ≥ `max_images_per_request`")
+    response_cache_mb: float = setting(
+        0.0, "Size limit of the response cache in MiB; 0 turns it off. The cache keeps the model's output row per "
+        "image file (keyed by the model version and a BLAKE2b hash of the image's bytes, base64 decoded first, so "
+        "every protocol shares entries): a repeated image is answered without decoding or running the model, for "
+        "any `topk`. Least recently used entries go first (about 4 KB per image for 1000 classes). FP32 tensor "
+        "requests bypass it. Counters: `resnest_response_cache_hits_total`, `..._misses_total`, "
+        "`resnest_response_cache_bytes`.", origin="ours", minimum=0, maximum=65536,
+        type_doc="number (MiB)")
 
     @property
     def is_remote(self) -> bool:

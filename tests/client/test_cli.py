@@ -10,7 +10,8 @@ from resnest_serving.cli import main
 
 
 def ep(server, protocol: str) -> str:
-    return f"127.0.0.1:{server.ports[protocol]}"
+    """The server's address for `protocol` (the Open Inference Protocol shares the HTTP and gRPC ports)."""
+    return f"127.0.0.1:{server.ports[protocol.removeprefix('v2-')]}"
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http", "brpc"])
@@ -112,14 +113,14 @@ def test_bench_refusals(args, image_paths, capsys):
 
 
 def test_predict_in_process_matches_local_classifier(tiny_model_dir, image_paths, capsys):
-    """`resnest predict --model DIR` classifies without a server, with the pipeline's own code."""
+    """`resnest predict --model-dir DIR` classifies without a server, with the pipeline's own code."""
     import json as _json
 
     from resnest_serving.pipeline.local import LocalClassifier
 
     from resnest_serving.cli import main
 
-    assert main(["predict", "--model", str(tiny_model_dir), "--topk", "3", "--json", *map(str, image_paths)]) == 0
+    assert main(["predict", "--model-dir", str(tiny_model_dir), "--topk", "3", "--json", *map(str, image_paths)]) == 0
     rows = _json.loads(capsys.readouterr().out)
     want = LocalClassifier(tiny_model_dir).classify_files(image_paths, 3)
     assert [r["class_ids"] for r in rows] == [w.class_ids for w in want]
@@ -199,3 +200,28 @@ def test_bench_answer_check_catches_servers_that_disagree(tmp_path, tiny_export,
         for model in models:
             model.stop()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http", "brpc", "v2-http", "v2-grpc"])
+def test_predict_and_bench_name_the_model(topk_server, image_paths, protocol, capsys):
+    """`--model NAME` (Paddle Serving's `--service-name`) picks the served model on every protocol; a name the
+    server does not serve is that protocol's error; `--model-version` reaches the Open Inference Protocol."""
+    args = ["predict", "--protocol", protocol, "--endpoint", ep(topk_server, protocol), "--json", str(image_paths[0])]
+    assert main([*args, "--model", "imagenet"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image"] == str(image_paths[0])
+    assert main([*args, "--service-name", "other"]) == 1
+    err = json.loads(capsys.readouterr().out)[0]["error"]["message"]
+    assert "unknown model 'other'" in err if protocol.startswith("v2") else "err_no 3002" in err, err
+    rc = main(["--log-level", "WARNING", "bench", "--protocol", protocol, "--endpoint", ep(topk_server, protocol),
+               "--model", "imagenet", "--images", str(image_paths[0].parent), "--requests", "4", "--warmup", "1",
+               "--quiet", "--metrics-url", topk_server.url("/metrics")])
+    assert rc == 0, capsys.readouterr().out
+    capsys.readouterr()
+    if protocol.startswith("v2"):
+        assert main([*args, "--model-version", "1"]) == 0
+        capsys.readouterr()
+        assert main([*args, "--model-version", "2"]) == 1
+        assert "no version '2'" in json.loads(capsys.readouterr().out)[0]["error"]["message"]
+    else:  # Paddle Serving's requests carry no version: refused before anything is sent
+        assert main([*args, "--model-version", "1"]) == 2
+        assert "Open Inference Protocol only" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""PipelineClient request packing, compared with Paddle Serving 0.9's rules (reference §5); no server."""
+"""PipelineClient request packing, compared with Paddle Serving 0.9's rules (../shared/reference/paddle_serving_protocol.md §5); no server."""
 
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ def test_client_only_install_imports_nothing_heavy(client_venv, user_folder):
     (["export", "--arch", "ResNeSt_tiny", "--random-init", "--out", "out"], "export"),
     (["tune", "--model-dir", "out"], "server"),
     (["demo", "--out", "out"], "server,export"),
-    (["predict", "--model", "out", "client.py"], "server"),
+    (["predict", "--model-dir", "out", "client.py"], "server"),
     (["predict", "--client-resize", "256", "--endpoint", "127.0.0.1:9", "client.py"], "images"),
 ], ids=["serve", "export", "tune", "demo", "predict-model", "predict-client-resize"])
 def test_client_only_install_names_the_extra(client_venv, user_folder, args, extra):

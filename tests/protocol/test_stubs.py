@@ -24,7 +24,7 @@ def test_pipeline_wire_contract():
     numbers = {f.name: f.number for f in pb.Response.DESCRIPTOR.fields}
     assert numbers == {"err_no": 1, "err_msg": 2, "key": 3, "value": 4, "tensors": 5}
     request = pb.Request(key=["image"], value=["...b64..."], name="imagenet", method="prediction", logid=123)
-    assert request.SerializeToString().hex() == (  # reference §1 example serialisation
+    assert request.SerializeToString().hex() == (  # ../shared/reference/paddle_serving_protocol.md §1 example serialisation
         "0a05" + b"image".hex() + "1209" + b"...b64...".hex() + "2208" + b"imagenet".hex() + "2a0a"
         + b"prediction".hex() + "307b")
 

@@ -303,6 +303,7 @@ def test_top_level_ranges(key: str, value: Any, allowed: str) -> None:
     ("max_images_per_request", 0, ">= 1"),
     ("max_queue_images", 0, ">= 1"),
     ("max_image_pixels", 0, ">= 1"),
+    ("response_cache_mb", -1, "0 to 65536"),
 ])
 def test_op_ranges(key: str, value: Any, allowed: str) -> None:
     message = error_of(with_op(op={key: value}))
@@ -389,6 +390,7 @@ def test_fetch_list_items_must_be_strings() -> None:
     (minimal(shutdown_grace_s=False), "shutdown_grace_s", "False", "a number"),
     (with_op(op={"concurrency": "2"}), "op.imagenet.concurrency", "'2'", "an integer"),
     (with_op(op={"batch_size": True}), "op.imagenet.batch_size", "True", "booleans, not integers"),
+    (with_op(op={"response_cache_mb": "big"}), "op.imagenet.response_cache_mb", "'big'", "a number"),
     (with_op(op={"fetch_list": "prediction"}), "op.imagenet.fetch_list", "'prediction'", "a list"),
     (with_op(op={"server_endpoints": {"a": 1}}), "op.imagenet.server_endpoints", "{'a': 1}", "host:port"),
     (with_op(lsc={"device_type": True}), f"{LSC}.device_type", "True", "booleans, not integers"),
