@@ -47,7 +47,7 @@ def metric(server, name: str) -> float:
 
 def counts(server) -> tuple[float, float, float]:
     """(engine batches, cache hits, cache misses) so far."""
-    return (metric(server, "resnest_batch_images_count"),
+    return (metric(server, 'resnest_batch_images_count{model="imagenet"}'),
             metric(server, 'resnest_response_cache_hits_total{model="imagenet"}'),
             metric(server, 'resnest_response_cache_misses_total{model="imagenet"}'))
 
