@@ -15,7 +15,7 @@ import pytest
 from resnest_serving.pipeline.accuracy import preprocess_images
 from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES, open_runtime, start_engines
-from resnest_serving.pipeline.engines.base import CONSISTENCY_TOLERANCE
+from resnest_serving.pipeline.engines.base import CONSISTENCY_TOLERANCE, WARM_UP_SEED
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
 
@@ -148,3 +148,40 @@ def test_the_batcher_never_mixes_pixels_and_tensors(tiny_model_dir, image_paths)
     got = asyncio.run(main())
     assert recorder.batches == [(2, 2), (2, 2), (1, 1)]
     assert np.abs(np.concatenate(got) - want).max() <= TOLERANCE
+
+
+def test_a_wrong_conversion_fails_start_up_and_rounding_does_not(demo_export, caplog):
+    """The start-up check tells a conversion bug (here: channels swapped) from float rounding that a model
+    amplifies (random-init deep variants move by up to 1 for a 1e-6 relative nudge of their input): a pixel
+    answer must stay within 10x of the model's own response to that nudge. The trained demo model: a random-init
+    tiny one answers nearly uniformly whatever the channels."""
+    bundle = ModelBundle.load(demo_export.server_dir)
+
+    class Swapped(RUNTIMES["onnxruntime"]):
+        def infer_pixels(self, pixels):
+            return super().infer_pixels(np.ascontiguousarray(pixels[..., ::-1]))
+
+    class Sensitive(RUNTIMES["onnxruntime"]):  # pixels off by float rounding, in a model that amplifies it
+        def infer_pixels(self, pixels):
+            out = super().infer_pixels(pixels)
+            out[:, 0] += 3e-3
+            return out
+
+        def infer_tensor(self, tensor):
+            out = super().infer_tensor(tensor)
+            size = self.bundle.meta.crop_size
+            warm_up = np.random.default_rng(WARM_UP_SEED).integers(0, 256, (len(tensor), size, size, 3), np.uint8)
+            if not np.array_equal(tensor, self.normalize(warm_up)):  # the check's nudged input moves the answer
+                out[:, 0] += 1e-3
+            return out
+
+    swapped = Swapped(bundle, EngineOptions(thread_num=1))
+    with pytest.raises(Exception, match=r"uint8 pixels get a different answer .* > 10x the"):
+        swapped.warm_up(2)
+    swapped.close()
+    sensitive = Sensitive(bundle, EngineOptions(thread_num=1))
+    with caplog.at_level("INFO", logger="resnest_serving.pipeline.engines.base"):
+        assert set(sensitive.warm_up(3)) == {1, 2, 3}
+    sensitive.close()
+    assert [r.message for r in caplog.records].count(next(
+        r.message for r in caplog.records if "float rounding, not the conversion" in r.message)) == 1
