@@ -95,6 +95,38 @@ def _images(images: Any, channel_order: str) -> list[bytes]:
     return [image_bytes(image, channel_order=channel_order) for _, image in named_images(images)]
 
 
+class _V2Calls:
+    """The client calls of both blocking V2 clients, over each protocol's `_call(images, k, timeout)`."""
+
+    topk = DEFAULT_TOPK
+
+    def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        return self._call(request_images(request), self.topk, timeout)
+
+    def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        return pipeline_response(self.classify_request(request, timeout=timeout))
+
+    def probabilities(self, images: Any, *, timeout: float | None = None, channel_order: str = "bgr") -> np.ndarray:
+        """FP32 [N, classes] model output for the images."""
+        return self._call(_images(images, channel_order), 0, timeout)
+
+
+class _AsyncV2Calls:
+    """The client calls of both asyncio V2 clients, over each protocol's `_call(images, k, timeout)`."""
+
+    topk = DEFAULT_TOPK
+
+    async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
+        return await self._call(request_images(request), self.topk, timeout)
+
+    async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
+        return pipeline_response(await self.classify_request(request, timeout=timeout))
+
+    async def probabilities(self, images: Any, *, timeout: float | None = None,
+                            channel_order: str = "bgr") -> np.ndarray:
+        return await self._call(_images(images, channel_order), 0, timeout)
+
+
 class _V2Http:
     protocol = "v2-http"
     topk = DEFAULT_TOPK
@@ -137,7 +169,7 @@ class _V2Http:
             raise BadResponseError(f"HTTP 200 from {self.url} is not a V2 inference response: {exc}") from None
 
 
-class V2HttpClassifier(_V2Http, HttpClassifier):
+class V2HttpClassifier(_V2Calls, _V2Http, HttpClassifier):
     """Blocking Open Inference Protocol REST client (keep-alive pool, binary tensors)."""
 
     def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
@@ -145,39 +177,19 @@ class V2HttpClassifier(_V2Http, HttpClassifier):
         self.model_version = model_version
         self._v2_setup(topk)
 
-    def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
-        return self._call(request_images(request), self.topk, timeout)
-
-    def infer(self, request: Request, *, timeout: float | None = None) -> Response:
-        return pipeline_response(self.classify_request(request, timeout=timeout))
-
-    def probabilities(self, images: Any, *, timeout: float | None = None, channel_order: str = "bgr") -> np.ndarray:
-        """FP32 [N, classes] model output for the images."""
-        return self._call(_images(images, channel_order), 0, timeout)
-
     def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
         body, headers = self._body(images, k)
         status, data, reply_headers = self._post(body, headers, self._timeout(timeout))
         return self._answer(status, data, reply_headers, len(images), k)
 
 
-class AsyncV2HttpClassifier(_V2Http, AsyncHttpClassifier):
+class AsyncV2HttpClassifier(_AsyncV2Calls, _V2Http, AsyncHttpClassifier):
     """asyncio Open Inference Protocol REST client (aiohttp)."""
 
     def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
         self.model_version = model_version
         self._v2_setup(topk)
-
-    async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
-        return await self._call(request_images(request), self.topk, timeout)
-
-    async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
-        return pipeline_response(await self.classify_request(request, timeout=timeout))
-
-    async def probabilities(self, images: Any, *, timeout: float | None = None,
-                            channel_order: str = "bgr") -> np.ndarray:
-        return await self._call(_images(images, channel_order), 0, timeout)
 
     async def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
         body, headers = self._body(images, k)
@@ -212,7 +224,7 @@ class _V2Grpc:
         return error
 
 
-class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
+class V2GrpcClassifier(_V2Calls, _V2Grpc, GrpcClassifier):
     """Blocking Open Inference Protocol gRPC client."""
 
     def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
@@ -220,16 +232,6 @@ class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
         self.model_version = model_version
         self.topk = topk
         self._v2 = pb_grpc.GRPCInferenceServiceStub(self._channel)
-
-    def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
-        return self._call(request_images(request), self.topk, timeout)
-
-    def infer(self, request: Request, *, timeout: float | None = None) -> Response:
-        return pipeline_response(self.classify_request(request, timeout=timeout))
-
-    def probabilities(self, images: Any, *, timeout: float | None = None, channel_order: str = "bgr") -> np.ndarray:
-        """FP32 [N, classes] model output for the images."""
-        return self._call(_images(images, channel_order), 0, timeout)
 
     def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
         import grpc
@@ -242,7 +244,7 @@ class V2GrpcClassifier(_V2Grpc, GrpcClassifier):
         return self._answer(response, len(images), k)
 
 
-class AsyncV2GrpcClassifier(_V2Grpc, AsyncGrpcClassifier):
+class AsyncV2GrpcClassifier(_AsyncV2Calls, _V2Grpc, AsyncGrpcClassifier):
     """asyncio Open Inference Protocol gRPC client (grpc.aio)."""
 
     def __init__(self, endpoint: str, *, topk: int = DEFAULT_TOPK, model_version: str = "", **kwargs: Any) -> None:
@@ -250,16 +252,6 @@ class AsyncV2GrpcClassifier(_V2Grpc, AsyncGrpcClassifier):
         self.model_version = model_version
         self.topk = topk
         self._v2: pb_grpc.GRPCInferenceServiceStub | None = None
-
-    async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
-        return await self._call(request_images(request), self.topk, timeout)
-
-    async def infer(self, request: Request, *, timeout: float | None = None) -> Response:
-        return pipeline_response(await self.classify_request(request, timeout=timeout))
-
-    async def probabilities(self, images: Any, *, timeout: float | None = None,
-                            channel_order: str = "bgr") -> np.ndarray:
-        return await self._call(_images(images, channel_order), 0, timeout)
 
     async def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
         import grpc
