@@ -241,10 +241,16 @@ def warn_secret_files(config: ServerConfig) -> None:
     warn_if_readable_by_others(files)
 
 
-def reload_tokens_on_sighup(tokens: TokenSet) -> None:
-    """SIGHUP reads the token file again (rotation without a restart)."""
+async def wait_for_stop_signal(tokens: TokenSet) -> None:
+    """Return at SIGTERM or SIGINT; meanwhile SIGHUP reads the token file again (rotation without a restart).
+    Call it after start-up: importing paddle installs its own SIGTERM handler, which must not win."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     if tokens.path is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tokens.reload)
+        loop.add_signal_handler(signal.SIGHUP, tokens.reload)
+    await stop.wait()
 
 
 def write_ready_file(path: Path | None, service: str, host: str, ports: dict[str, int], engine: str = "") -> None:
@@ -264,13 +270,7 @@ async def serve(config: ServerConfig, reuse_port: bool = False, ready_file: Path
     await server.start()
     write_ready_file(ready_file, config.service_name, config.host, server.ports,
                      ", ".join(engine_line(model) for model in server.models))
-    # After start: importing paddle installs its own SIGTERM handler, which must not win.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reload_tokens_on_sighup(server.tokens)
-    await stop.wait()
+    await wait_for_stop_signal(server.tokens)
     await server.stop()
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from resnest_serving.serving.doors.security import door_security_line, warn_if_e
 from resnest_serving.serving.server import (
     door_settings,
     load_bundle,
-    reload_tokens_on_sighup,
     start_op_engines,
+    wait_for_stop_signal,
     warn_secret_files,
     write_ready_file,
 )
@@ -84,13 +83,7 @@ async def serve_model(config: ServerConfig, ready_file: Path | None = None) -> i
                  short_service_name(GENERAL_MODEL_SERVICE), listening, os.getpid())
         log.info("%s", door_security_line(list(ports), config.tls, door.tokens))
         write_ready_file(ready_file, short_service_name(GENERAL_MODEL_SERVICE), config.host, ports)
-        # After the model is loaded: importing paddle installs its own SIGTERM handler, which must not win.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        reload_tokens_on_sighup(door.tokens)
-        await stop.wait()
+        await wait_for_stop_signal(door.tokens)
         log.info("stopping: finishing calls in flight (grace %.0f s)", config.shutdown_grace_s)
     finally:
         stops = [brpc.stop(config.shutdown_grace_s)]
