@@ -9,7 +9,7 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = "resnest_serving"
-FOLDERS = ("protocol", "bundle", "export", "pipeline", "serving", "client", "demo")
+FOLDERS = ("protocol", "export", "pipeline", "serving", "client", "demo")
 HERE = Path(__file__).resolve().parent
 
 

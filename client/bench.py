@@ -11,7 +11,6 @@ error's kind (``timeout``, ``grpc UNAVAILABLE``, ``http 503``, ``brpc EFAILEDSOC
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
 import math
@@ -42,6 +41,7 @@ from resnest_serving.client.factory import connect_async
 from resnest_serving.client.fingerprint import machine_fingerprint
 from resnest_serving.client.images import shrink_image
 from resnest_serving.client.stats import find_knee, histogram_totals, stage_means
+from resnest_serving.protocol.b64 import encode_text
 
 __all__ = [
     "DEFAULT_DURATION",
@@ -79,7 +79,7 @@ class _Load:
         files = [Path(p).read_bytes() for p in config.images]
         if config.client_resize:  # done once here: the load measures the server, not the client's resizing
             files = [shrink_image(data, config.client_resize) for data in files]
-        self.encoded = [base64.b64encode(data).decode("ascii") for data in files]
+        self.encoded = [encode_text(data) for data in files]
         self.rng = random.Random(config.seed)
         self.log_ids = itertools.count(1)
         self.error_examples: dict[str, str] = {}

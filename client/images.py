@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+from resnest_serving.protocol.b64 import encode_text
 
 __all__ = ["IMAGE_SUFFIXES", "ImageInput", "encode_image", "image_bytes", "list_images", "named_images",
            "shrink_image"]
@@ -33,7 +33,7 @@ def image_bytes(image: ImageInput, *, channel_order: str = "bgr") -> bytes:
 
 def encode_image(image: ImageInput, *, channel_order: str = "bgr") -> str:
     """Base64 text of one image, as Paddle Serving's PaddleClas example sends it."""
-    return base64.b64encode(image_bytes(image, channel_order=channel_order)).decode("ascii")
+    return encode_text(image_bytes(image, channel_order=channel_order))
 
 
 def named_images(images: Any) -> list[tuple[str, ImageInput]]:

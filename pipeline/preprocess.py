@@ -9,8 +9,6 @@ stops after BGR→RGB and hands its local engines the uint8 pixels; the rest run
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import struct
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.pixels import Normalizer
+from resnest_serving.protocol.b64 import decode_strict
 from resnest_serving.protocol.bundle_meta import IMAGENET_MEAN, IMAGENET_STD
 
 cv2.setNumThreads(1)  # parallelism comes from the pipeline's thread pool, not from inside one resize
@@ -46,11 +45,14 @@ def b64decode_image(key: str, value: str | bytes) -> bytes:
     if not value:
         raise _bad(key, "empty value; expected a base64-encoded image")
     try:
-        raw = value.encode("ascii") if isinstance(value, str) else value
-        raw = b"".join(raw.split())
-        data = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise _bad(key, f"value is not valid base64 ({exc})") from None
+        data = decode_strict(value)  # what clients send: canonical base64
+    except ValueError:
+        try:  # whitespace (MIME line breaks) or no padding: the same bytes, a slower path
+            raw = value.encode("ascii") if isinstance(value, str) else value
+            raw = b"".join(raw.split())
+            data = decode_strict(raw + b"=" * (-len(raw) % 4))
+        except ValueError as exc:  # UnicodeEncodeError and binascii.Error are ValueErrors
+            raise _bad(key, f"value is not valid base64 ({exc})") from None
     if not data:
         raise _bad(key, "base64 decodes to zero bytes")
     return data

@@ -4,13 +4,12 @@ Every refusal is a ServingError (INVALID) naming the input and what was wrong.""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from resnest_serving.protocol.b64 import decode_strict
 from resnest_serving.protocol.v2 import (
     DATATYPES,
     NUMERIC_DTYPES,
@@ -124,8 +123,8 @@ def _flatten(name: str, data: Any) -> list[Any]:
 
 def _b64(name: str, index: int, text: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return decode_strict(text)
+    except ValueError as exc:
         raise invalid(f"input {name!r}: element {index} is not valid base64 ({exc})") from None
 
 

@@ -43,6 +43,20 @@ def test_base64_tolerates_whitespace_and_missing_padding():
     assert b64decode_image("k", "aGVsbG8=") == b"hello"
 
 
+def test_base64_fast_path_gives_the_standard_librarys_bytes(image_paths):
+    """Canonical text takes pybase64's strict decoder; MIME line breaks and missing padding the tolerant path:
+    both give exactly what CPython's base64 gives; non-ASCII text and a stray character are refused."""
+    for path in image_paths:
+        data = path.read_bytes()
+        text = base64.b64encode(data).decode()
+        assert b64decode_image("k", text) == b64decode_image("k", text.encode()) == data
+        assert b64decode_image("k", base64.encodebytes(data).decode()) == data
+        assert b64decode_image("k", text.rstrip("=")) == data
+        for bad in (text[:100] + "é" + text[100:], text[:100] + "*" + text[100:]):
+            with pytest.raises(PipelineError, match="not valid base64"):
+                b64decode_image("k", bad)
+
+
 @pytest.mark.parametrize("value,message", [
     ("", "empty value"),
     ("!!not base64!!", "not valid base64"),
