@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +92,8 @@ def read_int(section: Section, name: str, value: Any, spec: Setting, _base: Path
 def read_number(section: Section, name: str, value: Any, spec: Setting, _base: Path | None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise section.type_error(name, value, "a number")
+    if not math.isfinite(value):  # NaN passes every comparison below; inf is no one's intended limit
+        raise section.fail(name, value, "must be a finite number")
     _check_range(section, name, value, spec)
     return float(value)
 

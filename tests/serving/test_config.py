@@ -294,6 +294,15 @@ def test_top_level_ranges(key: str, value: Any, allowed: str) -> None:
     assert allowed in message
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", ["response_cache_mb", "max_aspect_ratio"])
+def test_non_finite_numbers_refused(key: str, value: float) -> None:
+    """YAML's .nan would pass every range check (NaN compares False); .inf is no one's intended limit."""
+    message = error_of(with_op(op={key: value}))
+    assert message.startswith(f"[CONF] op.imagenet.{key}: got {value!r}")
+    assert "must be a finite number" in message
+
+
 @pytest.mark.parametrize(("key", "value", "allowed"), [
     ("concurrency", 0, ">= 1"),
     ("batch_size", 0, ">= 1"),
