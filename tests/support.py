@@ -114,3 +114,40 @@ def installed_folders() -> tuple[str, ...]:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FOLDERS" for t in node.targets):
             return tuple(f for f in ast.literal_eval(node.value) if (REPO_ROOT / f).is_dir())
     raise AssertionError("setup.py has no FOLDERS")
+
+
+def pipeline_settings(**changes):
+    """PipelineSettings of a small test pipeline (batch 4, no waiting, 2 preprocessing threads), with `changes`."""
+    import dataclasses
+
+    from resnest_serving.pipeline.pipeline import PipelineSettings
+
+    base = PipelineSettings(service_name="imagenet", topk=3, batch_size=4, auto_batching_timeout_ms=-1,
+                            timeout_ms=-1, max_images_per_request=8, max_image_pixels=40_000_000,
+                            max_aspect_ratio=20.0, jpeg_dct_scaling=False, max_queue_images=64,
+                            preprocess_threads=2, retry=1, log_profile=False, response_cache_mb=0)
+    return dataclasses.replace(base, **changes)
+
+
+def run_pipeline(model_dir: Path, settings, scenario, observer=None) -> None:
+    """Start a Pipeline over one real ONNX Runtime worker process, run `await scenario(pipeline, observer)`,
+    stop it."""
+    import asyncio
+
+    from resnest_serving.pipeline.engines import start_engines
+    from resnest_serving.pipeline.pipeline import Pipeline
+    from resnest_serving.protocol.bundle import ModelBundle
+    from resnest_serving.protocol.engine_options import EngineOptions
+
+    async def main():
+        bundle = ModelBundle.load(model_dir)
+        engines = await start_engines(bundle, "onnxruntime", EngineOptions(), 1, 4)
+        pipeline = Pipeline(bundle, engines, settings, observer)
+        await pipeline.start()
+        try:
+            await scenario(pipeline, observer)
+        finally:
+            await pipeline.stop()
+            await asyncio.gather(*(engine.close() for engine in engines))
+
+    asyncio.run(main())

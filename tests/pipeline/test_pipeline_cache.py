@@ -4,15 +4,12 @@ pipeline without the cache touch no counter, bad values are reported as without 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import numpy as np
-from resnest_serving.pipeline.engines import start_engines
-from resnest_serving.pipeline.pipeline import Pipeline, PipelineSettings, StageObserver
+from resnest_serving.pipeline.pipeline import Pipeline, StageObserver
 from resnest_serving.pipeline.types import Request, Response
-from resnest_serving.protocol.bundle import ModelBundle
-from resnest_serving.protocol.engine_options import EngineOptions
+from support import pipeline_settings, run_pipeline
 
 
 class Recorder(StageObserver):
@@ -33,28 +30,9 @@ class Recorder(StageObserver):
         self.used_bytes = used_bytes
 
 
-def settings(cache_mb: float) -> PipelineSettings:
-    return PipelineSettings(service_name="imagenet", topk=3, batch_size=4, auto_batching_timeout_ms=-1,
-                            timeout_ms=-1, max_images_per_request=8, max_image_pixels=40_000_000,
-                            max_aspect_ratio=20.0, jpeg_dct_scaling=False, max_queue_images=64,
-                            preprocess_threads=2, retry=1, log_profile=False, response_cache_mb=cache_mb)
-
-
 def run(model_dir, cache_mb: float, scenario) -> None:
     """Start a pipeline over one real engine process, run `await scenario(pipeline, recorder)`, stop it."""
-    async def main():
-        bundle = ModelBundle.load(model_dir)
-        engines = await start_engines(bundle, "onnxruntime", EngineOptions(), 1, 4)
-        recorder = Recorder()
-        pipeline = Pipeline(bundle, engines, settings(cache_mb), recorder)
-        await pipeline.start()
-        try:
-            await scenario(pipeline, recorder)
-        finally:
-            await pipeline.stop()
-            await asyncio.gather(*(engine.close() for engine in engines))
-
-    asyncio.run(main())
+    run_pipeline(model_dir, pipeline_settings(response_cache_mb=cache_mb), scenario, Recorder())
 
 
 def b64(data: bytes) -> str:
