@@ -32,9 +32,10 @@ def start_server(model_dir: Path, engine: str, precision: str, args: argparse.Na
     return ServerProcess(config, timeout=300)
 
 
-def cpu_seconds(stat_path: Path) -> float:
-    """User + system CPU seconds of a process or thread so far (its /proc .../stat file)."""
-    fields = stat_path.read_text().rpartition(")")[2].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds a process (or one of its threads) has used so far (/proc/PID[/task/TID]/stat)."""
+    stat = Path(f"/proc/{pid}/stat") if tid is None else Path(f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
@@ -43,15 +44,15 @@ def process_tree_cpu(pid: int) -> dict[str, float]:
     process id, and its other threads) and by its children ("engine workers")."""
     out = {FRONT: 0.0, LOOP: 0.0, OTHER: 0.0, ENGINE: 0.0}
     try:
-        out[FRONT] = cpu_seconds(Path(f"/proc/{pid}/stat"))
-        out[LOOP] = cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
+        out[FRONT] = cpu_seconds(pid)
+        out[LOOP] = cpu_seconds(pid, pid)
     except OSError:
         return out
     out[OTHER] = max(0.0, out[FRONT] - out[LOOP])  # includes threads that ended during the point
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                out[ENGINE] += cpu_seconds(stat)
+                out[ENGINE] += cpu_seconds(int(stat.parent.name))
         except (OSError, ValueError):
             continue
     return out

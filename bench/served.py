@@ -10,9 +10,13 @@ and prints images/s (median and min–max over --repeats), × bound, latency, ×
 Inference fp32 (what Paddle Serving 0.9's pipeline runs in its best configuration), and the CPU each request
 cost in the server's processes: the front door (protocols, preprocessing, batching) and the engine workers.
 `--arch ResNeSt_tiny` gives the per-request overhead (the engine costs next to nothing). `--json` writes
-every figure with the machine fingerprint.
+every figure with the machine fingerprint. `--stages` profiles every point with py-spy and prints the front
+door's CPU per request by stage (bench/stages.py); `--batch-sizes 1 4` instead compares batch sizes side by
+side, one server each, in interleaved rounds (bench/batching.py).
 
     python -m bench.served [--arch ResNeSt50 | --model-dir DIR] [--configs auto:fp32 paddle:fp32 auto:bf16]
+    python -m bench.served --arch ResNeSt_tiny --configs auto:fp32 --stages --flamegraph DIR
+    python -m bench.served --configs auto:fp32 --batch-sizes 1 4 --batch-timeout-ms -1 --repeats 5
 
 Not a test: the machines are shared and noisy; compare the ratios within one run.
 """
@@ -92,27 +96,34 @@ def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Name
     one_image = sorted(image_dir.iterdir())[:1]
     server = start_server(model_dir, engine, precision, args, workdir)
     results: dict = {"engine": server.info["engine"]}
+    stage_points: dict[str, tuple[dict, int]] = {}  # column → (measured point, the front door's process id)
     try:
         for protocol, concurrency in POINTS:
             name = f"{engine}_{precision}_{protocol}_c{concurrency}"
-            results[(protocol, concurrency)] = measure_point(server, protocol, concurrency, sorted(image_dir.iterdir()),
-                                                             args, name, profile=profile(name))
-        if args.stages:
-            results["stages"] = stage_table({f"{p} c{c}": results[(p, c)] for p, c in POINTS},
-                                            {f"{p} c{c}": server.proc.pid for p, c in POINTS})
+            point = measure_point(server, protocol, concurrency, sorted(image_dir.iterdir()), args, name,
+                                  profile=profile(name))
+            results[(protocol, concurrency)] = point
+            stage_points[f"{protocol} c{concurrency}"] = (point, server.proc.pid)
         if cache_rows:
-            results[(f"{CACHE_POINT[0]}, 1 image, cache off", CACHE_POINT[1])] = measure_point(
-                server, *CACHE_POINT, one_image, args, f"{engine}_{precision}_cache_miss")
+            name = f"{engine}_{precision}_cache_miss"
+            point = measure_point(server, *CACHE_POINT, one_image, args, name, profile=profile(name))
+            results[(f"{CACHE_POINT[0]}, 1 image, cache off", CACHE_POINT[1])] = point
+            stage_points["1 image, cache off"] = (point, server.proc.pid)
         results["health"] = health_during_big_request(server, images)
     finally:
         server.stop()
     if cache_rows:
         server = start_server(model_dir, engine, precision, args, workdir, "_cache", response_cache_mb=args.cache_mb)
         try:
-            results[(f"{CACHE_POINT[0]}, 1 image, cache hit", CACHE_POINT[1])] = measure_point(
-                server, *CACHE_POINT, one_image, args, f"{engine}_{precision}_cache_hit")
+            name = f"{engine}_{precision}_cache_hit"
+            point = measure_point(server, *CACHE_POINT, one_image, args, name, profile=profile(name))
+            results[(f"{CACHE_POINT[0]}, 1 image, cache hit", CACHE_POINT[1])] = point
+            stage_points["1 image, cache hit"] = (point, server.proc.pid)
         finally:
             server.stop()
+    if args.stages:
+        results["stages"] = stage_table({k: v[0] for k, v in stage_points.items()},
+                                        {k: v[1] for k, v in stage_points.items()})
     return results
 
 

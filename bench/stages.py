@@ -16,9 +16,10 @@ from pathlib import Path
 
 from bench.load_points import ENGINE, FRONT, LOOP, OTHER
 
-# (stage, file path fragments, function names or None for any). Checked in this order on each frame, from the
-# innermost frame outwards; the first frame that matches any stage decides. Frames of the standard library,
-# numpy, PIL, ... match none, so their time goes to the code that called them.
+# (stage, file path fragments, function names or None for any; a name matches a method of any class). Checked
+# in this order on each frame, from the innermost frame outwards; the first frame that matches any stage decides.
+# Frames of the standard library, numpy, PIL, ... match none, so their time goes to the code that called them;
+# a stack with no such frame at all goes to the first FALLBACKS entry one of its frames matches (innermost first).
 STAGES: list[tuple[str, tuple[str, ...], tuple[str, ...] | None]] = [
     ("base64 decode", ("pipeline/preprocess.py",), ("b64decode_image",)),
     ("image header check", ("pipeline/preprocess.py",), ("read_header", "check_limits")),
@@ -33,23 +34,33 @@ STAGES: list[tuple[str, tuple[str, ...], tuple[str, ...] | None]] = [
                                               "google/protobuf/", "json/", "multidict/", "yarl/"), None),
     ("pipeline + core bookkeeping", ("pipeline/pipeline.py", "serving/core.py", "serving/repository/"), None),
 ]
-REST = "rest (event loop, thread pool, gRPC threads)"
+FALLBACKS: list[tuple[str, tuple[str, ...], tuple[str, ...] | None]] = [
+    ("thread -> event loop wake-up (call_soon_threadsafe, self-pipe)", ("asyncio/",),
+     ("call_soon_threadsafe", "_write_to_self")),
+    ("event loop: epoll + GIL re-acquire", ("selectors.py",), None),
+    ("socket I/O (asyncio transports)", ("asyncio/selector_events.py", "asyncio/sslproto.py"), None),
+    ("thread pool: work queue + futures", ("concurrent/futures/", "threading.py", "queue.py", "asyncio/futures.py"),
+     None),
+]
+REST = "rest (event-loop callbacks and tasks, other threads)"
 WALL_STAGES = ("preprocess", "queue_wait", "engine", "inference", "postprocess", "total")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):\d+\)$")
 _THREAD = re.compile(r"^thread \((?P<tid>0x[0-9a-fA-F]+|\d+)\)")
 
 
-def classify(frames: list[str]) -> str:
-    """The stage of one sampled stack (outermost frame first)."""
-    for frame in reversed(frames):
-        match = _FRAME.match(frame)
-        if not match:
-            continue
-        func, file = match["func"], match["file"]
-        for stage, fragments, funcs in STAGES:
-            if any(f in file for f in fragments) and (funcs is None or func in funcs):
+def _first(frames: list[tuple[str, str]], table: list[tuple[str, tuple[str, ...], tuple[str, ...] | None]]
+           ) -> str | None:
+    for func, file in reversed(frames):
+        for stage, fragments, funcs in table:
+            if any(f in file for f in fragments) and (funcs is None or func.rpartition(".")[2] in funcs):
                 return stage
-    return REST
+    return None
+
+
+def classify(frames: list[str]) -> str:
+    """The stage of one sampled stack (outermost frame first; py-spy's "function (file:line)" frames)."""
+    parsed = [(m["func"], m["file"]) for m in map(_FRAME.match, frames) if m]
+    return _first(parsed, STAGES) or _first(parsed, FALLBACKS) or REST
 
 
 def sample_shares(raw: Path, loop_tid: int) -> dict[str, dict[str, float]]:
@@ -88,7 +99,7 @@ def stage_table(points: dict[str, dict], loop_tids: dict[str, int]) -> list[str]
     head = ["| CPU ms per request (apportioned by py-spy samples) | " + " | ".join(names) + " |",
             "|---" * (len(names) + 1) + "|"]
     rows = []
-    for stage in [s for s, _, _ in STAGES] + [REST]:
+    for stage in [s for s, _, _ in STAGES + FALLBACKS] + [REST]:
         if not any(stage in splits[n] for n in names):
             continue
         cells = []
