@@ -2,7 +2,8 @@
 measured in interleaved rounds (each round runs every point at every batch size, the order of the batch sizes
 alternating between rounds), so a shared machine's drift hits every batch size alike. Per point: the median
 images/s and p50 latency per batch size, and the median (min–max) over the rounds of each round's ratio to the
-first batch size."""
+first batch size, and the CPU each request cost (front door + engine workers, from /proc): less sensitive
+than images/s to other work on the machine."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def batch_table(results: dict[str, dict]) -> list[str]:
                 ips = statistics.median(s["images_per_s"] for s in runs)
                 p50 = statistics.median(s["latency_ms"]["p50"] for s in runs)
                 cell = f"{ips:.2f} img/s, p50 {p50:.1f} ms"
+                if all("cpu_ms_per_request" in s for s in runs):
+                    front, engine = (statistics.median(s["cpu_ms_per_request"][k] for s in runs)
+                                     for k in ("front door", "engine workers"))
+                    cell += f", CPU {front:.2f} + {engine:.2f} ms/req"
                 if bs != sizes[0]:
                     ratios = [s["images_per_s"] / f["images_per_s"] for s, f in zip(runs, first, strict=True)]
                     cell += f", ×{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
@@ -60,5 +65,6 @@ def batch_table(results: dict[str, dict]) -> list[str]:
     sizes = list(next(iter(next(iter(results.values())).values())))
     head = ["| config | point | " + " | ".join(f"batch_size {bs}" for bs in sizes) + " |",
             "|---" * (len(sizes) + 2) + "|"]
-    return head + lines + ["", f"medians over the rounds; × = median of each round's ratio to batch_size {sizes[0]} "
-                                "(min–max over the rounds)"]
+    return head + lines + ["", f"medians over the rounds; × = median of each round's images/s ratio to batch_size "
+                                f"{sizes[0]} (min–max over the rounds); CPU = front door + engine workers per request "
+                                "(/proc CPU time)"]
