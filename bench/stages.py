@@ -42,6 +42,7 @@ FALLBACKS: list[tuple[str, tuple[str, ...], tuple[str, ...] | None]] = [
     ("thread pool: work queue + futures", ("concurrent/futures/", "threading.py", "queue.py", "asyncio/futures.py"),
      None),
 ]
+GRPC_POLLER = "gRPC poller thread (C core)"  # grpcio's `_poll_wrapper` thread: Cython, no Python frames of its own
 REST = "rest (event-loop callbacks and tasks, other threads)"
 WALL_STAGES = ("preprocess", "queue_wait", "engine", "inference", "postprocess", "total")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):\d+\)$")
@@ -74,7 +75,8 @@ def sample_shares(raw: Path, loop_tid: int) -> dict[str, dict[str, float]]:
         if not thread or not count.isdigit():
             continue
         group = LOOP if int(thread["tid"], 0) == loop_tid else OTHER
-        counts[group][classify(frames[1:])] += int(count)
+        stage = GRPC_POLLER if "(_poll_wrapper)" in frames[0] else classify(frames[1:])
+        counts[group][stage] += int(count)
     return {group: {stage: n / total for stage, n in c.items()} if (total := sum(c.values())) else {}
             for group, c in counts.items()}
 
@@ -99,7 +101,7 @@ def stage_table(points: dict[str, dict], loop_tids: dict[str, int]) -> list[str]
     head = ["| CPU ms per request (apportioned by py-spy samples) | " + " | ".join(names) + " |",
             "|---" * (len(names) + 1) + "|"]
     rows = []
-    for stage in [s for s, _, _ in STAGES + FALLBACKS] + [REST]:
+    for stage in [s for s, _, _ in STAGES + FALLBACKS] + [GRPC_POLLER, REST]:
         if not any(stage in splits[n] for n in names):
             continue
         cells = []

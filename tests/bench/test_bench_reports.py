@@ -13,7 +13,7 @@ import time
 from bench.batching import batch_table
 from bench.engines import table
 from bench.load_points import process_tree_cpu
-from bench.stages import REST, classify, sample_shares, stage_table
+from bench.stages import GRPC_POLLER, REST, classify, sample_shares, stage_table
 
 
 def test_engine_table_reports_median_and_range_over_rounds():
@@ -62,6 +62,7 @@ thread (100): MainThread;_run_once (/usr/lib/python3.11/asyncio/base_events.py:1
 thread (100): MainThread;_run_once (/usr/lib/python3.11/asyncio/base_events.py:1922);Handle._run (/usr/lib/python3.11/asyncio/events.py:80) 40
 thread (101): preprocess_0;_worker (/usr/lib/python3.11/concurrent/futures/thread.py:81);Pipeline._prepare (/r/pipeline/pipeline.py:300);Preprocessor.pixels_from_bytes (/r/pipeline/preprocess.py:160);decode_image (/r/pipeline/preprocess.py:120);read_header (/r/pipeline/preprocess.py:90);open (/x/PIL/Image.py:3000) 25
 thread (101): preprocess_0;_worker (/usr/lib/python3.11/concurrent/futures/thread.py:81);Pipeline._prepare (/r/pipeline/pipeline.py:300);Preprocessor.pixels_from_bytes (/r/pipeline/preprocess.py:160);Preprocessor.pixels_from_bgr (/r/pipeline/preprocess.py:170);Preprocessor.resize_crop (/r/pipeline/preprocess.py:150) 25
+thread (102): Thread-1 (_poll_wrapper);Thread._bootstrap (/usr/lib/python3.11/threading.py:1002);Thread.run (/usr/lib/python3.11/threading.py:982) 100
 thread (101): preprocess_0;_call_set_state (/usr/lib/python3.11/asyncio/futures.py:403);BaseEventLoop.call_soon_threadsafe (/usr/lib/python3.11/asyncio/base_events.py:812);_write_to_self (/usr/lib/python3.11/asyncio/selector_events.py:139) 50
 """
 
@@ -76,13 +77,13 @@ def test_stage_split_takes_the_innermost_frame_of_a_stage_and_falls_back_to_the_
     loop, other = shares["event-loop thread"], shares["other threads"]
     assert loop["event loop: epoll + GIL re-acquire"] == 0.3 and loop["protocol parsing + response encoding"] == 0.2
     assert loop["engine hand-off (shared memory, wake-up)"] == 0.1 and loop[REST] == 0.4
-    assert other == {"image header check": 0.25, "resize + crop + RGB": 0.25,
-                     "thread -> event loop wake-up (call_soon_threadsafe, self-pipe)": 0.5}
+    assert other == {"image header check": 0.125, "resize + crop + RGB": 0.125, GRPC_POLLER: 0.5,
+                     "thread -> event loop wake-up (call_soon_threadsafe, self-pipe)": 0.25}
     point = {"profile": str(raw), "server": {"stages_ms": {"engine": {"count": 3, "mean_ms": 1.5}}},
              "cpu_ms_per_request": {"front door": 3.0, "event-loop thread": 1.0, "other threads": 2.0,
                                     "engine workers": 4.0}}
     lines = stage_table({"grpc c1": point}, {"grpc c1": 100})
-    assert "| resize + crop + RGB | 0.50 (0.00 + 0.50) |" in lines
+    assert "| resize + crop + RGB | 0.25 (0.00 + 0.25) |" in lines
     assert "| protocol parsing + response encoding | 0.20 (0.20 + 0.00) |" in lines
     assert "| wall ms: engine (per batch, /metrics) | 1.50 |" in lines
 
