@@ -98,6 +98,7 @@ def measure_point(server, protocol: str, concurrency: int, image_paths: list[Pat
     summary["cpu_ms_per_request"] = {k: 1000 * (after[k] - before[k]) / max(1, requests_done) for k in after}
     if profile is not None:
         summary["profile"] = str(profile)
+        summary["server_pid"] = server.proc.pid  # the event-loop thread's id in the profile
     log.info("%s: %.2f images/s, CPU/request %s", name, summary["images_per_s"],
              ", ".join(f"{k} {v:.2f} ms" for k, v in summary["cpu_ms_per_request"].items()))
     return summary
