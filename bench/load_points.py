@@ -1,7 +1,8 @@
 """One served load point, measured: a `resnest serve` child process started from a written config, the client
 benchmark against one of its doors, and what the server's processes and threads spent in CPU meanwhile (from
-/proc: CPU time, never wall time), optionally with a py-spy profile of the front door. Shared by the served
-benchmark's side-by-side modes (bench/served.py, bench/batching.py, bench/stages.py)."""
+/proc: CPU time, never wall time), optionally with a py-spy profile of the front door (a flame graph, or the
+raw stacks bench/stages.py splits). Used by the served benchmark (bench/served.py) and its batch-size
+comparison (bench/batching.py)."""
 
 from __future__ import annotations
 

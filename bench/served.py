@@ -96,19 +96,19 @@ def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Name
     one_image = sorted(image_dir.iterdir())[:1]
     server = start_server(model_dir, engine, precision, args, workdir)
     results: dict = {"engine": server.info["engine"]}
-    stage_points: dict[str, tuple[dict, int]] = {}  # column → (measured point, the front door's process id)
+    stage_points: dict[str, dict] = {}  # the stage table's columns
     try:
         for protocol, concurrency in POINTS:
             name = f"{engine}_{precision}_{protocol}_c{concurrency}"
             point = measure_point(server, protocol, concurrency, sorted(image_dir.iterdir()), args, name,
                                   profile=profile(name))
             results[(protocol, concurrency)] = point
-            stage_points[f"{protocol} c{concurrency}"] = (point, server.proc.pid)
+            stage_points[f"{protocol} c{concurrency}"] = point
         if cache_rows:
             name = f"{engine}_{precision}_cache_miss"
             point = measure_point(server, *CACHE_POINT, one_image, args, name, profile=profile(name))
             results[(f"{CACHE_POINT[0]}, 1 image, cache off", CACHE_POINT[1])] = point
-            stage_points["1 image, cache off"] = (point, server.proc.pid)
+            stage_points["1 image, cache off"] = point
         results["health"] = health_during_big_request(server, images)
     finally:
         server.stop()
@@ -118,12 +118,11 @@ def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Name
             name = f"{engine}_{precision}_cache_hit"
             point = measure_point(server, *CACHE_POINT, one_image, args, name, profile=profile(name))
             results[(f"{CACHE_POINT[0]}, 1 image, cache hit", CACHE_POINT[1])] = point
-            stage_points["1 image, cache hit"] = (point, server.proc.pid)
+            stage_points["1 image, cache hit"] = point
         finally:
             server.stop()
     if args.stages:
-        results["stages"] = stage_table({k: v[0] for k, v in stage_points.items()},
-                                        {k: v[1] for k, v in stage_points.items()})
+        results["stages"] = stage_table(stage_points)
     return results
 
 

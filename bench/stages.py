@@ -81,11 +81,11 @@ def sample_shares(raw: Path, loop_tid: int) -> dict[str, dict[str, float]]:
             for group, c in counts.items()}
 
 
-def stage_split(summary: dict, loop_tid: int) -> dict[str, dict[str, float]]:
+def stage_split(summary: dict) -> dict[str, dict[str, float]]:
     """CPU ms per request by stage for one measured point (bench.load_points.measure_point with a profile):
-    {stage: {LOOP: ms, OTHER: ms}}, plus the process rows and the wall-time stage means."""
+    {stage: {LOOP: ms, OTHER: ms}}."""
     cpu = summary["cpu_ms_per_request"]
-    shares = sample_shares(Path(summary["profile"]), loop_tid)
+    shares = sample_shares(Path(summary["profile"]), summary["server_pid"])
     split: dict[str, dict[str, float]] = {}
     for group in (LOOP, OTHER):
         for stage, share in shares[group].items():
@@ -93,11 +93,11 @@ def stage_split(summary: dict, loop_tid: int) -> dict[str, dict[str, float]]:
     return split
 
 
-def stage_table(points: dict[str, dict], loop_tids: dict[str, int]) -> list[str]:
-    """A markdown table: one column per point (name → measure_point summary), one row per stage (CPU ms per
-    request, event-loop thread + other threads), the process totals, then the wall-time stage means."""
+def stage_table(points: dict[str, dict]) -> list[str]:
+    """A markdown table: one column per point (name → measure_point summary with a profile), one row per stage
+    (CPU ms per request, event-loop thread + other threads), the process totals, then the wall-time stage means."""
     names = list(points)
-    splits = {n: stage_split(points[n], loop_tids[n]) for n in names}
+    splits = {n: stage_split(points[n]) for n in names}
     head = ["| CPU ms per request (apportioned by py-spy samples) | " + " | ".join(names) + " |",
             "|---" * (len(names) + 1) + "|"]
     rows = []

@@ -79,10 +79,10 @@ def test_stage_split_takes_the_innermost_frame_of_a_stage_and_falls_back_to_the_
     assert loop["engine hand-off (shared memory, wake-up)"] == 0.1 and loop[REST] == 0.4
     assert other == {"image header check": 0.125, "resize + crop + RGB": 0.125, GRPC_POLLER: 0.5,
                      "thread -> event loop wake-up (call_soon_threadsafe, self-pipe)": 0.25}
-    point = {"profile": str(raw), "server": {"stages_ms": {"engine": {"count": 3, "mean_ms": 1.5}}},
+    point = {"profile": str(raw), "server_pid": 100, "server": {"stages_ms": {"engine": {"count": 3, "mean_ms": 1.5}}},
              "cpu_ms_per_request": {"front door": 3.0, "event-loop thread": 1.0, "other threads": 2.0,
                                     "engine workers": 4.0}}
-    lines = stage_table({"grpc c1": point}, {"grpc c1": 100})
+    lines = stage_table({"grpc c1": point})
     assert "| resize + crop + RGB | 0.25 (0.00 + 0.25) |" in lines
     assert "| protocol parsing + response encoding | 0.20 (0.20 + 0.00) |" in lines
     assert "| wall ms: engine (per batch, /metrics) | 1.50 |" in lines
