@@ -10,9 +10,13 @@ and prints images/s (median and min–max over --repeats), × bound, latency, ×
 Inference fp32 (what Paddle Serving 0.9's pipeline runs in its best configuration), and the CPU each request
 cost in the server's processes: the front door (protocols, preprocessing, batching) and the engine workers.
 `--arch ResNeSt_tiny` gives the per-request overhead (the engine costs next to nothing). `--json` writes
-every figure with the machine fingerprint.
+every figure with the machine fingerprint. `--stages` profiles every point with py-spy and prints the front
+door's CPU per request by stage (bench/stages.py); `--batch-sizes 1 4` instead compares batch sizes side by
+side, one server each, in interleaved rounds (bench/batching.py).
 
     python -m bench.served [--arch ResNeSt50 | --model-dir DIR] [--configs auto:fp32 paddle:fp32 auto:bf16]
+    python -m bench.served --arch ResNeSt_tiny --configs auto:fp32 --stages --flamegraph DIR
+    python -m bench.served --configs auto:fp32 --batch-sizes 1 4 --batch-timeout-ms -1 --repeats 5
 
 Not a test: the machines are shared and noisy; compare the ratios within one run.
 """
@@ -20,13 +24,9 @@ Not a test: the machines are shared and noisy; compare the ratios within one run
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import logging
-import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -40,7 +40,10 @@ from resnest_serving.client.report import strict_json
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 from resnest_serving.protocol.bundle import ModelBundle
 
+from bench.batching import batch_table, compare_batch_sizes
 from bench.engines import ensure_export, in_child
+from bench.load_points import measure_point, start_server
+from bench.stages import stage_table
 
 log = logging.getLogger(__name__)
 
@@ -83,96 +86,43 @@ def health_during_big_request(server, images: list[bytes]) -> dict:
             "max_ms": max(latencies), "count": len(latencies)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def process_tree_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the server process ("front door") and by its children ("engine workers")."""
-    out = {"front door": 0.0, "engine workers": 0.0}
-    try:
-        out["front door"] = cpu_seconds(pid)
-    except OSError:
-        return out
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            if int(text.rpartition(")")[2].split()[1]) == pid:
-                out["engine workers"] += cpu_seconds(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def flame_graph(pid: int, folder: Path, name: str, seconds: float) -> subprocess.Popen:
-    """Start py-spy recording the front door process (threads, native frames off) for `seconds` into
-    folder/name.svg; the caller waits for it."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
-        raise RuntimeError("--flamegraph needs py-spy: pip install py-spy")
-    folder.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
-                             "--output", str(folder / f"{name}.svg"), "--threads", "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def measure_point(server, protocol: str, concurrency: int, image_paths: list[Path], args: argparse.Namespace,
-                  name: str) -> dict:
-    """One load point against a running server: the bench summary plus the server's CPU per request."""
-    from resnest_serving.client.bench import BenchConfig, run_repeats
-
-    bench = BenchConfig(protocol=protocol, endpoint=f"127.0.0.1:{server.ports[protocol]}", images=image_paths,
-                        concurrency=concurrency, duration=args.seconds, warmup=4, metrics_url=server.url("/metrics"))
-    before = process_tree_cpu(server.proc.pid)
-    profiler = flame_graph(server.proc.pid, args.flamegraph, name, args.seconds * args.repeats) \
-        if args.flamegraph else None
-    run = asyncio.run(run_repeats(bench, args.repeats))
-    after = process_tree_cpu(server.proc.pid)
-    if profiler is not None:
-        profiler.wait(60)
-    requests_done = sum(len(r.samples) for r in run.reports) + bench.warmup
-    summary = run.median_report.summary()
-    summary["figures"] = run.figures()
-    summary["cpu_ms_per_request"] = {k: 1000 * (after[k] - before[k]) / max(1, requests_done) for k in after}
-    log.info("%s: %.2f images/s, CPU/request %s", name, summary["images_per_s"],
-             ", ".join(f"{k} {v:.2f} ms" for k, v in summary["cpu_ms_per_request"].items()))
-    return summary
-
-
 def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, images: list[bytes],
                image_dir: Path, workdir: Path, cache_rows: bool = False) -> dict:
-    from resnest_serving.serving.launcher import ServerProcess, write_config
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    op = {"batch_size": args.batch_size, "auto_batching_timeout": args.batch_timeout_ms, "engine": engine}
-
-    def start(name: str, **extra) -> ServerProcess:
-        config = write_config(workdir / f"bench_{engine}_{precision}{name}.yml", model_dir, op={**op, **extra},
-                              lsc={"thread_num": args.threads, "precision": precision})
-        return ServerProcess(config, timeout=300)
+    """Every POINTS load point (and the cache rows, the health check) against one server of this config; with
+    --stages each point is profiled and results["stages"] holds the stage table's lines."""
+    def profile(name: str) -> Path | None:
+        return workdir / "stages" / f"{name}.txt" if args.stages else None
 
     one_image = sorted(image_dir.iterdir())[:1]
-    server = start("")
+    server = start_server(model_dir, engine, precision, args, workdir)
     results: dict = {"engine": server.info["engine"]}
+    stage_points: dict[str, dict] = {}  # the stage table's columns
     try:
         for protocol, concurrency in POINTS:
-            results[(protocol, concurrency)] = measure_point(server, protocol, concurrency, sorted(image_dir.iterdir()),
-                                                             args, f"{engine}_{precision}_{protocol}_c{concurrency}")
+            name = f"{engine}_{precision}_{protocol}_c{concurrency}"
+            point = measure_point(server, protocol, concurrency, sorted(image_dir.iterdir()), args, name,
+                                  profile=profile(name))
+            results[(protocol, concurrency)] = point
+            stage_points[f"{protocol} c{concurrency}"] = point
         if cache_rows:
-            results[(f"{CACHE_POINT[0]}, 1 image, cache off", CACHE_POINT[1])] = measure_point(
-                server, *CACHE_POINT, one_image, args, f"{engine}_{precision}_cache_miss")
+            name = f"{engine}_{precision}_cache_miss"
+            point = measure_point(server, *CACHE_POINT, one_image, args, name, profile=profile(name))
+            results[(f"{CACHE_POINT[0]}, 1 image, cache off", CACHE_POINT[1])] = point
+            stage_points["1 image, cache off"] = point
         results["health"] = health_during_big_request(server, images)
     finally:
         server.stop()
     if cache_rows:
-        server = start("_cache", response_cache_mb=args.cache_mb)
+        server = start_server(model_dir, engine, precision, args, workdir, "_cache", response_cache_mb=args.cache_mb)
         try:
-            results[(f"{CACHE_POINT[0]}, 1 image, cache hit", CACHE_POINT[1])] = measure_point(
-                server, *CACHE_POINT, one_image, args, f"{engine}_{precision}_cache_hit")
+            name = f"{engine}_{precision}_cache_hit"
+            point = measure_point(server, *CACHE_POINT, one_image, args, name, profile=profile(name))
+            results[(f"{CACHE_POINT[0]}, 1 image, cache hit", CACHE_POINT[1])] = point
+            stage_points["1 image, cache hit"] = point
         finally:
             server.stop()
+    if args.stages:
+        results["stages"] = stage_table(stage_points)
     return results
 
 
@@ -193,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="record a py-spy flame graph of the front door at every point into DIR (pip install py-spy)")
     parser.add_argument("--cache-mb", type=float, default=16.0,
                         help="response_cache_mb of the cache-hit row's server (first config only); 0 skips the rows")
+    parser.add_argument("--stages", action="store_true",
+                        help="profile every point (py-spy) and print the front door's CPU per request by stage")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="N",
+                        help="instead of the usual points: one server per batch size, gRPC c1/c4 and HTTP c1 in "
+                             "interleaved rounds (--repeats rounds), images/s and the ratio to the first size")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -203,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     shared = {f"image{i}": data for i, data in enumerate(images)}
     model_dir = args.model_dir or ensure_export(args.arch, args.out, shared, {"shared-images": shared})
     bundle = ModelBundle.load(model_dir)
+    if args.batch_sizes:
+        return batch_sizes_main(model_dir, bundle, image_dir, fingerprint, args)
     pre_s = measure_preprocess(bundle, images)
 
-    rows, health, bounds = {}, {}, {}
+    rows, health, bounds, stage_lines = {}, {}, {}, {}
     for spec in args.configs:
         engine, _, precision = spec.partition(":")
         kind = engine if engine != "auto" else None
@@ -223,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         served = run_served(model_dir, engine, precision or "fp32", args, images, image_dir, args.out,
                             cache_rows=not rows and args.cache_mb > 0)
         health[spec] = (served.pop("engine"), served.pop("health"))
+        if "stages" in served:
+            stage_lines[spec] = served.pop("stages")
         rows[spec] = served
 
     out = [f"model {bundle.meta.arch or model_dir} input {bundle.meta.crop_size}, {args.threads} math threads, "
@@ -247,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     out += ["", "GET /health/live while a 32-image request runs (back-to-back checks):"]
     out += [f"- {spec}: p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, max {h['max_ms']:.1f} ms "
             f"({h['count']} checks)" for spec, (_, h) in health.items()]
+    for spec, served in stage_lines.items():
+        out += ["", f"{spec}: where each request's CPU goes (--stages)", "", *served]
     sys.stdout.write("\n".join(out) + "\n")
     if args.json:
         args.json.write_text(json.dumps(strict_json({
@@ -254,6 +215,26 @@ def main(argv: list[str] | None = None) -> int:
             "bounds_images_per_s": bounds, "health": {k: h for k, (_, h) in health.items()},
             "points": [{"config": spec, "engine": health[spec][0], "protocol": p, "concurrency": c, **summary}
                        for spec, served in rows.items() for (p, c), summary in served.items()]}), indent=1))
+    return 0
+
+
+def batch_sizes_main(model_dir: Path, bundle: ModelBundle, image_dir: Path, fingerprint: dict,
+                     args: argparse.Namespace) -> int:
+    """--batch-sizes: every config's servers side by side (bench/batching.py), one table."""
+    results = {}
+    for spec in args.configs:
+        engine, _, precision = spec.partition(":")
+        results[spec] = compare_batch_sizes(model_dir, engine, precision or "fp32", args, image_dir, args.out)
+    out = [f"model {bundle.meta.arch or model_dir}, {args.threads} math threads, auto_batching_timeout "
+           f"{args.batch_timeout_ms} ms, {args.repeats} interleaved rounds of {args.seconds:g} s", "",
+           *batch_table(results)]
+    sys.stdout.write("\n".join(out) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(strict_json({
+            "fingerprint": fingerprint, "model": str(model_dir), "batch_sizes": args.batch_sizes,
+            "points": [{"config": spec, "protocol": p, "concurrency": c, "batch_size": bs, "rounds": runs}
+                       for spec, rounds in results.items() for (p, c), by_size in rounds.items()
+                       for bs, runs in by_size.items()]}), indent=1))
     return 0
 
 

@@ -3,8 +3,8 @@
 
 The search, pruned as a person would do it by hand:
 1. Every engine × precision that can run here (`Runtime.unavailable`: instructions, model files) and whose
-   recorded accuracy check (`resnest export --check-images`) reaches the threshold, plus the schema's
-   default config as the baseline, each at batch_size 1.
+   recorded accuracy check (`resnest export --check-images`) reaches the threshold, each at batch_size 1,
+   plus the schema's default config (batching on) as the baseline.
 2. The best two (within 80 % of the best) get batch sizes 2, 4, 8 in turn, stopping as soon as a size gains
    under 5 %, and the best of those a split of the cores into two engine instances.
 Each candidate is loaded at client concurrency 1, 2, 4 and 2 × (batch_size × instances) (closed loop), then
@@ -30,6 +30,7 @@ from resnest_serving.client.fingerprint import machine_fingerprint
 from resnest_serving.client.images import list_images
 from resnest_serving.pipeline.engines.choose import AUTO_ORDER, RUNTIMES
 from resnest_serving.protocol.bundle import ModelBundle
+from resnest_serving.serving.config.schema import OpConfig, default_of
 from resnest_serving.serving.launcher import ServerProcess, write_config
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ def engine_candidates(bundle: ModelBundle, threshold: float) -> list[Candidate]:
     out = [Candidate("default config (schema defaults)")]
     for precision in PRECISIONS:
         for engine in AUTO_ORDER:
-            cand = Candidate(f"{engine} {precision}", op={"engine": engine}, lsc={"precision": precision})
+            cand = Candidate(f"{engine} {precision}", op={"engine": engine, "batch_size": 1},
+                             lsc={"precision": precision})
             why = RUNTIMES[engine].unavailable(bundle, EngineOptions(precision=precision))
             why = why or accuracy_gate(bundle, engine, precision, threshold)
             if why:
@@ -131,7 +133,8 @@ class Tuner:
 
     def levels(self, cand: Candidate) -> list[int]:
         """The first load levels: 1, 2, 4 and 2 x (batch_size x instances); `next_level` may add more."""
-        per_batch = int(cand.op.get("batch_size", 1)) * int(cand.op.get("concurrency", 1))
+        op = {name: default_of(OpConfig, name) for name in ("batch_size", "concurrency")} | cand.op
+        per_batch = int(op["batch_size"]) * int(op["concurrency"])
         return sorted({1, 2, 4, min(MAX_LEVEL, 2 * per_batch)})
 
     def next_level(self, cand: Candidate) -> int | None:

@@ -135,7 +135,7 @@ def test_defaults_filled(cpus) -> None:
     assert config.log_level == "INFO"
 
     op = config.op[0]
-    assert (op.concurrency, op.timeout, op.retry, op.batch_size, op.auto_batching_timeout) == (1, -1, 1, 1, -1)
+    assert (op.concurrency, op.timeout, op.retry, op.batch_size, op.auto_batching_timeout) == (1, -1, 1, 4, -1)
     assert op.server_endpoints == () and op.fetch_list is None and op.client_config is None
     assert op.use_encryption_model is False and op.encryption_key is None
     assert (op.topk, op.label_file, op.engine) == (1, None, "auto")
@@ -485,11 +485,11 @@ def test_several_ops_are_several_models(caplog) -> None:
     assert "op: not set" in error_of({"http_port": 18080})
     two = minimal()
     two["op"]["other"] = copy.deepcopy(two["op"]["imagenet"])
-    two["op"]["other"]["batch_size"] = 4
+    two["op"]["other"]["batch_size"] = 8
     config = parse(two)
     assert [op.name for op in config.op] == ["imagenet", "other"]
-    assert list(config.models) == ["imagenet", "other"] and config.models["other"].batch_size == 4
-    assert config.op[0].batch_size != 4  # each op its own settings
+    assert list(config.models) == ["imagenet", "other"] and config.models["other"].batch_size == 8
+    assert config.op[0].batch_size != 8  # each op its own settings
     assert parse_config(to_dict(config), Path(".")).models.keys() == config.models.keys()
     with pytest.raises(ConfigError, match=r"\[CONF\] op: got 2 ops \('imagenet', 'other'\); Ray"):
         config.only_op("Ray")
