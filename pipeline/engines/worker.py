@@ -7,7 +7,7 @@ inside the worker.
 
 Data path: the server copies each request of a batch straight into a shared-memory block (an input region
 followed by `[max_batch, classes]` float32 outputs; no batch array is assembled first), sends one fixed-size
-message (`Channel`: one write, one read each way, nothing pickled or allocated on the batch path) and awaits
+message (`Channel`: one write, one read each way, nothing pickled on the batch path) and awaits
 the reply on its event loop through a reader kept for the worker's life (no thread, no reader added and
 removed per batch); the worker runs the model on the shared rows and writes the probabilities back, and the
 server copies them out once. The input region holds `max_batch` rows of either form (`pipeline.pixels`): a batch of
