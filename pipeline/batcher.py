@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from resnest_serving.pipeline.engines.base import Engine
+from resnest_serving.pipeline.engines.base import Engine, infer_batch
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +170,18 @@ class DynamicBatcher:
             if not batch:
                 continue
             started = time.perf_counter()
-            inputs = batch[0].images if len(batch) == 1 else np.concatenate([i.images for i in batch])
+            images = sum(item.count for item in batch)
             try:
-                outputs = await engine.infer(inputs)
+                outputs = await infer_batch(engine, [item.images for item in batch])
             except Exception as exc:  # engine failure: every request of this batch gets it
-                log.error("engine failed on a batch of %d images: %s: %s", inputs.shape[0], type(exc).__name__,
+                log.error("engine failed on a batch of %d images: %s: %s", images, type(exc).__name__,
                           exc, exc_info=log.isEnabledFor(logging.DEBUG))
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
             infer_s = time.perf_counter() - started
-            self.observer.batch_done(inputs.shape[0], len(batch), started - batch[0].enqueued, infer_s)
+            self.observer.batch_done(images, len(batch), started - batch[0].enqueued, infer_s)
             offset = 0
             for item in batch:
                 if not item.future.done():

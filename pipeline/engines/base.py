@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -68,6 +69,16 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Release the model (idempotent)."""
         ...
+
+
+async def infer_batch(engine: Engine, parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The engine's answers for the requests' arrays `parts` (one form) taken as one batch, in order. An engine
+    with `infer_parts` (the local engines) copies each request straight into its shared-memory rows; any other
+    gets them as one array. Concatenating first and copying again cost ~2x the single copy (4 one-image
+    requests: ~49 vs ~22 µs, `bench.handoff --parts`)."""
+    if len(parts) > 1 and hasattr(engine, "infer_parts"):
+        return await engine.infer_parts(parts)
+    return await engine.infer(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
 def takes_pixels(engine: object) -> bool:

@@ -33,6 +33,7 @@ from resnest_serving.pipeline.engines import (
     open_runtime,
     start_engines,
 )
+from resnest_serving.pipeline.engines.base import infer_batch
 from resnest_serving.pipeline.engines.cpu import (
     BF16_FLAGS,
     FLAGS_OVERRIDE,
@@ -198,6 +199,31 @@ def test_killed_worker_fails_its_batch_and_is_restarted(tiny_model_dir, caplog):
     assert before.shape == (11, 10) and np.array_equal(before, after) and np.array_equal(before, again)
     assert len(set(pids)) == 3
     assert sum("the worker process is gone; starting a new one" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_requests_assembled_in_shared_memory_get_their_own_rows(tiny_model_dir):
+    """The batcher hands a batch's requests as parts (`infer_batch`): each is copied straight into the shared
+    rows, chunked at max_batch across request boundaries, and gets the rows one concatenated batch gets; parts
+    of both forms in one batch are refused with what the engine takes, and the engine keeps serving."""
+    bundle = ModelBundle.load(tiny_model_dir)
+    rng = np.random.default_rng(5)
+    parts = [rng.integers(0, 256, (n, 64, 64, 3), np.uint8) for n in (1, 3, 2, 5)]
+    runtime, _ = open_runtime(bundle, ("onnxruntime",), EngineOptions(), 4)
+    want = np.concatenate([runtime.infer(part) for part in parts])
+
+    async def main():
+        (engine,) = await start_engines(bundle, "onnxruntime", EngineOptions(), 1, 4)
+        try:
+            got = await infer_batch(engine, parts)
+            with pytest.raises(EngineError, match=r"one form per batch"):
+                await infer_batch(engine, [parts[0], runtime.normalize(parts[1])])
+            return got, await infer_batch(engine, parts[:1])
+        finally:
+            await engine.close()
+
+    got, first = asyncio.run(main())
+    assert got.shape == (11, 10) and np.abs(got - want).max() <= 1e-5
+    assert np.abs(first - want[:1]).max() <= 1e-5
 
 
 def test_closed_engine_leaves_no_process_or_shared_memory(tiny_model_dir):
