@@ -16,6 +16,7 @@ from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.wire import ElemType
 from resnest_serving.serving.config.schema import OpConfig
 from resnest_serving.serving.metrics import Metrics
+from resnest_serving.serving.repository.manager import ModelRepository
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,10 @@ class ServedModel:
 
 
 class ServingCore:
-    """The served models plus metrics; routing a request to its model by name happens here, for every door."""
+    """The served models plus metrics; routing a request to its model by name happens here, for every door.
+    `repository` (set by Server.start) starts, switches and stops the models' versions."""
+
+    repository: ModelRepository
 
     def __init__(self, models: list[ServedModel], metrics: Metrics):
         self.models = {model.name: model for model in models}
