@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -243,5 +244,6 @@ class ModelRepository:
 
 
 def _why(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    """The exception in one line (engine errors quote multi-line library messages)."""
+    text = re.sub(r"\s*\n\s*", " ", str(exc).strip()) or type(exc).__name__
     return text if isinstance(exc, (ValueError, RepositoryError)) else f"{type(exc).__name__}: {text}"
