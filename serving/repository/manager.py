@@ -209,8 +209,8 @@ class ModelRepository:
                 self._loading[model.name].discard(number)
         keep_removed = bool(failures)
         if keep_removed and removed:
-            _LOGGER.info("model %s: keeping version(s) %s until the next look (a new version failed)", model.name,
-                         ", ".join(str(v) for v in removed))
+            _LOGGER.info("model %s: version(s) %s stay in service (a version meant to replace them failed)",
+                         model.name, ", ".join(str(v) for v in removed))
         new = {n: v for n, v in model.versions.items() if keep_removed or n not in removed} | started
         gone = [v for n, v in model.versions.items() if n not in new]
         if not started and not gone:
