@@ -228,23 +228,20 @@ class ModelRepository:
         rest with err_no 3001), then stop its pipeline."""
         for served in gone:
             model.draining[served.number] = served
-        try:
-            for served in gone:
-                try:
-                    await asyncio.wait_for(served.drained(), self.drain_timeout_s)
-                except TimeoutError:
-                    count = served.pipeline.abort(f"model {model.name} version {served.number} was switched away "
-                                                  f"from and its requests did not finish within "
-                                                  f"{self.drain_timeout_s:g} s; retry the request")
-                    _LOGGER.warning("model %s: version %d: answered %d request(s) still in flight with err_no 3001 "
-                                    "after %g s of draining", model.name, served.number, count,
-                                    self.drain_timeout_s)
-                model.draining.pop(served.number, None)
+        for served in gone:  # cancelled while waiting (server shutdown): it stays in `draining`, the server stops it
+            try:
+                await asyncio.wait_for(served.drained(), self.drain_timeout_s)
+            except TimeoutError:
+                count = served.pipeline.abort(f"model {model.name} version {served.number} was switched away from "
+                                              f"and its requests did not finish within {self.drain_timeout_s:g} s; "
+                                              "retry the request")
+                _LOGGER.warning("model %s: version %d: answered %d request(s) still in flight with err_no 3001 "
+                                "after %g s of draining", model.name, served.number, count, self.drain_timeout_s)
+            try:
                 await served.pipeline.stop()
-                _LOGGER.info("model %s: version %d stopped", model.name, served.number)
-        finally:
-            for served in gone:
+            finally:
                 model.draining.pop(served.number, None)
+            _LOGGER.info("model %s: version %d stopped", model.name, served.number)
 
 
 def _why(exc: BaseException) -> str:
