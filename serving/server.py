@@ -181,13 +181,15 @@ async def start_model(config: ServerConfig, op: OpConfig, name: str, metrics: Me
     if versions is None:
         return ServedModel(name, op, await start_pipeline(config, op, name, metrics))
     model = ServedModel(name, op, versioned=True)
+    started: dict[int, ServedVersion] = {}
     try:
         for version in versions:
-            pipeline = await start_pipeline(config, op, name, metrics, version)
-            model.versions[version.version] = ServedVersion(version.version, pipeline)
+            started[version.version] = ServedVersion(version.version, await start_pipeline(config, op, name, metrics,
+                                                                                           version))
     except BaseException:
-        await asyncio.gather(*(v.pipeline.stop() for v in model.versions.values()), return_exceptions=True)
+        await asyncio.gather(*(v.pipeline.stop() for v in started.values()), return_exceptions=True)
         raise
+    model.versions = started
     return model
 
 

@@ -229,6 +229,8 @@ def test_twenty_new_versions_leak_nothing(server, folder, body, tiny_model_dir, 
             pids = tree(pid)
             samples[cycle] = (rss_kib(pids), len(pids))
     first, last = samples[1], samples[20]
+    print(f"server tree after cycle 1: {first[0]} KiB in {first[1]} processes; after cycle 20: {last[0]} KiB in "
+          f"{last[1]} processes")
     assert last[1] == first[1], f"processes in the server's tree: {first[1]} after the first cycle, {last[1]} after the 20th"
     assert last[0] <= first[0] * 1.10, f"RSS of the server's tree: {first[0]} KiB after the first cycle, {last[0]} KiB after the 20th"
     leaked = (shm_segments() - shm_before) - mapped_shm()

@@ -208,3 +208,20 @@ def test_specific_policy_serves_both_and_routes_by_number(folder, tiny_model_dir
         assert answered == 0 and "has no version 3 in service; it serves 1, 2" in response.err_msg
 
     asyncio.run(main())
+
+
+def test_check_paths_accepts_a_versioned_folder_it_can_serve(folder):
+    from resnest_serving.serving.config.files import check_paths
+    from resnest_serving.serving.config.yaml_file import ConfigError
+
+    def config(policy: dict | None = None):
+        op = {"local_service_conf": {"model_config": str(folder)}, **({"version_policy": policy} if policy else {})}
+        return parse_config({"rpc_port": 0, "op": {"m": op}}, folder.parent)
+
+    check_paths(config())
+    with pytest.raises(ConfigError, match=r"op\.m\.version_policy \(specific 5\)"):
+        check_paths(config({"specific": {"versions": [5]}}))
+    shutil.rmtree(folder / "1")
+    (folder / "1").mkdir()
+    with pytest.raises(ConfigError, match="version 1: .* is empty"):
+        check_paths(config())
