@@ -165,6 +165,7 @@ class Server:
             raise
         self.core = ServingCore(self.models, self.metrics)
         self.v2 = V2Models(self.core)  # the Open Inference Protocol's view, one for its REST and gRPC doors
+        self.v2.model_control = config.model_control  # load/unload open only with `model_control: explicit`
         self._grpc = self._rest = self._brpc = self._prometheus = None
         door = door_settings(config)
         self.tokens = door.tokens

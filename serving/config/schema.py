@@ -355,6 +355,11 @@ class ServerConfig:
     shutdown_grace_s: float = setting(10.0, "After SIGTERM/SIGINT, the number of seconds in which in-flight "
                                             "requests may finish.", origin="ours", minimum=0)
     log_level: str = setting("INFO", "Case-insensitive.", origin="ours", choices=LOG_LEVELS, normalize=str.upper)
+    model_control: str = setting(
+        "none", "`explicit` opens the Open Inference Protocol's `POST /v2/repository/models/{name}/load` and "
+        "`/unload` (gRPC RepositoryModelLoad/Unload), as Triton's `--model-control-mode=explicit`; with `none` they "
+        "answer 403 / PERMISSION_DENIED. With `auth:` on they need the token like every call. See README \"Load and "
+        "unload models\".", origin="ours", choices=("none", "explicit"), normalize=str.lower)
     config_file: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:

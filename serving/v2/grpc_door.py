@@ -115,6 +115,22 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m)
                                                   for m in self.models.repository_index()])
 
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,  # noqa: N802
+                                  context) -> pb.RepositoryModelLoadResponse:
+        try:
+            await self.models.load(request.model_name, parameters(request.parameters))
+        except ServingError as exc:
+            await grpc_abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,  # noqa: N802
+                                    context) -> pb.RepositoryModelUnloadResponse:
+        try:
+            await self.models.unload(request.model_name, parameters(request.parameters))
+        except ServingError as exc:
+            await grpc_abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:  # noqa: N802
         model = None
         try:

@@ -22,13 +22,15 @@ from resnest_serving.protocol.v2 import IMAGE_INPUT
 from resnest_serving.serving.core import ServedModel, ServingCore
 from resnest_serving.serving.doors.http_guard import ascii_int
 from resnest_serving.serving.errors import ErrorKind, ServingError, from_err_no, invalid
+from resnest_serving.serving.v2.repository import LOAD, UNLOAD, check_request
 from resnest_serving.serving.v2.tensors import MAX_REQUESTED_OUTPUTS, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
 SERVER_NAME = "resnest-serving"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository(index)"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository",
+              "model_repository(index)"]
 
 
 def logid_of(request_id: str) -> int:
@@ -222,3 +224,18 @@ class V2Models:
                  name, error.kind.name, error.message)
         self.core.reject(protocol, error.err_no, name)
         error.counted = True
+
+    model_control = "none"
+    """config.yml's `model_control` (set by Server.start): "explicit" opens load and unload."""
+
+    async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """The repository extension's load (serving.v2.repository's rules), by the model repository."""
+        check_request(LOAD, name, parameters or {}, self.model_control)
+        log.info("model %r: load requested (V2 repository extension)", name[:200])
+        await self.core.repository.load(name)
+
+    async def unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """The repository extension's unload (serving.v2.repository's rules), by the model repository."""
+        check_request(UNLOAD, name, parameters or {}, self.model_control)
+        log.info("model %r: unload requested (V2 repository extension)", name[:200])
+        await self.core.repository.unload(name)
