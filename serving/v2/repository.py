@@ -7,6 +7,7 @@ this server would not honour is refused with the reason, never ignored."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from resnest_serving.serving.errors import ErrorKind, ServingError, invalid
@@ -44,8 +45,8 @@ def _refusal(action: str, key: str, value: Any) -> str:
                 "a numbered version folder (e.g. 2/) in the model's model_config folder and load it without "
                 "parameters")
     if action == UNLOAD and key == "unload_dependents":
-        return (f"unload parameter unload_dependents={value!r} is not supported: this server has no ensembles, so "
-                "a model has no dependents; send false or leave it out")
+        return (f"unload parameter unload_dependents: {json.dumps(value, default=str)} is not supported: this "
+                "server has no ensembles, so a model has no dependents; send false or leave it out")
     allowed = " but unload_dependents: false" if action == UNLOAD else ""
     return f"unknown {action} parameter {key[:200]!r}; this server takes no parameters{allowed}"
 
