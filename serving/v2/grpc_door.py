@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService` on the rpc_port beside
 Paddle Serving's PipelineService. Inputs in `raw_input_contents` (what tritonclient sends) or typed
 `contents`; outputs always in `raw_output_contents` (tritonclient's `as_numpy` reads only those). Errors
-are gRPC status codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL) with the message."""
+are gRPC status codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL; PERMISSION_DENIED for load/unload
+without `model_control: explicit`) with the message."""
 
 from __future__ import annotations
 
