@@ -4,10 +4,10 @@ protobuf Request/Response; REST carries their JSON mapping."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
-from dataclasses import dataclass
 
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.pipeline import Pipeline
@@ -24,8 +24,9 @@ _MODEL: contextvars.ContextVar[str] = contextvars.ContextVar("served_model", def
 
 
 class _ModelInLogLines(logging.Filter):
-    """Prefixes the pipeline's per-request log lines with `model=NAME`: the model a request was routed to
-    (set by ServingCore.infer for the request's task and the tasks it starts)."""
+    """Prefixes the pipeline's per-request log lines with `model=NAME` (`model=NAME version=N` for a versioned
+    model): the model a request was routed to (set by ServingCore for the request's task and the tasks it
+    starts)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = _MODEL.get()
@@ -62,23 +63,78 @@ def response_to_proto(response: Response) -> pb.Response:
                        value=response.values)
 
 
-@dataclass
-class ServedModel:
-    """One served model: its name, op and current Pipeline. The pipeline is the one reference a request reads,
-    so a later version reload can swap it here without touching the doors."""
+VERSION_KEY = "model_version"  # the response key naming the version that answered (versioned model_config only)
 
-    name: str
-    op: OpConfig
-    pipeline: Pipeline
+
+class ServedVersion:
+    """One version of a model in service: its number, its Pipeline and the requests routed to it and not yet
+    answered (counted so that a version switched away from is stopped only once they are done)."""
+
+    def __init__(self, number: int, pipeline: Pipeline):
+        self.number = number
+        self.pipeline = pipeline
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once no request routed to this version is in flight."""
+        await self._idle.wait()
+
+
+class ServedModel:
+    """One served model: its name, op and the versions in service. `versions` is the one reference a request
+    reads at routing (replaced whole, never changed in place), so the repository switches versions atomically
+    without touching the doors. `versioned`: its model_config holds numbered version folders (its answers say
+    which version answered); otherwise it is version 1 and its answers are as Paddle Serving's."""
+
+    def __init__(self, name: str, op: OpConfig, pipeline: Pipeline | None = None, version: int = 1,
+                 versioned: bool = False):
+        self.name = name
+        self.op = op
+        self.versioned = versioned
+        self.versions: dict[int, ServedVersion] = {version: ServedVersion(version, pipeline)} if pipeline else {}
+        self.draining: dict[int, ServedVersion] = {}  # switched away from, in-flight requests finishing
+        self.unloaded = False
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The newest served version's pipeline."""
+        return self.versions[max(self.versions)].pipeline
 
     @property
     def ready(self) -> bool:
-        return self.pipeline.ready
+        return not self.unloaded and bool(self.versions) and all(v.pipeline.ready for v in self.versions.values())
+
+    def route(self, version: int | None = None) -> ServedVersion:
+        """The version a request runs on: `version`, or the newest served one; PipelineError NO_SERVICE saying
+        what is served otherwise. A version switched away from is not routed to (its requests already in flight
+        finish)."""
+        versions = self.versions
+        if self.unloaded or not versions:
+            raise PipelineError(ErrorCode.NO_SERVICE, f"model {self.name!r} is unloaded; load it with POST "
+                                f"/v2/repository/models/{self.name}/load")
+        if version is None:
+            return versions[max(versions)]
+        found = versions.get(version)
+        if found is None:
+            raise PipelineError(ErrorCode.NO_SERVICE, f"model {self.name!r} has no version {version} in service; "
+                                f"it serves {', '.join(str(v) for v in sorted(versions))}")
+        return found
 
 
 class ServingCore:
-    """The served models plus metrics; routing a request to its model by name happens here, for every door.
-    `repository` (set by Server.start) starts, switches and stops the models' versions."""
+    """The served models plus metrics; routing a request to its model by name (and version) happens here, for
+    every door. `repository` (set by Server.start) starts, switches and stops the models' versions."""
 
     repository: ModelRepository
 
@@ -88,8 +144,8 @@ class ServingCore:
 
     @property
     def ready(self) -> bool:
-        """True when every configured model is ready."""
-        return all(model.ready for model in self.models.values())
+        """True when every configured model that is not unloaded is ready."""
+        return all(model.ready for model in self.models.values() if not model.unloaded)
 
     def model(self, name: str) -> ServedModel:
         """The model called `name` (an empty name: the only model, when one is served); PipelineError
@@ -105,20 +161,39 @@ class ServingCore:
                             f"this server serves {served})")
 
     async def infer(self, request: Request) -> Response:
+        """The answer of the newest served version of the request's model (Paddle Serving's doors)."""
+        return (await self.infer_version(request))[0]
+
+    async def infer_version(self, request: Request, version: int | None = None,
+                            fallback: bool = False) -> tuple[Response, int]:
+        """Route the request (once: the version is read here, before any await) and run it; (answer, the
+        version that answered, 0 when none did). `version` pins it; with `fallback`, a pinned version
+        already out of service gives way to the newest one (it was picked, not named, by the client)."""
         started = time.perf_counter()
         try:
             model = self.model(request.name)
+            try:
+                served = model.route(version)
+            except PipelineError:
+                if not fallback:
+                    raise
+                served = model.route()
         except PipelineError as exc:
             log.info("logid=%d protocol=%s err_no=%d %s", request.logid, request.protocol, exc.code, exc.message)
-            self.reject(request.protocol, int(exc.code))
-            return Response.from_error(exc)
-        token = _MODEL.set(model.name)
+            self.reject(request.protocol, int(exc.code), request.name if request.name in self.models else "")
+            return Response.from_error(exc), 0
+        served.enter()
+        token = _MODEL.set(f"{model.name} version={served.number}" if model.versioned else model.name)
         try:
-            response = await model.pipeline.infer(request)
+            response = await served.pipeline.infer(request)
         finally:
             _MODEL.reset(token)
+            served.leave()
+        if model.versioned and response.err_no == 0:
+            response.keys.append(VERSION_KEY)
+            response.values.append(str(served.number))
         self.metrics.request_done(request.protocol, response.err_no, time.perf_counter() - started, model.name)
-        return response
+        return response, served.number
 
     async def infer_proto(self, message: pb.Request, protocol: str) -> pb.Response:
         try:

@@ -26,7 +26,7 @@ from resnest_serving.protocol.engine_options import DEVICE_CODES, EngineOptions
 from resnest_serving.serving.config.files import check_paths
 from resnest_serving.serving.config.loader import ServerConfig
 from resnest_serving.serving.config.schema import OpConfig
-from resnest_serving.serving.core import ServedModel, ServingCore
+from resnest_serving.serving.core import ServedModel, ServedVersion, ServingCore
 from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings
 from resnest_serving.serving.doors.security import (
     TokenSet,
@@ -36,6 +36,14 @@ from resnest_serving.serving.doors.security import (
     warn_if_readable_by_others,
 )
 from resnest_serving.serving.metrics import Metrics, Tracer
+from resnest_serving.serving.repository.manager import ModelRepository
+from resnest_serving.serving.repository.policy import DEFAULT_POLICY, select
+from resnest_serving.serving.repository.versions import (
+    BUNDLE_FILES,
+    UNVERSIONED,
+    ModelVersion,
+    scan_repository,
+)
 from resnest_serving.serving.v2.model import V2Models
 
 log = logging.getLogger(__name__)
@@ -70,8 +78,11 @@ def pipeline_settings(config: ServerConfig, op: OpConfig, name: str) -> Pipeline
                             log_profile=config.dag.use_profile, response_cache_mb=op.response_cache_mb)
 
 
-def load_bundle(op: OpConfig) -> ModelBundle:
-    bundle = ModelBundle.load(op.local_service_conf.model_config, op.label_file)
+def load_bundle(op: OpConfig, bundle: ModelBundle | None = None) -> ModelBundle:
+    """The op's bundle (`bundle`, a version's, or the one in model_config), its fetch alias checked against
+    the op's fetch_list."""
+    if bundle is None:
+        bundle = ModelBundle.load(op.local_service_conf.model_config, op.label_file)
     fetch_list = op.effective_fetch_list
     if fetch_list is not None and bundle.fetch_alias not in fetch_list:
         raise ValueError(f"[CONF] op.{op.name}.fetch_list: {list(fetch_list)} does not name the model's fetch "
@@ -112,26 +123,72 @@ async def start_op_engines(op: OpConfig, bundle: ModelBundle) -> list[Engine]:
     return engines
 
 
-async def build_pipeline(config: ServerConfig, op: OpConfig, name: str, metrics: Metrics) -> Pipeline:
-    """Load the op's model and start its engine instances; the pipeline serves it as model `name`."""
-    bundle = load_bundle(op)
+async def build_pipeline(config: ServerConfig, op: OpConfig, name: str, metrics: Metrics,
+                         version: ModelVersion | None = None) -> Pipeline:
+    """Load the op's model (or `version` of it) and start its engine instances; the pipeline serves it as
+    model `name`."""
+    bundle = load_bundle(op, version.bundle if version else None)
     engines = await start_op_engines(op, bundle)
-    return Pipeline(bundle, engines, pipeline_settings(config, op, name), metrics.for_model(name))
+    return Pipeline(bundle, engines, pipeline_settings(config, op, name), metrics.for_model(name),
+                    version=str(version.version if version else UNVERSIONED))
 
 
-async def start_model(config: ServerConfig, op: OpConfig, name: str, metrics: Metrics) -> ServedModel:
-    """One model loaded, started and logged (its start-up lines name it)."""
+async def start_pipeline(config: ServerConfig, op: OpConfig, name: str, metrics: Metrics,
+                         version: ModelVersion | None = None) -> Pipeline:
+    """One model (or one `version` of it) loaded, checked, started and logged (its start-up lines name it);
+    on a failure nothing of it is left running."""
     started = time.perf_counter()
-    pipeline = await build_pipeline(config, op, name, metrics)
-    await pipeline.start()
+    pipeline = await build_pipeline(config, op, name, metrics, version)
+    try:
+        await pipeline.start()
+    except BaseException:
+        await pipeline.stop()
+        raise
     bundle = pipeline.bundle
     where = (f"remote model at {', '.join(op.server_endpoints)} over bRPC" if op.is_remote else
              f"{op.concurrency} engine instance(s) x {op.local_service_conf.thread_num} thread(s) on "
              f"{op.local_service_conf.device}")
-    log.info("model %r: %s (%s, input %d, %d classes) %s; loaded in %.2f s", name, bundle.directory,
+    label = f"model {name!r}" + (f" version {version.version}" if version else "")
+    log.info("%s: %s (%s, input %d, %d classes) %s; loaded in %.2f s", label, bundle.directory,
              bundle.meta.arch or "unknown arch", bundle.meta.crop_size, bundle.meta.class_num, where,
              time.perf_counter() - started)
-    return ServedModel(name, op, pipeline)
+    return pipeline
+
+
+def versions_at_start(op: OpConfig, name: str) -> list[ModelVersion] | None:
+    """The versions `op.<name>.version_policy` picks in a versioned model_config (None: the unversioned layout,
+    served as version 1 as always); ValueError when it picks none."""
+    model_dir = op.local_service_conf.model_config
+    if op.is_remote or any((model_dir / f).is_file() for f in BUNDLE_FILES):
+        return None
+    scan = scan_repository(model_dir, op.label_file)
+    log.info("model %s: %s", name, scan.summary())
+    for problem in scan.problems:
+        log.error("model %s: %s", name, problem.message)
+    policy = op.version_policy or DEFAULT_POLICY
+    selection = select(policy, scan.numbers)
+    if (missing := selection.error(scan.numbers)) is not None:
+        log.error("model %s: %s", name, missing)
+    if not selection.versions:
+        raise ValueError(f"model {name}: {model_dir}: no servable version for version_policy {policy.describe()}"
+                         f" (loadable: {', '.join(str(n) for n in scan.numbers) or 'none'})")
+    return [v for v in scan.versions if v.version in selection.versions]
+
+
+async def start_model(config: ServerConfig, op: OpConfig, name: str, metrics: Metrics) -> ServedModel:
+    """One model with the versions its policy picks (the unversioned layout: version 1), started."""
+    versions = versions_at_start(op, name)
+    if versions is None:
+        return ServedModel(name, op, await start_pipeline(config, op, name, metrics))
+    model = ServedModel(name, op, versioned=True)
+    try:
+        for version in versions:
+            pipeline = await start_pipeline(config, op, name, metrics, version)
+            model.versions[version.version] = ServedVersion(version.version, pipeline)
+    except BaseException:
+        await asyncio.gather(*(v.pipeline.stop() for v in model.versions.values()), return_exceptions=True)
+        raise
+    return model
 
 
 def engine_line(model: ServedModel) -> str:
@@ -161,9 +218,13 @@ class Server:
             for name, op in config.models.items():
                 self.models.append(await start_model(config, op, name, self.metrics))
         except BaseException:
-            await asyncio.gather(*(model.pipeline.stop() for model in self.models), return_exceptions=True)
+            await asyncio.gather(*(v.pipeline.stop() for model in self.models for v in model.versions.values()),
+                                 return_exceptions=True)
             raise
         self.core = ServingCore(self.models, self.metrics)
+        self.repository = ModelRepository(
+            self.core, lambda model, version: start_pipeline(config, model.op, model.name, self.metrics, version),
+            config.model_repository_poll_s, config.shutdown_grace_s)
         self.v2 = V2Models(self.core)  # the Open Inference Protocol's view, one for its REST and gRPC doors
         self.v2.model_control = config.model_control  # load/unload open only with `model_control: explicit`
         self._grpc = self._rest = self._brpc = self._prometheus = None
@@ -196,12 +257,14 @@ class Server:
         self._tracer = Tracer(self.metrics, config.dag.tracer.interval_s) if config.dag.tracer.interval_s >= 1 else None
         if self._tracer is not None:
             self._tracer.start()
+        self.repository.start_polling()
 
     async def stop(self) -> None:
         """Stop accepting on every front door and let requests in flight finish; at `shutdown_grace_s`,
         answer those still running with err_no 3001 (none is dropped), then stop the pipeline."""
         grace = self.config.shutdown_grace_s
         log.info("stopping: finishing requests in flight (grace %g s)", grace)
+        await self.repository.stop()
         backstop = grace + 1.0  # the doors' own limit; the pipeline has answered everything by then
         stops = []
         if self._grpc is not None:
@@ -214,8 +277,8 @@ class Server:
         doors = [asyncio.ensure_future(stop) for stop in stops]
         _done, pending = await asyncio.wait(doors, timeout=grace) if doors else (set(), set())
         if pending:
-            count = sum(model.pipeline.abort(f"server shutting down: the request did not finish within "
-                                             f"shutdown_grace_s ({grace:g} s); retry it") for model in self.models)
+            count = sum(pipeline.abort(f"server shutting down: the request did not finish within "
+                                       f"shutdown_grace_s ({grace:g} s); retry it") for pipeline in self._pipelines())
             log.warning("stopping: grace of %g s over; answered %d request(s) still in flight with err_no 3001",
                         grace, count)
             await asyncio.wait(pending, timeout=backstop - grace + 1.0)
@@ -227,9 +290,13 @@ class Server:
                 log.warning("stopping: a front door failed to stop cleanly: %r", door.exception())
         if self._tracer is not None:
             await self._tracer.stop()
-        for model in self.models:
-            await model.pipeline.stop()
+        for pipeline in self._pipelines():
+            await pipeline.stop()
         log.info("stopped")
+
+    def _pipelines(self) -> list[Pipeline]:
+        """Every pipeline running: the served versions and those draining."""
+        return [v.pipeline for model in self.models for v in (*model.versions.values(), *model.draining.values())]
 
 
 def warn_secret_files(config: ServerConfig) -> None:

@@ -70,6 +70,25 @@ def check_paths(config: ServerConfig) -> None:
         raise ConfigError(f"[CONF] tls: cannot load the certificate/key files: {exc}") from None
 
 
+def _check_versioned(op: OpConfig, lsc_path: str) -> None:
+    """A model_config that is not a bundle must be a folder of numbered versions of which the version policy
+    picks at least one loadable version (broken ones are logged by the server and left out)."""
+    from resnest_serving.serving.repository.policy import DEFAULT_POLICY, select
+    from resnest_serving.serving.repository.versions import RepositoryError, scan_repository
+
+    model_dir = op.local_service_conf.model_config
+    try:
+        scan = scan_repository(model_dir, op.label_file)
+    except RepositoryError as exc:
+        raise ConfigError(f"[CONF] {lsc_path}.model_config: {exc}; is it a Paddle Serving serving_server "
+                          "folder?") from None
+    policy = op.version_policy or DEFAULT_POLICY
+    if not select(policy, scan.numbers).versions:
+        why = "; ".join(p.message for p in scan.problems) or "none is loadable"
+        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} holds no version that "
+                          f"op.{op.name}.version_policy ({policy.describe()}) can serve: {why}")
+
+
 def _check_op_paths(op: OpConfig) -> None:
     """One op's model folder, label file, client config and model-dependent switches."""
     lsc_path = f"op.{op.name}.local_service_conf"
@@ -81,11 +100,7 @@ def _check_op_paths(op: OpConfig) -> None:
         raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} is not a folder; give the "
                           "serving_server folder")
     if not any((model_dir / name).is_file() for name in SERVER_CONF_FILES):
-        inner = model_dir / "serving_server"
-        hint = (f"did you mean {str(inner)!r}? (resnest export --out DIR writes the model into DIR/serving_server)"
-                if any((inner / name).is_file() for name in SERVER_CONF_FILES)
-                else "is it a Paddle Serving serving_server folder?")
-        raise ConfigError(f"[CONF] {lsc_path}.model_config: {str(model_dir)!r} has no {SERVER_CONF_FILES[0]}; {hint}")
+        _check_versioned(op, lsc_path)
     _check_gpu_build(op, lsc_path)
     _check_op_lists(op, lsc_path)
     if op.label_file is not None and not op.label_file.is_file():

@@ -44,6 +44,7 @@ from resnest_serving.serving.config.yaml_file import (
     read_yaml,
     type_name,
 )
+from resnest_serving.serving.repository.policy import parse_policy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -192,8 +193,9 @@ def _parse_op(ops: dict, name: Any, base_dir: Path, worker_num: int) -> OpConfig
         raise op.fail("client_config", op.raw("client_config"), "it names the remote model's client prototxt and "
                       "is used only with client_type: brpc (server_endpoints); remove it for an in-process model")
     local = _parse_local(lsc, base_dir, client_type, endpoints, values["concurrency"] * worker_num)
+    policy = parse_policy(op.raw("version_policy"), op.key("version_policy"))
     return OpConfig(name=name, local_service_conf=local, server_endpoints=endpoints, client_type=client_type,
-                    fetch_list=_fetch_list(op), **values)
+                    fetch_list=_fetch_list(op), version_policy=policy, **values)
 
 
 def _parse_local(lsc: Section, base_dir: Path, client_type: str, endpoints: tuple[str, ...],
@@ -319,6 +321,7 @@ def to_dict(config: ServerConfig) -> dict[str, Any]:
     for op in config.op:
         top["op"][op.name] = _plain(op, skip=("name",))
         top["op"][op.name]["local_service_conf"]["devices"] = ",".join(str(d) for d in op.local_service_conf.devices)
+        top["op"][op.name]["version_policy"] = op.version_policy.as_yaml() if op.version_policy else None
     if len(config.op) > 1:
         top.pop("service_name")
     return top

@@ -8,10 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnest_serving.pipeline.engines.choose import ENGINE_CHOICES
 from resnest_serving.serving.config.yaml_file import ConfigError
+
+if TYPE_CHECKING:
+    from resnest_serving.serving.repository.policy import VersionPolicy
 
 MIB = 1024 * 1024
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -132,8 +135,9 @@ class LocalServiceConf:
     level or here); `server_endpoints` given here is moved to `OpConfig.server_endpoints`."""
 
     model_config: Path = setting(
-        doc="The `serving_server` folder: model and params files plus `serving_server_conf.prototxt`. It is "
-            "resolved **relative to the config file's folder** (see below). It is read in remote mode too, for "
+        doc="The `serving_server` folder: model and params files plus `serving_server_conf.prototxt` (served as "
+            "version 1), or a folder of numbered version folders `1/`, `2/`, ... each holding one (Triton's layout; "
+            "see `op.<name>.version_policy`). It is resolved **relative to the config file's folder** (see below). It is read in remote mode too, for "
             "the feed/fetch names, the input size and the labels.", kind="custom", type_doc="str (path)",
         default_doc="— (**required**)")
     client_type: str = setting(
@@ -282,6 +286,14 @@ class OpConfig:
     max_queue_images: int = setting(1024, "The number of images that may wait for the engine (backpressure). "
                                           "Requests beyond it are refused.", origin="ours", minimum=1,
                                     type_doc="int ≥ `max_images_per_request`")
+    version_policy: VersionPolicy | None = setting(
+        None, "Which versions of a versioned `model_config` (numbered version folders `1/`, `2/`, ..., Triton's "
+        "layout) are served, in Triton's three forms: `{latest: {num_versions: N}}` (the N highest-numbered "
+        "loadable versions), `{specific: {versions: [1, 3]}}` (exactly these; one not on disk is an ERROR naming "
+        "it, the others are served), `{all: {}}`. Version folders are positive integers without leading zeros; "
+        "each holds an exported `serving_server` folder's files (directly, or in `N/serving_server/`). An "
+        "unversioned `model_config` is version 1 and this key does not apply. See README \"Many models and "
+        "versions\".", origin="ours", kind="custom", type_doc="mapping", default_doc="`{latest: {num_versions: 1}}`")
     response_cache_mb: float = setting(
         0.0, "Size limit of the response cache in MiB; 0 turns it off. The cache keeps the model's output row per "
         "image file (keyed by the model version and a BLAKE2b hash of the image's bytes, base64 decoded first, so "
@@ -354,6 +366,15 @@ class ServerConfig:
     auth: AuthConfig = section(AuthConfig, "See [`tls` and `auth`](#tls-and-auth).")
     shutdown_grace_s: float = setting(10.0, "After SIGTERM/SIGINT, the number of seconds in which in-flight "
                                             "requests may finish.", origin="ours", minimum=0)
+    model_repository_poll_s: float = setting(
+        0.0, "Seconds between looks at every versioned `model_config` folder (Triton's `--repository-poll-secs`); 0 "
+        "turns polling off. A new version folder is loaded once it is complete and unchanged for one interval "
+        "(so a copy in progress is never loaded), started in new engine worker processes, checked (start-up and "
+        "recorded accuracy checks), then switched to for new requests; the version it replaces finishes its "
+        "requests in flight (up to `shutdown_grace_s`) and stops. A version that fails to start is never "
+        "switched to: the old one keeps serving, one ERROR line says why, and it is tried again only when its "
+        "files change. A removed version folder is unloaded, never the last servable one.", origin="ours",
+        minimum=0, type_doc="number (s)")
     log_level: str = setting("INFO", "Case-insensitive.", origin="ours", choices=LOG_LEVELS, normalize=str.upper)
     model_control: str = setting(
         "none", "`explicit` opens the Open Inference Protocol's `POST /v2/repository/models/{name}/load` and "

@@ -65,6 +65,14 @@ class VersionPolicy:
             return "specific " + ", ".join(str(v) for v in self.versions)
         return "all"
 
+    def as_yaml(self) -> dict[str, Any]:
+        """The config.yml value that parses back to this policy."""
+        if self.form == "latest":
+            return {"latest": {"num_versions": self.num_versions}}
+        if self.form == "specific":
+            return {"specific": {"versions": list(self.versions)}}
+        return {"all": {}}
+
 
 DEFAULT_POLICY = VersionPolicy()
 

@@ -17,7 +17,7 @@ from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.protocol.v2 import NUMERIC_DTYPES
 from resnest_serving.serving.doors.statuses import grpc_abort
 from resnest_serving.serving.errors import ServingError, invalid
-from resnest_serving.serving.v2.model import MODEL_VERSION, V2Models
+from resnest_serving.serving.v2.model import V2Models
 from resnest_serving.serving.v2.tensors import (
     RequestedOutput,
     Tensor,
@@ -142,7 +142,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except ServingError as exc:
             self.models.reject(PROTOCOL, request.id, exc, model)
             await grpc_abort(context, exc)
-        response = pb.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for tensor in result:
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(encode_raw(tensor))

@@ -12,6 +12,7 @@ extension (`parameters.classification: k` on that output) BYTES [N, k] of "score
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.postprocess import top_k
 from resnest_serving.pipeline.types import Request
 from resnest_serving.protocol.v2 import IMAGE_INPUT
-from resnest_serving.serving.core import ServedModel, ServingCore
+from resnest_serving.serving.core import ServedModel, ServedVersion, ServingCore
 from resnest_serving.serving.doors.http_guard import ascii_int
 from resnest_serving.serving.errors import ErrorKind, ServingError, from_err_no, invalid
 from resnest_serving.serving.v2.repository import LOAD, UNLOAD, check_request
@@ -41,12 +42,18 @@ def logid_of(request_id: str) -> int:
 
 
 class V2Model:
-    """One served model as a V2 model: its metadata, config, and inference."""
+    """One served version of a model as a V2 model, made for each request by V2Models.find (cheap: it reads
+    the version's bundle): its metadata, config and inference run on that version's bundle and pipeline.
+    `named`: the client named the version; otherwise, when a switch retires the version between finding it
+    and running the request, the request runs on the newest one and `version` says which answered."""
 
-    def __init__(self, core: ServingCore, served: ServedModel):
+    def __init__(self, core: ServingCore, served: ServedModel, version: ServedVersion, named: bool = False):
         self.core = core
         self.served = served
-        pipeline = served.pipeline
+        self.number = version.number
+        self.version = str(version.number)
+        self.named = named
+        self.pipeline = pipeline = version.pipeline
         bundle = pipeline.bundle
         self.name = served.name
         self.crop = bundle.meta.crop_size
@@ -64,7 +71,9 @@ class V2Model:
         return self.served.ready
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "versions": [MODEL_VERSION], "platform": self.platform,
+        """Triton's model metadata: the served versions (all of them) and this version's inputs and outputs."""
+        versions = [str(v) for v in sorted(self.served.versions)] or [self.version]
+        return {"name": self.name, "versions": versions, "platform": self.platform,
                 "inputs": [{"name": self.bytes_input, "datatype": "BYTES", "shape": [-1, 1]},
                            {"name": self.tensor_input, "datatype": "FP32", "shape": [-1, 3, self.crop, self.crop]}],
                 "outputs": [{"name": self.output, "datatype": "FP32", "shape": [-1, self.classes]}]}
@@ -150,7 +159,9 @@ class V2Model:
         """Run the pipeline; the requested outputs (all outputs when none are named), or ServingError."""
         outputs = self.check_outputs(outputs)
         request = self.to_request(inputs, request_id, protocol)
-        response = await self.core.infer(request)
+        response, answered = await self.core.infer_version(request, self.number, fallback=not self.named)
+        if answered:
+            self.version = str(answered)
         if response.err_no != 0:
             raise from_err_no(response.err_no, response.err_msg)
         probs = np.asarray(response.probs, np.float32)
@@ -166,7 +177,7 @@ class V2Model:
     def classify(self, probs: np.ndarray, k: int) -> list[bytes]:
         """Row-major "score:index:label" for the top k of every row (score as the pipeline's `prob`)."""
         best = top_k(probs, k)
-        label = self.served.pipeline.postprocess.label
+        label = self.pipeline.postprocess.label
         return [f"{score!r}:{index}:{label(index)}".encode()
                 for ids, scores in zip(best.class_ids, best.scores, strict=True)
                 for index, score in zip(ids, scores, strict=True)]
@@ -178,7 +189,6 @@ class V2Models:
 
     def __init__(self, core: ServingCore):
         self.core = core
-        self.models = {name: V2Model(core, served) for name, served in core.models.items()}
 
     @property
     def ready(self) -> bool:
@@ -193,14 +203,22 @@ class V2Models:
         except PipelineError:
             served = None
         if served is None:
-            names = ", ".join(repr(n) for n in self.models)
+            names = ", ".join(repr(n) for n in self.core.models)
             what = "" if open_path else f"; this server serves {names}"
             raise ServingError(ErrorKind.NOT_FOUND, f"unknown model {name[:200]!r}{what}", int(ErrorCode.NO_SERVICE))
-        if version and version != MODEL_VERSION:
-            has = "" if open_path else f"; it has version {MODEL_VERSION!r}"
+        number = ascii_int(version, max_digits=9) if version else None
+        try:
+            if version and not number:
+                raise PipelineError(ErrorCode.NO_SERVICE, "versions are positive integers")
+            routed = served.route(number)
+        except PipelineError as exc:
+            if served.unloaded:
+                raise ServingError(ErrorKind.NOT_FOUND, exc.message, int(ErrorCode.NO_SERVICE)) from None
+            have = ", ".join(repr(str(v)) for v in sorted(served.versions))
+            has = "" if open_path else f"; it has version {have}"
             raise ServingError(ErrorKind.NOT_FOUND, f"model {name!r} has no version {version[:200]!r}{has}",
-                               int(ErrorCode.NO_SERVICE))
-        return self.models[served.name]
+                               int(ErrorCode.NO_SERVICE)) from None
+        return V2Model(self.core, served, routed, named=bool(version))
 
     def server_metadata(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -212,8 +230,9 @@ class V2Models:
         return {"name": SERVER_NAME, "version": ours, "extensions": list(EXTENSIONS)}
 
     def repository_index(self) -> list[dict[str, str]]:
-        return [{"name": m.name, "version": MODEL_VERSION, "state": "READY" if m.ready else "UNAVAILABLE"}
-                for m in self.models.values()]
+        """Triton's repository index: every configured model's versions and their states (the repository's);
+        `reason` only when there is one, as Triton writes it."""
+        return [{k: v for k, v in asdict(entry).items() if k != "reason" or v} for entry in self.core.repository.index()]
 
     def reject(self, protocol: str, request_id: str, error: ServingError, model: V2Model | None = None) -> None:
         """Log and count a request refused before it reached a pipeline (once: a counted error is not)."""

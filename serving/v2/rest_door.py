@@ -20,7 +20,7 @@ from resnest_serving.protocol.v2 import HEADER_LENGTH
 from resnest_serving.serving.doors.http_guard import ascii_int, load_json, off_loop_if_large, request_body
 from resnest_serving.serving.doors.statuses import json_error
 from resnest_serving.serving.errors import ErrorKind, ServingError, invalid
-from resnest_serving.serving.v2.model import MODEL_VERSION, V2Model, V2Models
+from resnest_serving.serving.v2.model import V2Model, V2Models
 from resnest_serving.serving.v2.repository import LOAD, UNLOAD, rest_parameters
 from resnest_serving.serving.v2.routes import Endpoint, Route, match
 from resnest_serving.serving.v2.tensors import (
@@ -188,7 +188,7 @@ def _respond(model: V2Model, result: list[Tensor], request_id: str, binary_outpu
         else:
             out["data"] = tensor.data.reshape(-1).tolist()
         outputs.append(out)
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": MODEL_VERSION}
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if request_id:
         answer["id"] = request_id
     answer["outputs"] = outputs
