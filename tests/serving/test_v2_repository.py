@@ -15,7 +15,7 @@ from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.serving.errors import ErrorKind, ServingError
 from resnest_serving.serving.v2.repository import check_request, rest_parameters
 from resnest_serving.serving.v2.routes import Endpoint, Route, match, takes_body
-from support import ServerProcess, write_config
+from support import ServerProcess, teardown_problems, write_config
 
 TOKEN = "repository-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -79,7 +79,8 @@ def guarded(tmp_path_factory, tiny_model_dir):
                        top={"model_control": "explicit", "auth": {"token_file": str(tokens)}})
     server = ServerProcess(cfg)
     yield server
-    server.stop()
+    problems = teardown_problems(server)  # exit 0 on SIGTERM, no traceback in its log
+    assert not problems, problems
 
 
 @pytest.fixture(scope="module")
