@@ -111,7 +111,11 @@ class ModelRepository:
         entries = []
         for name, model in self.core.models.items():
             rows: dict[int, IndexEntry] = {}
-            for number, reason in self._refused[name].items():
+            folder = model.op.local_service_conf.model_config
+            refused = self._refused[name]
+            for number in [n for n in refused if not (folder / str(n)).exists()]:  # its folder is gone
+                del refused[number]
+            for number, reason in refused.items():
                 rows[number] = IndexEntry(name, str(number), UNAVAILABLE, reason)
             for number in self._loading[name]:
                 rows[number] = IndexEntry(name, str(number), LOADING, "loading")
