@@ -1,12 +1,15 @@
 """Unload and load through the Open Inference Protocol's repository extension on a real server with
 `model_control: explicit` and `auth:` on: an unloaded model's inference is refused on every door (404 / 3002,
 the message naming the load call) while the server stays up, loading it again brings the answers back, every
-call needs the token, and the unchanged tritonclient (http and grpc) does the same with its own calls."""
+call needs the token, and the unchanged tritonclient (http and grpc) does the same with its own calls. With
+polling off, a load call is what picks up a new version folder; a broken one is refused (400) while the
+served version keeps answering."""
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
 import struct
 
 import grpc
@@ -148,3 +151,43 @@ def test_tritonclient(server, tmp_path, image_paths):
     (unloaded,) = [m for m in results["index-unloaded"]["value"]["models"] if m["name"] == "imagenet"]
     assert unloaded.get("state") != "READY"
     assert {m["name"]: m.get("state") for m in results["index"]["value"]}["imagenet"] == "READY"
+
+
+@pytest.fixture(scope="module")
+def versioned(tmp_path_factory, tiny_model_dir):
+    """A versioned model_config (version 1), polling off, model_control: explicit, auth off: only a load call
+    picks up new versions."""
+    folder = tmp_path_factory.mktemp("versioned") / "imagenet"
+    shutil.copytree(tiny_model_dir, folder / "1")
+    cfg = write_config(folder.parent / "config.yml", folder, top={"model_control": "explicit"})
+    server = ServerProcess(cfg)
+    yield server, folder
+    problems = teardown_problems(server)
+    assert not problems, problems
+
+
+def v2_version(server, jpeg: bytes) -> str:
+    reply = v2_infer(server, jpeg)
+    assert reply.status_code == 200, reply.text
+    return json.loads(reply.content[:int(reply.headers.get("Inference-Header-Content-Length", len(reply.content)))])[
+        "model_version"]
+
+
+def test_load_picks_up_a_new_version_and_refuses_a_broken_one(versioned, tiny_model_dir, jpeg):
+    """With polling off, version 2 dropped into the folder is served only after POST .../load (200 {});
+    a corrupt version 3 makes load answer 400 with the reason while version 2 keeps answering."""
+    server, folder = versioned
+    assert v2_version(server, jpeg) == "1"
+    shutil.copytree(tiny_model_dir, folder / ".2.tmp")
+    (folder / ".2.tmp").rename(folder / "2")
+    assert v2_version(server, jpeg) == "1"  # no polling: nothing changes by itself
+    reply = rest(server, "load")
+    assert reply.status_code == 200 and reply.json() == {}, reply.text
+    assert v2_version(server, jpeg) == "2"
+    shutil.copytree(tiny_model_dir, folder / ".3.tmp")
+    for weights in (*(folder / ".3.tmp").glob("*.pdiparams"), *(folder / ".3.tmp").glob("*.onnx")):
+        weights.write_bytes(b"these are not weights\n" * 200)
+    (folder / ".3.tmp").rename(folder / "3")
+    reply = rest(server, "load")
+    assert reply.status_code == 400 and "version 3" in reply.json()["error"], reply.text
+    assert v2_version(server, jpeg) == "2"
