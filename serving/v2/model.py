@@ -249,12 +249,19 @@ class V2Models:
 
     async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         """The repository extension's load (serving.v2.repository's rules), by the model repository."""
-        check_request(LOAD, name, parameters or {}, self.model_control)
-        log.info("model %r: load requested (V2 repository extension)", name[:200])
+        self._check_repository_call(LOAD, name, parameters)
         await self.core.repository.load(name)
 
     async def unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         """The repository extension's unload (serving.v2.repository's rules), by the model repository."""
-        check_request(UNLOAD, name, parameters or {}, self.model_control)
-        log.info("model %r: unload requested (V2 repository extension)", name[:200])
+        self._check_repository_call(UNLOAD, name, parameters)
         await self.core.repository.unload(name)
+
+    def _check_repository_call(self, action: str, name: str, parameters: dict[str, Any] | None) -> None:
+        """One INFO line per load/unload call (they change what is served): requested, or refused and why."""
+        try:
+            check_request(action, name, parameters or {}, self.model_control)
+        except ServingError as exc:
+            log.info("model %r: %s refused (V2 repository extension): %s", name[:200], action, exc.message)
+            raise
+        log.info("model %r: %s requested (V2 repository extension)", name[:200], action)

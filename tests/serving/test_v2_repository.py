@@ -154,3 +154,5 @@ def test_bad_requests_refused_by_name(guarded, stub):
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details(), error.details()
     ready = requests.get(guarded.url("/v2/models/imagenet/ready"), timeout=10)
     assert ready.json()["ready"] is True
+    assert "model 'imagenet': unload refused (V2 repository extension): unload parameter unload_dependents: " \
+           "true is not supported" in guarded.log  # each refusal is one INFO line
