@@ -67,12 +67,14 @@ class HttpClassifier(Classifier):
         status, data, _ = self._post(encode_http_request(request), _HEADERS, self._timeout(timeout))
         return decode_http_response(status, data, self.url)
 
-    def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes, Any]:
-        """POST ``body`` to ``self.path`` over a pooled connection: (status, body, response headers)."""
+    def _post(self, body: bytes, headers: dict[str, str], timeout: float,
+              path: str | None = None) -> tuple[int, bytes, Any]:
+        """POST ``body`` to ``path`` (default ``self.path``) over a pooled connection: (status, body, response
+        headers)."""
         for attempt in range(2):
             conn, reused = self._acquire(timeout)
             try:
-                conn.request("POST", self.path, body=body, headers={**headers, **self._auth})
+                conn.request("POST", path or self.path, body=body, headers={**headers, **self._auth})
                 reply = conn.getresponse()
                 data = reply.read()
             except TimeoutError:
@@ -136,15 +138,17 @@ class AsyncHttpClassifier(AsyncClassifier):
         status, data, _ = await self._post(encode_http_request(request), _HEADERS, self._timeout(timeout))
         return decode_http_response(status, data, self.url)
 
-    async def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes, Any]:
-        """POST ``body`` to ``self.url``: (status, body, response headers)."""
+    async def _post(self, body: bytes, headers: dict[str, str], timeout: float,
+                    path: str | None = None) -> tuple[int, bytes, Any]:
+        """POST ``body`` to ``self.url`` (or ``path`` on its server): (status, body, response headers)."""
         import aiohttp
 
         if self._session is None:
             ssl = self.credentials.ssl_context()
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=ssl if ssl else True))
+        url = f"{self.credentials.scheme}://{join_host_port(self.host, self.port)}{path}" if path else self.url
         try:
-            async with self._session.post(self.url, data=body, headers={**headers, **self.credentials.http_headers()},
+            async with self._session.post(url, data=body, headers={**headers, **self.credentials.http_headers()},
                                           timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
                 return reply.status, await reply.read(), reply.headers
         except TimeoutError:

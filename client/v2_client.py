@@ -31,9 +31,11 @@ from resnest_serving.protocol.pipeline_service_pb2 import Request, Response
 from resnest_serving.protocol.v2 import (
     HEADER_LENGTH,
     IMAGE_INPUT,
+    REPOSITORY_FIELDS,
     BytesFramingError,
     decode_bytes,
     encode_bytes,
+    repository_path,
 )
 
 __all__ = ["CLASSES", "DEFAULT_TOPK", "AsyncV2GrpcClassifier", "AsyncV2HttpClassifier", "V2GrpcClassifier",
@@ -41,6 +43,11 @@ __all__ = ["CLASSES", "DEFAULT_TOPK", "AsyncV2GrpcClassifier", "AsyncV2HttpClass
 
 DEFAULT_TOPK = 5
 OUTPUT = "prediction"
+INDEX, LOAD, UNLOAD = "index", "load", "unload"  # the model repository extension's calls
+JSON_HEADERS = {"Content-Type": "application/json"}
+GRPC_REPOSITORY = {INDEX: ("RepositoryIndex", pb.RepositoryIndexRequest),
+                   LOAD: ("RepositoryModelLoad", pb.RepositoryModelLoadRequest),
+                   UNLOAD: ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest)}
 
 
 def split_bytes_tensor(blob: bytes, shape: list[int] | None = None) -> list[bytes]:
@@ -96,9 +103,22 @@ def _images(images: Any, channel_order: str) -> list[bytes]:
 
 
 class _V2Calls:
-    """The client calls of both blocking V2 clients, over each protocol's `_call(images, k, timeout)`."""
+    """The client calls of both blocking V2 clients, over each protocol's `_call(images, k, timeout)` and
+    `_repository(action, name, timeout)`. The repository calls are named as tritonclient's."""
 
     topk = DEFAULT_TOPK
+
+    def repository_index(self, *, timeout: float | None = None) -> list[dict[str, str]]:
+        """The server's model repository: one {"name", "version", "state", "reason"} per model (version)."""
+        return self._repository(INDEX, "", timeout)
+
+    def load_model(self, model_name: str, *, timeout: float | None = None) -> None:
+        """Load `model_name` again, or pick up its new versions; TransportError when the server refuses."""
+        self._repository(LOAD, model_name, timeout)
+
+    def unload_model(self, model_name: str, *, timeout: float | None = None) -> None:
+        """Stop serving `model_name` (requests in flight finish); TransportError when the server refuses."""
+        self._repository(UNLOAD, model_name, timeout)
 
     def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
         return self._call(request_images(request), self.topk, timeout)
@@ -112,9 +132,19 @@ class _V2Calls:
 
 
 class _AsyncV2Calls:
-    """The client calls of both asyncio V2 clients, over each protocol's `_call(images, k, timeout)`."""
+    """The client calls of both asyncio V2 clients, over each protocol's `_call(images, k, timeout)` and
+    `_repository(action, name, timeout)`."""
 
     topk = DEFAULT_TOPK
+
+    async def repository_index(self, *, timeout: float | None = None) -> list[dict[str, str]]:
+        return await self._repository(INDEX, "", timeout)
+
+    async def load_model(self, model_name: str, *, timeout: float | None = None) -> None:
+        await self._repository(LOAD, model_name, timeout)
+
+    async def unload_model(self, model_name: str, *, timeout: float | None = None) -> None:
+        await self._repository(UNLOAD, model_name, timeout)
 
     async def classify_request(self, request: Request, *, timeout: float | None = None) -> list[Classification]:
         return await self._call(request_images(request), self.topk, timeout)
@@ -147,14 +177,30 @@ class _V2Http:
                              "outputs": [output]}).encode()
         return header + blob, {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
 
+    def _raise_for(self, status: int, data: bytes, url: str) -> None:
+        """TransportError with the V2 `{"error"}` message of a non-200 answer."""
+        if status == 200:
+            return
+        try:
+            message = json.loads(data)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = data[:300].decode("utf-8", "replace")
+        raise TransportError(f"HTTP {status} from {url}: {message}", protocol=self.protocol, code=status,
+                             timeout=status == 504)
+
+    def _repository_answer(self, action: str, status: int, data: bytes, path: str) -> Any:
+        """None for load/unload, the index entries for index; TransportError for an error answer."""
+        url = f"{self.credentials.scheme}://{join_host_port(self.host, self.port)}{path}"
+        self._raise_for(status, data, url)
+        if action != INDEX:
+            return None
+        try:
+            return [{key: str(entry.get(key, "")) for key in REPOSITORY_FIELDS} for entry in json.loads(data)]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise BadResponseError(f"HTTP 200 from {url} is not a V2 repository index: {exc}") from None
+
     def _answer(self, status: int, data: bytes, headers: Any, rows: int, k: int) -> Any:
-        if status != 200:
-            try:
-                message = json.loads(data)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = data[:300].decode("utf-8", "replace")
-            raise TransportError(f"HTTP {status} from {self.url}: {message}", protocol=self.protocol, code=status,
-                                 timeout=status == 504)
+        self._raise_for(status, data, self.url)
         try:
             n = int(headers.get(HEADER_LENGTH, len(data)))
             meta = json.loads(data[:n])
@@ -182,6 +228,11 @@ class V2HttpClassifier(_V2Calls, _V2Http, HttpClassifier):
         status, data, reply_headers = self._post(body, headers, self._timeout(timeout))
         return self._answer(status, data, reply_headers, len(images), k)
 
+    def _repository(self, action: str, name: str, timeout: float | None) -> Any:
+        path = repository_path(action, name)
+        status, data, _ = self._post(b"{}", JSON_HEADERS, self._timeout(timeout), path)
+        return self._repository_answer(action, status, data, path)
+
 
 class AsyncV2HttpClassifier(_AsyncV2Calls, _V2Http, AsyncHttpClassifier):
     """asyncio Open Inference Protocol REST client (aiohttp)."""
@@ -195,6 +246,11 @@ class AsyncV2HttpClassifier(_AsyncV2Calls, _V2Http, AsyncHttpClassifier):
         body, headers = self._body(images, k)
         status, data, reply_headers = await self._post(body, headers, self._timeout(timeout))
         return self._answer(status, data, reply_headers, len(images), k)
+
+    async def _repository(self, action: str, name: str, timeout: float | None) -> Any:
+        path = repository_path(action, name)
+        status, data, _ = await self._post(b"{}", JSON_HEADERS, self._timeout(timeout), path)
+        return self._repository_answer(action, status, data, path)
 
 
 class _V2Grpc:
@@ -218,6 +274,18 @@ class _V2Grpc:
             return parse_classification(split_bytes_tensor(blob, list(response.outputs[0].shape)), rows)
         return np.frombuffer(blob, "<f4").reshape(list(response.outputs[0].shape))
 
+    @staticmethod
+    def _repository_request(action: str, name: str) -> tuple[str, Any]:
+        """The GRPCInferenceService method and request of a repository extension call."""
+        method, message = GRPC_REPOSITORY[action]
+        return method, message() if action == INDEX else message(model_name=name)
+
+    @staticmethod
+    def _repository_answer(action: str, response: Any) -> Any:
+        if action != INDEX:
+            return None
+        return [{key: getattr(entry, key) for key in REPOSITORY_FIELDS} for entry in response.models]
+
     def _error(self, exc: Any) -> TransportError:
         error = _transport_error(exc, self.target)
         error.protocol = self.protocol
@@ -233,15 +301,21 @@ class V2GrpcClassifier(_V2Calls, _V2Grpc, GrpcClassifier):
         self.topk = topk
         self._v2 = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+    def _rpc(self, method: str, request: Any, timeout: float | None) -> Any:
         import grpc
 
         try:
-            response = self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout),
-                                           metadata=self.credentials.grpc_metadata())
+            return getattr(self._v2, method)(request, timeout=self._timeout(timeout),
+                                             metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
             raise self.explained(self._error(exc)) from None
-        return self._answer(response, len(images), k)
+
+    def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+        return self._answer(self._rpc("ModelInfer", self._message(images, k), timeout), len(images), k)
+
+    def _repository(self, action: str, name: str, timeout: float | None) -> Any:
+        method, request = self._repository_request(action, name)
+        return self._repository_answer(action, self._rpc(method, request, timeout))
 
 
 class AsyncV2GrpcClassifier(_AsyncV2Calls, _V2Grpc, AsyncGrpcClassifier):
@@ -253,7 +327,7 @@ class AsyncV2GrpcClassifier(_AsyncV2Calls, _V2Grpc, AsyncGrpcClassifier):
         self.topk = topk
         self._v2: pb_grpc.GRPCInferenceServiceStub | None = None
 
-    async def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+    async def _rpc(self, method: str, request: Any, timeout: float | None) -> Any:
         import grpc
         from resnest_serving.client.grpc_client import _CLASSIFIER_OPTIONS
 
@@ -262,11 +336,17 @@ class AsyncV2GrpcClassifier(_AsyncV2Calls, _V2Grpc, AsyncGrpcClassifier):
         if self._v2 is None:
             self._v2 = pb_grpc.GRPCInferenceServiceStub(self._channel)
         try:
-            response = await self._v2.ModelInfer(self._message(images, k), timeout=self._timeout(timeout),
-                                                 metadata=self.credentials.grpc_metadata())
+            return await getattr(self._v2, method)(request, timeout=self._timeout(timeout),
+                                                   metadata=self.credentials.grpc_metadata())
         except grpc.RpcError as exc:
             raise self.explained(self._error(exc)) from None
-        return self._answer(response, len(images), k)
+
+    async def _call(self, images: list[bytes], k: int, timeout: float | None) -> Any:
+        return self._answer(await self._rpc("ModelInfer", self._message(images, k), timeout), len(images), k)
+
+    async def _repository(self, action: str, name: str, timeout: float | None) -> Any:
+        method, request = self._repository_request(action, name)
+        return self._repository_answer(action, await self._rpc(method, request, timeout))
 
     async def close(self) -> None:
         self._v2 = None

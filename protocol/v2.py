@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from urllib.parse import quote
 
 import numpy as np
 
@@ -34,6 +35,18 @@ class BytesFramingError(ValueError):
 def is_v2_path(path: str) -> bool:
     """Whether an HTTP path belongs to the Open Inference Protocol (`/v2` or under it)."""
     return path == REST_PREFIX or path.startswith(REST_PREFIX + "/")
+
+
+REPOSITORY_FIELDS = ("name", "version", "state", "reason")
+"""The fields of a model repository index entry (REST JSON keys, gRPC ModelIndex fields)."""
+
+
+def repository_path(action: str, name: str = "") -> str:
+    """The REST path of a model repository extension call: "index", or "load"/"unload" of model `name`
+    (percent-encoded here)."""
+    if action == "index":
+        return f"{REST_PREFIX}/repository/index"
+    return f"{REST_PREFIX}/repository/models/{quote(name, safe='')}/{action}"
 
 
 def encode_bytes(items: Iterable[bytes]) -> bytes:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -9,6 +12,7 @@ from resnest_serving.serving import launcher
 from resnest_serving.serving.launcher import ServerProcess  # noqa: F401  (re-exported for tests)
 
 REPO_ROOT = launcher.REPO_ROOT
+TRITON_SCRIPT = REPO_ROOT / "tests" / "triton_client.py"
 
 
 def teardown_problems(server: ServerProcess) -> list[str]:
@@ -151,3 +155,26 @@ def run_pipeline(model_dir: Path, settings, scenario, observer=None) -> None:
             await asyncio.gather(*(engine.close() for engine in engines))
 
     asyncio.run(main())
+
+
+def triton_python() -> str:
+    """The tritonclient environment's interpreter; fails (never skips) when it is not there."""
+    import pytest
+
+    path = os.environ.get("RESNEST_TRITON_PYTHON", "")
+    if not path or not Path(REPO_ROOT, path).is_file():
+        pytest.fail(f"RESNEST_TRITON_PYTHON={path!r} is not a Python interpreter: run `make venv-test` (it builds "
+                    ".venv-triton with tritonclient) and run the tests with `make test`, or set "
+                    "RESNEST_TRITON_PYTHON=.venv-triton/bin/python")
+    return str(Path(REPO_ROOT, path))
+
+
+def run_tritonclient(calls: list[dict], tmp: Path) -> dict:
+    """Make `calls` with tritonclient in its own environment (tests/triton_client.py, which lists them);
+    {call id: {"value"} | {"error"}}."""
+    spec = tmp / "calls.json"
+    spec.write_text(json.dumps(calls))
+    done = subprocess.run([triton_python(), str(TRITON_SCRIPT), str(spec)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)

@@ -6,7 +6,8 @@ object {call id: result}. A result is {"value": ...} or {"error": {"status", "me
 Calls: {"id", "op", "transport": "http"|"http-aio"|"grpc"|"grpc-aio", ...}, op one of live, ready,
 model_ready, server_metadata, model_metadata, model_config, infer (inputs: [{"name", "datatype", "shape",
 "npy" | "files" | "strings"}], "binary", "outputs": [{"name", "class_count"}], "parameters"),
-descriptor (the field numbers of tritonclient's own generated messages).
+repository_index, load_model, unload_model (model repository extension; sync only), descriptor (the field
+numbers of tritonclient's own generated messages). Sync calls send the call's "headers" (e.g. a token).
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def _sync(call: dict, url: str):
     client = module.InferenceServerClient(url)
     op = call["op"]
     model = call.get("model", "imagenet")
+    headers = call.get("headers")
+    if op == "repository_index":
+        return _plain(client.get_model_repository_index(headers=headers,
+                                                        **({} if transport == "http" else {"as_json": True})))
+    if op in ("load_model", "unload_model"):
+        getattr(client, op)(model, headers=headers)
+        return None
     if op == "live":
         return client.is_server_live()
     if op == "ready":
@@ -85,7 +93,7 @@ def _sync(call: dict, url: str):
         inputs = [_input(module, spec, call.get("binary", True)) for spec in call["inputs"]]
         kwargs = {"parameters": call["parameters"]} if call.get("parameters") else {}
         result = client.infer(model, inputs, outputs=_outputs(module, call), request_id=call.get("request_id", ""),
-                              model_version=call.get("version", ""), **kwargs)
+                              model_version=call.get("version", ""), headers=headers, **kwargs)
         return _result(result, call)
     raise ValueError(f"unknown op {op!r}")
 

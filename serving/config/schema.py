@@ -378,6 +378,11 @@ class ServerConfig:
         "files change. A removed version folder is unloaded, never the last servable one.", origin="ours",
         minimum=0, type_doc="number (s)")
     log_level: str = setting("INFO", "Case-insensitive.", origin="ours", choices=LOG_LEVELS, normalize=str.upper)
+    model_control: str = setting(
+        "none", "`explicit` opens the Open Inference Protocol's `POST /v2/repository/models/{name}/load` and "
+        "`/unload` (gRPC RepositoryModelLoad/Unload), as Triton's `--model-control-mode=explicit`; with `none` they "
+        "answer 403 / PERMISSION_DENIED. With `auth:` on they need the token like every call. See README \"Load and "
+        "unload models\".", origin="ours", choices=("none", "explicit"), normalize=str.lower)
     config_file: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService` on the rpc_port beside
 Paddle Serving's PipelineService. Inputs in `raw_input_contents` (what tritonclient sends) or typed
 `contents`; outputs always in `raw_output_contents` (tritonclient's `as_numpy` reads only those). Errors
-are gRPC status codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL) with the message."""
+are gRPC status codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, INTERNAL; PERMISSION_DENIED for load/unload
+without `model_control: explicit`) with the message."""
 
 from __future__ import annotations
 
@@ -114,6 +115,22 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:  # noqa: N802
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m)
                                                   for m in self.models.repository_index()])
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,  # noqa: N802
+                                  context) -> pb.RepositoryModelLoadResponse:
+        try:
+            await self.models.load(request.model_name, parameters(request.parameters))
+        except ServingError as exc:
+            await grpc_abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,  # noqa: N802
+                                    context) -> pb.RepositoryModelUnloadResponse:
+        try:
+            await self.models.unload(request.model_name, parameters(request.parameters))
+        except ServingError as exc:
+            await grpc_abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:  # noqa: N802
         model = None

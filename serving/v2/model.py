@@ -23,13 +23,15 @@ from resnest_serving.protocol.v2 import IMAGE_INPUT
 from resnest_serving.serving.core import ServedModel, ServedVersion, ServingCore
 from resnest_serving.serving.doors.http_guard import ascii_int
 from resnest_serving.serving.errors import ErrorKind, ServingError, from_err_no, invalid
+from resnest_serving.serving.v2.repository import LOAD, UNLOAD, check_request
 from resnest_serving.serving.v2.tensors import MAX_REQUESTED_OUTPUTS, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
 SERVER_NAME = "resnest-serving"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository(index)"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository",
+              "model_repository(index)"]
 
 
 def logid_of(request_id: str) -> int:
@@ -241,3 +243,25 @@ class V2Models:
                  name, error.kind.name, error.message)
         self.core.reject(protocol, error.err_no, name)
         error.counted = True
+
+    model_control = "none"
+    """config.yml's `model_control` (set by Server.start): "explicit" opens load and unload."""
+
+    async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """The repository extension's load (serving.v2.repository's rules), by the model repository."""
+        self._check_repository_call(LOAD, name, parameters)
+        await self.core.repository.load(name)
+
+    async def unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """The repository extension's unload (serving.v2.repository's rules), by the model repository."""
+        self._check_repository_call(UNLOAD, name, parameters)
+        await self.core.repository.unload(name)
+
+    def _check_repository_call(self, action: str, name: str, parameters: dict[str, Any] | None) -> None:
+        """One INFO line per load/unload call (they change what is served): requested, or refused and why."""
+        try:
+            check_request(action, name, parameters or {}, self.model_control)
+        except ServingError as exc:
+            log.info("model %r: %s refused (V2 repository extension): %s", name[:200], action, exc.message)
+            raise
+        log.info("model %r: %s requested (V2 repository extension)", name[:200], action)

@@ -21,7 +21,8 @@ from resnest_serving.serving.doors.http_guard import ascii_int, load_json, off_l
 from resnest_serving.serving.doors.statuses import json_error
 from resnest_serving.serving.errors import ErrorKind, ServingError, invalid
 from resnest_serving.serving.v2.model import V2Model, V2Models
-from resnest_serving.serving.v2.routes import Endpoint, match
+from resnest_serving.serving.v2.repository import LOAD, UNLOAD, rest_parameters
+from resnest_serving.serving.v2.routes import Endpoint, Route, match
 from resnest_serving.serving.v2.tensors import (
     MAX_REQUESTED_OUTPUTS,
     RequestedOutput,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "v2-http"
 JSON_ELEMENT_SLACK = 10_000  # JSON elements allowed beside the tensor data a full batch needs
+REPOSITORY_BODY_ELEMENTS = 1_000  # JSON elements in a load/unload body (its parameters)
 
 async def handle(models: V2Models, request: web.Request) -> web.StreamResponse:
     """Answer any `/v2` or `/v2/...` request by its route (serving.v2.routes)."""
@@ -54,6 +56,8 @@ async def handle(models: V2Models, request: web.Request) -> web.StreamResponse:
             return web.json_response(models.repository_index())
         if endpoint is Endpoint.INFER:
             return await infer(models, request, route.name, route.version)
+        if endpoint in (Endpoint.REPOSITORY_LOAD, Endpoint.REPOSITORY_UNLOAD):
+            return await repository_call(models, request, route)
         model = models.find(route.name, route.version, open_path=endpoint is Endpoint.MODEL_READY)
         if endpoint is Endpoint.MODEL_READY:
             ready = model.ready
@@ -83,6 +87,17 @@ async def infer(models: V2Models, request: web.Request, name: str, version: str)
         models.reject(PROTOCOL, request_id, exc, model)
         return json_error(exc)
     return _respond(model, result, request_id, binary_output)
+
+
+async def repository_call(models: V2Models, request: web.Request, route: Route) -> web.Response:
+    """POST /v2/repository/models/{name}/load|unload: a JSON body is optional and may hold `parameters`
+    (serving.v2.repository's rules); success is 200 with `{}`, as Triton answers."""
+    action = LOAD if route.endpoint is Endpoint.REPOSITORY_LOAD else UNLOAD
+    body = request_body(request)
+    data = _parse_json(body, REPOSITORY_BODY_ELEMENTS) if body.strip() else None
+    call = models.load if action == LOAD else models.unload
+    await call(route.name, rest_parameters(action, data))
+    return web.json_response({})
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

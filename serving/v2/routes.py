@@ -16,6 +16,8 @@ class Endpoint(Enum):
 
     SERVER_METADATA = ("server_metadata", "GET")  # GET /v2
     REPOSITORY_INDEX = ("repository_index", "POST")  # POST /v2/repository/index
+    REPOSITORY_LOAD = ("repository_load", "POST")  # POST /v2/repository/models/{name}/load
+    REPOSITORY_UNLOAD = ("repository_unload", "POST")  # POST /v2/repository/models/{name}/unload
     MODEL_METADATA = ("model_metadata", "GET")  # GET /v2/models/{name}[/versions/{version}]
     MODEL_READY = ("model_ready", "GET")  # GET .../ready (open: no token)
     MODEL_CONFIG = ("model_config", "GET")  # GET .../config
@@ -28,6 +30,8 @@ class Endpoint(Enum):
 MODEL_ACTIONS = {"": Endpoint.MODEL_METADATA, "ready": Endpoint.MODEL_READY, "config": Endpoint.MODEL_CONFIG,
                  "infer": Endpoint.INFER}
 """The last path segment after /v2/models/{name}[/versions/{version}]."""
+REPOSITORY_ACTIONS = {"load": Endpoint.REPOSITORY_LOAD, "unload": Endpoint.REPOSITORY_UNLOAD}
+"""The last path segment after /v2/repository/models/{name} (the model repository extension)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ def match(path: str) -> Route | None:
         return Route(Endpoint.SERVER_METADATA)
     if parts == ["repository", "index"]:
         return Route(Endpoint.REPOSITORY_INDEX)
+    if len(parts) == 4 and parts[:2] == ["repository", "models"] and parts[3] in REPOSITORY_ACTIONS:
+        return Route(REPOSITORY_ACTIONS[parts[3]], parts[2])
     if len(parts) < 2 or parts[0] != "models":
         return None
     name, rest, version = parts[1], parts[2:], ""

@@ -80,3 +80,27 @@ def test_bench_cli(topk_server, image_paths, protocol, tmp_path, capsys):
     summary = json.loads(report.read_text())["summary"]
     assert summary["requests"] == summary["successes"] == 30 and summary["errors"] == 0
     assert "server stages" in out
+
+
+@pytest.mark.parametrize("protocol, refused", [("v2-http", 403), ("v2-grpc", "PERMISSION_DENIED")])
+def test_repository_calls(topk_server, protocol, refused):
+    """repository_index / load_model / unload_model (tritonclient's names), sync and asyncio: the index as
+    plain dicts with all four fields; load and unload refused as TransportError (model_control is off)."""
+    with connect(protocol, ep(topk_server, protocol)) as client:
+        (entry,) = client.repository_index()
+        assert set(entry) == {"name", "version", "state", "reason"}
+        assert entry["name"] == "imagenet" and entry["state"] == "READY"
+        for call in (client.load_model, client.unload_model):
+            with pytest.raises(TransportError) as info:
+                call("imagenet")
+            assert info.value.code == refused and "model_control: explicit" in str(info.value)
+
+    async def run():
+        async with connect_async(protocol, ep(topk_server, protocol)) as client:
+            index = await client.repository_index()
+            with pytest.raises(TransportError) as info:
+                await client.unload_model("imagenet")
+            return index, info.value
+
+    index, error = asyncio.run(run())
+    assert index == [entry] and error.code == refused

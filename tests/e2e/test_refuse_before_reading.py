@@ -213,10 +213,11 @@ def expect_exchange(port: int, head: bytes) -> bytes:
 
 def test_expect_continue_refused_without_asking_for_the_body(server, model_server):
     """`Expect: 100-continue` (curl, for bodies over 1 MiB): a refused request is answered at once, without
-    "100 Continue" (the client never sends its body); an accepted one is asked for it."""
+    "100 Continue" (the client never sends its body); an accepted one is asked for it. V2 model load too."""
     token = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
     length = b"Content-Length: 100000000\r\n"  # over the 64 MiB max_request_bytes
     for port, path in ((server.ports["http"], b"/imagenet/prediction"), (server.ports["http"], b"/v2/models/imagenet/infer"),
+                       (server.ports["http"], b"/v2/repository/models/imagenet/load"),
                        (model_server.ports["http"], b"/GeneralModelService/inference")):
         answer = expect_exchange(port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + length)
         assert answer.startswith(b"HTTP/1.1 401"), answer[:80]

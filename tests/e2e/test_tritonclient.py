@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -25,30 +22,9 @@ from resnest_serving.protocol import grpc_predict_v2_pb2 as v2pb
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 from resnest_serving.protocol.bundle import ModelBundle
-from support import REPO_ROOT, ServerProcess, write_config
+from support import ServerProcess, run_tritonclient, write_config
 
-SCRIPT = REPO_ROOT / "tests" / "triton_client.py"
 TOPK = 3
-
-
-def triton_python() -> str:
-    """The tritonclient environment's interpreter; fails (never skips) when it is not there."""
-    path = os.environ.get("RESNEST_TRITON_PYTHON", "")
-    if not path or not Path(REPO_ROOT, path).is_file():
-        pytest.fail(f"RESNEST_TRITON_PYTHON={path!r} is not a Python interpreter: run `make venv-test` (it builds "
-                    ".venv-triton with tritonclient) and run the tests with `make test`, or set "
-                    "RESNEST_TRITON_PYTHON=.venv-triton/bin/python")
-    return str(Path(REPO_ROOT, path))
-
-
-def run_tritonclient(calls: list[dict], tmp: Path) -> dict:
-    """Make `calls` with tritonclient in its own environment; {call id: {"value"} | {"error"}}."""
-    spec = tmp / "calls.json"
-    spec.write_text(json.dumps(calls))
-    done = subprocess.run([triton_python(), str(SCRIPT), str(spec)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
