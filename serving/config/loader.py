@@ -115,7 +115,23 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> ServerConfig:
     auth = AuthConfig(**read_plain(top.sub("auth", AuthConfig), base_dir))
     config = ServerConfig(op=ops, dag=dag, service_name=service_name, tls=tls, auth=auth, **values)
     _check_ports(config.ports, config.worker_num)
+    _check_model_control(config)
     return config
+
+
+def _check_model_control(config: ServerConfig) -> None:
+    """Load/unload calls (`model_control: explicit`) decide what is served, so nothing else may: not polling
+    (Triton's poll and explicit modes exclude each other too), not several worker processes (a call would
+    reach one of them)."""
+    if config.model_control != "explicit":
+        return
+    if config.model_repository_poll_s > 0:
+        raise ConfigError(f"[CONF] model_control: explicit and model_repository_poll_s: "
+                          f"{config.model_repository_poll_s:g} both decide which versions are served; choose one "
+                          "(set model_repository_poll_s: 0, or model_control: none)")
+    if config.worker_num > 1:
+        raise ConfigError(f"[CONF] model_control: explicit needs worker_num: 1 (got {config.worker_num}): a load or "
+                          "unload call reaches only one of the worker processes sharing the ports")
 
 
 def _text(path: Path | None) -> str:

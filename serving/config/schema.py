@@ -381,8 +381,9 @@ class ServerConfig:
     model_control: str = setting(
         "none", "`explicit` opens the Open Inference Protocol's `POST /v2/repository/models/{name}/load` and "
         "`/unload` (gRPC RepositoryModelLoad/Unload), as Triton's `--model-control-mode=explicit`; with `none` they "
-        "answer 403 / PERMISSION_DENIED. With `auth:` on they need the token like every call. See README \"Load and "
-        "unload models\".", origin="ours", choices=("none", "explicit"), normalize=str.lower)
+        "answer 403 / PERMISSION_DENIED. With `auth:` on they need the token like every call. `explicit` is refused "
+        "with `model_repository_poll_s` > 0 (both would decide what is served) and with `worker_num` > 1 (a call "
+        "reaches one worker process). See README \"Load and unload models\".", origin="ours", choices=("none", "explicit"), normalize=str.lower)
     config_file: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:

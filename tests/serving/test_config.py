@@ -750,3 +750,12 @@ def test_key_coverage_table_is_complete() -> None:
         path, _, name = row[1].partition("::")
         source = (REPO / path).read_text()
         assert f"def {name}(" in source, f"{row[1]} does not exist"
+
+
+@pytest.mark.parametrize(("top", "message"), [
+    ({"model_repository_poll_s": 2}, "model_control: explicit and model_repository_poll_s: 2 both decide"),
+    ({"worker_num": 2, "rpc_port": 19001, "http_port": 19002}, "model_control: explicit needs worker_num: 1 (got 2)"),
+])
+def test_explicit_model_control_excludes_polling_and_several_workers(top: dict, message: str) -> None:
+    assert message in error_of(minimal(model_control="explicit", **top))
+    parse(minimal(model_control="none", **top))  # each alone is fine
