@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import simplejpeg
+
 from resnest_serving.client.images import shrink_image
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 

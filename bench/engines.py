@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.client.fingerprint import machine_fingerprint
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ BASE = ("paddle", "fp32")
 def ensure_export(arch: str, out_dir: Path, calibration: dict[str, bytes], checks: dict[str, dict[str, bytes]]) -> Path:
     """A random-init export with ONNX, int8 and accuracy checks, made once and reused on later runs."""
     from resnest_serving.export.exporter import ExportOptions
-
     from resnest_serving.export_command import export_model
 
     target = out_dir / arch
@@ -51,7 +51,6 @@ def ensure_demo_export(out_dir: Path, shared_images: dict[str, bytes]) -> Path:
     """The trained demo model with int8 calibrated on 64 held-out digits, checked on the other 296."""
     from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
     from resnest_serving.export.exporter import ExportOptions
-
     from resnest_serving.export_command import export_model
 
     target = out_dir / "demo"

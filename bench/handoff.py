@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.pipeline.engines import AUTO_ORDER, open_runtime, start_engines
 from resnest_serving.pipeline.engines.worker import INFER, OK, Channel
 from resnest_serving.pipeline.pixels import Normalizer
@@ -286,6 +287,7 @@ def _preprocess_us(size: int, calls: int) -> float:
     """Median µs of the front door's preprocessing of one photo-sized JPEG into `size` pixels (what a copy of
     its pixels saved would be set against)."""
     import cv2
+
     from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 
     rng = np.random.default_rng(4)

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import requests
+
 from resnest_serving.client.bench import BenchConfig, run_bench
 from resnest_serving.client.images import list_images
 from resnest_serving.serving.launcher import ServerProcess, write_config

@@ -34,16 +34,16 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from resnest_serving.client.fingerprint import machine_fingerprint
-from resnest_serving.client.images import list_images
-from resnest_serving.client.report import strict_json
-from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
-from resnest_serving.protocol.bundle import ModelBundle
 
 from bench.batching import batch_table, compare_batch_sizes
 from bench.engines import ensure_export, in_child
 from bench.load_points import measure_point, start_server
 from bench.stages import stage_table
+from resnest_serving.client.fingerprint import machine_fingerprint
+from resnest_serving.client.images import list_images
+from resnest_serving.client.report import strict_json
+from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
+from resnest_serving.protocol.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 

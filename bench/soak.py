@@ -133,6 +133,7 @@ def run_soak(target: Target, images: list[bytes], duration_s: float, warmup_s: f
     """Drive `target` for `duration_s` with `concurrency` client threads; sample RSS of target.pid every
     `sample_interval_s`."""
     import grpc
+
     from resnest_serving.protocol.baidu_std import BrpcError, Errno
 
     warmup = duration_s / 4 if warmup_s is None else warmup_s

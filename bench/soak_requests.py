@@ -52,6 +52,7 @@ class Worker:
     def __init__(self, target: Target, images: list[bytes], seed: int):
         import grpc
         import requests
+
         from resnest_serving.protocol.brpc_client import SyncBrpcClient
 
         self.target = target
@@ -112,6 +113,7 @@ class Worker:
 
     def oversized(self, protocol: str) -> str:
         import grpc
+
         from resnest_serving.protocol import baidu_std as bs
         from resnest_serving.protocol import pipeline_service_pb2 as pb
         from resnest_serving.protocol.brpc_client import SyncBrpcClient

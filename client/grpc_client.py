@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from resnest_serving.client.base import AsyncClassifier, Classifier
 from resnest_serving.client.errors import TransportError
 from resnest_serving.protocol.endpoints import join_host_port

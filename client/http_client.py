@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from google.protobuf import json_format
+
 from resnest_serving.client.base import AsyncClassifier, Classifier
 from resnest_serving.client.errors import BadResponseError, TransportError
 from resnest_serving.protocol.endpoints import join_host_port

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+
 from resnest_serving.protocol.b64 import encode_text
 
 __all__ = ["IMAGE_SUFFIXES", "ImageInput", "encode_image", "image_bytes", "list_images", "named_images",

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+
 from resnest_serving.client.base import parse_endpoint
 from resnest_serving.client.grpc_client import CHANNEL_OPTIONS
 from resnest_serving.protocol.endpoints import join_host_port

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+
 from resnest_serving.client.base import AsyncClassifier, Classifier
 from resnest_serving.client.codec import Classification
 from resnest_serving.client.errors import BadResponseError, TransportError
@@ -329,6 +330,7 @@ class AsyncV2GrpcClassifier(_AsyncV2Calls, _V2Grpc, AsyncGrpcClassifier):
 
     async def _rpc(self, method: str, request: Any, timeout: float | None) -> Any:
         import grpc
+
         from resnest_serving.client.grpc_client import _CLASSIFIER_OPTIONS
 
         if self._channel is None:

@@ -102,9 +102,8 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[bytes], list[int] | No
         return args.model_dir, [p.read_bytes() for p in paths], None
     from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH, load_heldout
     from resnest_serving.export.exporter import ExportOptions
-    from resnest_serving.pipeline.accuracy import describe_check
-
     from resnest_serving.export_command import export_model
+    from resnest_serving.pipeline.accuracy import describe_check
 
     say(f"== exporting the demo checkpoint {CHECKPOINT_PATH.name} ({ARCH}) with resnest export, plus an int8 "
         f"model calibrated on {CALIBRATION_DIGITS} held-out digits")

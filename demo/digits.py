@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 
 __all__ = [

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+
 from resnest_serving.demo.digits import (
     ARCH,
     CHECKPOINT_PATH,

@@ -36,6 +36,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.export.checkpoint_files import (
     SHOW,
     SUPPORTED_SUFFIXES,

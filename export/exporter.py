@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from resnest_serving.export.checkpoint import SUPPORTED_SUFFIXES
 from resnest_serving.export.resnest import ArchSpec, arch_spec, build_model
 from resnest_serving.protocol.bundle import find_model_files

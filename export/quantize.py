@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.export.onnx_shapes import fold_reshape_targets
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from dataclasses import replace
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+
 from resnest_serving.export.specs import ARCHS, ArchSpec, arch_spec  # noqa: F401  (re-exported)
 
 

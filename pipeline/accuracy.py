@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES, EngineError, open_runtime
 from resnest_serving.pipeline.engines.cpu import describe as describe_cpu
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec

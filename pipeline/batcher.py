@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from resnest_serving.pipeline.engines.base import Engine, infer_batch
 
 log = logging.getLogger(__name__)

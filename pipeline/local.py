@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.pipeline.engines import candidates, open_runtime
 from resnest_serving.pipeline.pixels import is_pixels
 from resnest_serving.pipeline.postprocess import Postprocessor, top_k

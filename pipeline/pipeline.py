@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
 from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
 from resnest_serving.pipeline.engines.base import Engine, EngineError, takes_pixels
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
+
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.pixels import Normalizer
 from resnest_serving.protocol.b64 import decode_strict

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from google.protobuf.message import DecodeError
+
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 from resnest_serving.protocol.inflate import InflateError, inflate
 

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
+
 from resnest_serving.protocol.baidu_std import (
     DEFAULT_MAX_BODY_SIZE,
     BrpcError,

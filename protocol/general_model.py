@@ -4,6 +4,7 @@ sends, and the tensor decoder both sides use."""
 from __future__ import annotations
 
 import numpy as np
+
 from resnest_serving.protocol import general_model_service_pb2 as gm
 from resnest_serving.protocol.wire import ElemType, elem_name
 

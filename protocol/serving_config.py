@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
+
 from resnest_serving.protocol.general_model_config_pb2 import GeneralModelConfig
 
 SERVER_CONF = "serving_server_conf.prototxt"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from resnest_serving.client.report import strict_json
 from resnest_serving.client.text_table import text_table
 from resnest_serving.serving.launcher import write_config

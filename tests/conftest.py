@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from support import REPO_ROOT, ServerProcess, teardown_problems, write_config
 
 
@@ -78,7 +79,6 @@ def demo_export(tmp_path_factory, heldout_digits, image_paths):
     bf16/int8 checked against fp32 on the other 296 and on the shared images."""
     from resnest_serving.demo.digits import ARCH, CHECKPOINT_PATH, LABELS_PATH
     from resnest_serving.export.exporter import ExportOptions
-
     from resnest_serving.export_command import export_model
 
     digits = heldout_digits[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from resnest_serving.pipeline.engines.cpu import precision_unsupported
 from resnest_serving.pipeline.pixels import Normalizer, is_pixels
 from resnest_serving.protocol.bundle import ModelBundle

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.pipeline.engines.base import EngineError
 from resnest_serving.pipeline.engines.choose import AUTO_ORDER, RUNTIMES, open_runtime
 from resnest_serving.pipeline.engines.cpu import describe

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.pipeline.engines.base import Runtime
 from resnest_serving.pipeline.engines.pixel_input import PIXELS, empty_inputs, onnx_with_pixels
 from resnest_serving.protocol.bundle import ModelBundle

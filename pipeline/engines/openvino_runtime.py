@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from resnest_serving.pipeline.engines.base import EngineError, Runtime
 from resnest_serving.pipeline.engines.onnx_runtime import onnx_model
 from resnest_serving.pipeline.engines.pixel_input import PIXELS, empty_inputs, openvino_with_pixels

@@ -9,6 +9,7 @@ in a worker process. GPU and TensorRT are configured through `paddle_config.conf
 from __future__ import annotations
 
 import numpy as np
+
 from resnest_serving.pipeline.engines.base import Runtime
 from resnest_serving.pipeline.engines.cpu import precision_unsupported
 from resnest_serving.pipeline.engines.paddle_config import open_predictor

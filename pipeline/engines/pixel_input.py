@@ -11,6 +11,7 @@ of the model's parameter and OpenVINO's pre-processing API (PrePostProcessor) on
 from __future__ import annotations
 
 import numpy as np
+
 from resnest_serving.pipeline.pixels import Normalizer
 
 PIXELS = "resnest_pixels"  # the added input's name; the model's own input keeps its name

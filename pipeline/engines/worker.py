@@ -40,6 +40,7 @@ from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
+
 from resnest_serving.pipeline.engines.base import EngineError, EngineUnavailable, StartReport
 from resnest_serving.pipeline.engines.choose import log_event, open_runtime
 from resnest_serving.pipeline.pixels import is_pixels

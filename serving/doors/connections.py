@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
 from resnest_serving.serving.config.schema import ServerConfig, default_of
 
 log = logging.getLogger(__name__)

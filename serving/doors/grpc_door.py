@@ -6,6 +6,7 @@ import logging
 
 import grpc
 from google.protobuf.message import DecodeError
+
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from resnest_serving.serving.config.schema import TlsConfig

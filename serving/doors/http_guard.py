@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import ClientPayloadError, HttpVersion11, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+
 from resnest_serving.protocol.inflate import InflateError, inflate
 from resnest_serving.protocol.v2 import is_v2_path
 from resnest_serving.serving.core import ServingCore

@@ -17,6 +17,7 @@ import logging
 
 from aiohttp import web
 from google.protobuf import json_format
+
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.v2 import is_v2_path

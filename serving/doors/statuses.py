@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 from aiohttp import web
+
 from resnest_serving.protocol.baidu_std import Errno
 from resnest_serving.serving.errors import ErrorKind, ServingError
 

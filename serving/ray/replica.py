@@ -55,6 +55,7 @@ class PipelineReplica:
         size, limit = request.ByteSize(), self.config.max_request_bytes
         if size > limit:
             import grpc
+
             from resnest_serving.pipeline.errors import ErrorCode
             from resnest_serving.protocol import pipeline_service_pb2 as pb
 
@@ -68,6 +69,7 @@ class PipelineReplica:
             metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
             if not self.tokens.accepts(metadata.get("authorization")):
                 import grpc
+
                 from resnest_serving.protocol import pipeline_service_pb2 as pb
 
                 grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)

@@ -41,6 +41,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
 from resnest_serving.pipeline.batcher import DynamicBatcher, QueueFull
 from resnest_serving.pipeline.engines import Engine
 from resnest_serving.protocol import general_model_service_pb2 as gm

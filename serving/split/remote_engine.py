@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf.message import DecodeError
+
 from resnest_serving.pipeline.engines import EngineError, StartReport
 from resnest_serving.protocol import general_model_service_pb2 as gm
 from resnest_serving.protocol.baidu_std import BrpcError, Errno

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
+
 from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.protocol.v2 import NUMERIC_DTYPES

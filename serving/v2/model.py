@@ -16,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.postprocess import top_k
 from resnest_serving.pipeline.types import Request

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+
 from resnest_serving.protocol.v2 import HEADER_LENGTH
 from resnest_serving.serving.doors.http_guard import ascii_int, load_json, off_loop_if_large, request_body
 from resnest_serving.serving.doors.statuses import json_error

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from resnest_serving.protocol.b64 import decode_strict
 from resnest_serving.protocol.v2 import (
     DATATYPES,

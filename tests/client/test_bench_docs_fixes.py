@@ -7,11 +7,11 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+
+from bench.soak import SoakReport
 from resnest_serving.client.bench_cli import bench_images, sibling_metrics_url
 from resnest_serving.client.bench_results import SweepReport
 from resnest_serving.client.report import knee_line, still_rising
-
-from bench.soak import SoakReport
 
 
 def sweep(*images_per_s: float) -> SweepReport:

@@ -8,10 +8,10 @@ import json
 import statistics
 
 import pytest
-from resnest_serving.client.bench import arrival_offsets
-from resnest_serving.client.compare import compare_reports
 
 from resnest_serving.cli import main
+from resnest_serving.client.bench import arrival_offsets
+from resnest_serving.client.compare import compare_reports
 
 
 def ep(server, protocol: str) -> str:

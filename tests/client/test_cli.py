@@ -116,9 +116,8 @@ def test_predict_in_process_matches_local_classifier(tiny_model_dir, image_paths
     """`resnest predict --model-dir DIR` classifies without a server, with the pipeline's own code."""
     import json as _json
 
-    from resnest_serving.pipeline.local import LocalClassifier
-
     from resnest_serving.cli import main
+    from resnest_serving.pipeline.local import LocalClassifier
 
     assert main(["predict", "--model-dir", str(tiny_model_dir), "--topk", "3", "--json", *map(str, image_paths)]) == 0
     rows = _json.loads(capsys.readouterr().out)

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from resnest_serving.client.images import shrink_image
-from resnest_serving.pipeline.local import LocalClassifier
 
 from resnest_serving.cli import main
+from resnest_serving.client.images import shrink_image
+from resnest_serving.pipeline.local import LocalClassifier
 
 
 def big_jpeg(image_paths, size=(1600, 1200)) -> bytes:

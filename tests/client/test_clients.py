@@ -6,6 +6,7 @@ import asyncio
 
 import cv2
 import pytest
+
 from resnest_serving.client import ServingError, TransportError, connect, connect_async
 
 PROTOCOLS = ["grpc", "http", "brpc"]

@@ -7,6 +7,7 @@ import base64
 import cv2
 import numpy as np
 import pytest
+
 from resnest_serving.client.base import is_loopback, parse_endpoint
 from resnest_serving.client.codec import Classification, build_request, parse_classifications, safe_literal
 from resnest_serving.client.errors import BadResponseError, ServingError, TransportError

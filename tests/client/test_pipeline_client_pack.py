@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+
 from resnest_serving.client import PipelineClient
 from resnest_serving.client.pipeline_client import _channel_target, pack_request
 

@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+
 from resnest_serving.client.base import AsyncClassifier
 from resnest_serving.client.bench import AnswerChecker, BenchConfig, BenchReport, Sample, _Load
 from resnest_serving.client.codec import Classification

@@ -9,9 +9,9 @@ import json
 
 import numpy as np
 import pytest
-from resnest_serving.client import TransportError, connect, connect_async
 
 from resnest_serving.cli import main
+from resnest_serving.client import TransportError, connect, connect_async
 
 
 def ep(server, protocol: str) -> str:

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from resnest_serving.demo.digits import (
     ARCH,
     CHECKPOINT_PATH,
@@ -72,6 +73,7 @@ def test_heldout_set_and_labels(meta):
 
 def test_checkpoint_matches_tiny_arch(meta):
     import paddle
+
     from resnest_serving.export.resnest import build_model
 
     assert CHECKPOINT_PATH.stat().st_size < 4 * 1024 * 1024
@@ -88,6 +90,7 @@ def test_checkpoint_matches_tiny_arch(meta):
 
 def test_heldout_accuracy_matches_recorded(meta):
     import paddle
+
     from resnest_serving.export.resnest import build_model
 
     model = build_model(ARCH)  # eval mode

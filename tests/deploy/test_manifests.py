@@ -13,6 +13,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from resnest_serving.serving.config.loader import load_config
 from resnest_serving.serving.doors.rest_door import HEALTH_PATHS
 from support import installed_folders
@@ -160,6 +161,7 @@ def test_serve_config_v2_is_a_valid_serve_config(rayservice, container_config):
     """serveConfigV2 parses with Ray Serve's own schema, names our gRPC servicer and the config's ports, and
     its application args build the application (app_builder with the image's config)."""
     from ray.serve.schema import ServeDeploySchema
+
     from resnest_serving.serving.ray.app import DEPLOYMENT_NAME, GRPC_SERVICER, app_builder
 
     serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_dir
+
 from support import REPO_ROOT
 
 RUN_LANGS = ("bash", "sh", "console", "python")

@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
+
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 

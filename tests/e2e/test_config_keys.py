@@ -14,6 +14,7 @@ import time
 import grpc
 import pytest
 import requests
+
 from resnest_serving.client import connect
 from resnest_serving.client.errors import ServingError
 from resnest_serving.protocol import pipeline_service_pb2 as pb

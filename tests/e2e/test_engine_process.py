@@ -13,6 +13,7 @@ import sys
 import threading
 
 import requests
+
 from support import REPO_ROOT, write_config
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+
+from bench.soak_requests import png_of_zeros
 from resnest_serving.client import Credentials, TransportError, connect
 from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol import pipeline_service_pb2 as pb
@@ -23,8 +25,6 @@ from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 from resnest_serving.protocol.brpc_client import SyncBrpcClient
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from support import make_tls_files
-
-from bench.soak_requests import png_of_zeros
 
 GIB = 1024 ** 3
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import simplejpeg
+
 from resnest_serving.client import connect
 from resnest_serving.pipeline.local import LocalClassifier
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec

@@ -15,6 +15,7 @@ import struct
 import grpc
 import pytest
 import requests
+
 from resnest_serving.client import Credentials, TransportError, connect
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import requests
+
 from support import REPO_ROOT, ServerProcess
 
 CONFIG = REPO_ROOT / "configs" / "paddleclas_config.yml"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from resnest_serving.client import connect
 from resnest_serving.demo.digits import LABELS_PATH
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES

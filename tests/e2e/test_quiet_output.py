@@ -6,9 +6,9 @@ from __future__ import annotations
 import socket
 
 import pytest
-from support import ServerProcess, write_config
 
 from resnest_serving.cli import main
+from support import ServerProcess, write_config
 
 
 def test_paddle_engine_log_has_no_import_notices(tmp_path, tiny_model_dir, monkeypatch):

@@ -21,6 +21,7 @@ import grpc
 import pytest
 import ray.serve  # noqa: F401  (make venv-test installs Ray: without it these tests fail, never skip)
 import requests
+
 from resnest_serving.client.pipeline_client import PipelineClient
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc

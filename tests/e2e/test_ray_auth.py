@@ -9,6 +9,7 @@ import grpc
 import pytest
 import ray.serve  # noqa: F401  (make venv-test installs Ray: without it these tests fail, never skip)
 import requests
+
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 from support import ServerProcess, write_config

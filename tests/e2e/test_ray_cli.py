@@ -4,9 +4,9 @@ anything starts (no Ray instance here)."""
 from __future__ import annotations
 
 import pytest
-from resnest_serving.serving.ray.app import RayOptions
 
 from resnest_serving.cli import main
+from resnest_serving.serving.ray.app import RayOptions
 
 CASES = [
     (["--ray-min-replicas", "2"], "--ray-min-replicas only apply with --ray"),

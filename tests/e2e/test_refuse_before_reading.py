@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from support import REPO_ROOT, ServerProcess, write_config
 
 TOKEN = "refuse-before-reading-token-0123456789"

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+
 from resnest_serving.client import Credentials, TransportError, connect
 from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta

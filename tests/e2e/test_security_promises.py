@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+
 from resnest_serving.protocol import grpc_predict_v2_pb2 as v2
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as v2_grpc
 from support import REPO_ROOT, make_tls_files

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from resnest_serving.pipeline.local import LocalClassifier
 from resnest_serving.protocol import general_model_service_pb2 as gm
 from resnest_serving.protocol import pipeline_service_pb2 as pb

@@ -17,6 +17,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec
 from resnest_serving.protocol import grpc_predict_v2_pb2 as v2pb
 from resnest_serving.protocol import pipeline_service_pb2 as pb

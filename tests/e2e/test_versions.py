@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 import requests
+
 from resnest_serving.protocol import grpc_predict_v2_pb2 as v2
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as v2_grpc
 from resnest_serving.protocol import pipeline_service_pb2 as pb

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+
 from resnest_serving.export.flops import count_macs
 from resnest_serving.export.resnest import ARCHS, arch_spec, build_model
 

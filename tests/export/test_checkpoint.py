@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from safetensors.numpy import save_file
+
 from resnest_serving.export.checkpoint import (
     CheckpointError,
     Layout,
@@ -24,7 +26,6 @@ from resnest_serving.export.checkpoint import (
     read_state_dict,
 )
 from resnest_serving.export.resnest import ResNeSt, build_model
-from safetensors.numpy import save_file
 
 TINY = "ResNeSt_tiny"
 

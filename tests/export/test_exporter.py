@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+
+from resnest_serving.cli import main as resnest_main
 from resnest_serving.export.exporter import ExportError, ExportOptions, export
 from resnest_serving.export.resnest import build_model
 from resnest_serving.protocol.serving_config import read_config
 from support import run_predictor
-
-from resnest_serving.cli import main as resnest_main
 
 
 def assert_close(got: np.ndarray, want: np.ndarray) -> None:

@@ -15,13 +15,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from resnest_serving.export.exporter import ExportOptions
+from resnest_serving.export_command import export_model
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
 from support import REPO_ROOT, run_predictor
-
-from resnest_serving.export_command import export_model
 
 # PaddleClas's rSoftmax reads `batch, r, h, w = x.shape` and reshapes to [batch, cardinality, radix, r*h*w/...]:
 # traced by Paddle 2.x's dy2static with a dynamic batch, that is Shape → Slice → Mul/Div → Cast → Concat →

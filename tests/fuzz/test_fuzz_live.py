@@ -23,14 +23,14 @@ import requests
 from fuzz.fuzz_support import encoded, fuzz, mutate, mutations
 from hypothesis import given
 from hypothesis import strategies as st
+
+from bench.soak_requests import png_of_zeros
 from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from support import ServerProcess, write_config
-
-from bench.soak_requests import png_of_zeros
 
 MAX_BODY = 2 * 1024 * 1024
 ANSWER_S = 30.0  # any single answer slower than this is a hang

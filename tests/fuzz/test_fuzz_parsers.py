@@ -18,6 +18,7 @@ from fuzz.fuzz_support import encoded, fuzz, mutate, mutations
 from google.protobuf import json_format
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
+
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.preprocess import b64decode_image, decode_image
 from resnest_serving.pipeline.types import Request

@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from support import REPO_ROOT, installed_folders, write_config
 
 log = logging.getLogger(__name__)

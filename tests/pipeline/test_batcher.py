@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+
 from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
 from resnest_serving.pipeline.engines import open_runtime, start_engines
 from resnest_serving.protocol.bundle import ModelBundle

@@ -4,6 +4,7 @@ these tests check that the right paddle.inference.Config switches are set (unver
 from __future__ import annotations
 
 import pytest
+
 from resnest_serving.pipeline.engines.paddle_config import config_calls, paddle_config
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions

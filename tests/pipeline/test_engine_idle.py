@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 import pytest
+
+from bench.load_points import cpu_seconds
 from resnest_serving.pipeline.engines import start_engines
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
-
-from bench.load_points import cpu_seconds
 
 
 @pytest.mark.parametrize("kind", ["paddle", "onnxruntime", "openvino"])

@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from resnest_serving.pipeline.accuracy import preprocess_images
 from resnest_serving.pipeline.engines import (
     AUTO_ORDER,

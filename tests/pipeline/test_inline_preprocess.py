@@ -9,6 +9,7 @@ import base64
 import threading
 
 import numpy as np
+
 import resnest_serving.pipeline.pipeline as pipeline_module
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.pipeline.pipeline import Pipeline

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
+
 from resnest_serving.pipeline.pipeline import Pipeline, StageObserver
 from resnest_serving.pipeline.types import Request, Response
 from support import pipeline_settings, run_pipeline

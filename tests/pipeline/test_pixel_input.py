@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from resnest_serving.pipeline.accuracy import preprocess_images
 from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES, open_runtime, start_engines

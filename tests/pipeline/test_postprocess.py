@@ -6,6 +6,7 @@ import ast
 
 import numpy as np
 import pytest
+
 from resnest_serving.pipeline.postprocess import Postprocessor, top_k
 from resnest_serving.protocol.labels import load_labels
 

@@ -7,6 +7,7 @@ import base64
 import cv2
 import numpy as np
 import pytest
+
 from resnest_serving.pipeline.errors import ErrorCode, PipelineError
 from resnest_serving.pipeline.preprocess import Preprocessor, PreprocessSpec, b64decode_image, decode_image
 

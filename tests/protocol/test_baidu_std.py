@@ -7,6 +7,7 @@ import struct
 import zlib
 
 import pytest
+
 from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta
 

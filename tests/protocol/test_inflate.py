@@ -8,6 +8,7 @@ import tracemalloc
 import zlib
 
 import pytest
+
 from resnest_serving.protocol.inflate import CHUNK_BYTES, MAX_GZIP_MEMBERS, InflateError, inflate
 
 

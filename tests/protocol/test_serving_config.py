@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from resnest_serving.protocol.serving_config import (
     VarSpec,
     build_config,

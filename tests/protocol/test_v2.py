@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 from resnest_serving.client.errors import BadResponseError
 from resnest_serving.client.v2_client import split_bytes_tensor
 from resnest_serving.protocol.v2 import BytesFramingError, decode_bytes, encode_bytes, is_v2_path

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+
 from resnest_serving.protocol import baidu_std as bs
 from resnest_serving.protocol.brpc_client import BrpcClient, SyncBrpcClient
 from resnest_serving.protocol.brpc_meta_pb2 import RpcMeta

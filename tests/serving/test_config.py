@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from resnest_serving.serving.config import loader as config_mod
 from resnest_serving.serving.config.files import check_paths
 from resnest_serving.serving.config.loader import (

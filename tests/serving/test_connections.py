@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 from aiohttp import web
+
 from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings, PeerLimiter
 from resnest_serving.serving.doors.rest_door import serve_app
 

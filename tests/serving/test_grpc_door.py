@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol.wire import PIPELINE_SERVICE
 from resnest_serving.serving.doors.connections import ConnectionLimits, DoorSettings

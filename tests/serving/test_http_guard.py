@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from resnest_serving.serving.doors.http_guard import (
     ascii_int,
     load_json,

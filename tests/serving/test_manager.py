@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from resnest_serving.pipeline.errors import ErrorCode
 from resnest_serving.pipeline.types import Request, Response
 from resnest_serving.serving.config.loader import parse_config

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
+
 from resnest_serving.pipeline.engines import start_engines
 from resnest_serving.pipeline.local import LocalClassifier
 from resnest_serving.protocol import baidu_std as bs

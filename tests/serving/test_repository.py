@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from resnest_serving.serving.config.yaml_file import ConfigError
 from resnest_serving.serving.repository.policy import DEFAULT_POLICY, VersionPolicy, parse_policy, select
 from resnest_serving.serving.repository.versions import (

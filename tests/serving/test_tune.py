@@ -11,10 +11,10 @@ import time
 import pytest
 import requests
 import yaml
-from resnest_serving.serving.tune import Candidate, Tuner, accuracy_gate, parse_duration
-from support import ServerProcess
 
 from resnest_serving.cli import main
+from resnest_serving.serving.tune import Candidate, Tuner, accuracy_gate, parse_duration
+from support import ServerProcess
 
 
 def test_tune_picks_a_config_that_serves(demo_export, shared, tmp_path, capsys):

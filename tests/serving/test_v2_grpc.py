@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
+
 from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from support import ServerProcess, write_config

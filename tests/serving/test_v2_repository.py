@@ -10,6 +10,7 @@ import json
 import grpc
 import pytest
 import requests
+
 from resnest_serving.protocol import grpc_predict_v2_pb2 as pb
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.serving.errors import ErrorKind, ServingError

@@ -11,6 +11,7 @@ import struct
 import numpy as np
 import pytest
 import requests
+
 from support import ServerProcess, write_config
 
 MAX_BYTES = 2 * 1024 * 1024
