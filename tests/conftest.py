@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, ServerProcess, teardown_problems, write_config
+from support import REPO_ROOT, ServerProcess, serving, teardown_problems, write_config
 
 
 def shared_dir() -> Path:
@@ -115,11 +115,8 @@ def tiny_server(tmp_path_factory, tiny_model_dir):
     must stop with exit code 0 and no traceback in its log."""
     cfg = write_config(tmp_path_factory.mktemp("srv") / "config.yml", tiny_model_dir,
                        op={"topk": 3, "batch_size": 4, "auto_batching_timeout": 5})
-    server = ServerProcess(cfg)
-    yield server
-    problems = teardown_problems(server)
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    with serving(cfg) as server:
+        yield server
 
 
 def _split_radix(self, x):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from resnest_serving.serving import launcher
 from resnest_serving.serving.launcher import ServerProcess  # noqa: F401  (re-exported for tests)
@@ -34,10 +38,36 @@ def teardown_problems(server: ServerProcess) -> list[str]:
     return [f"server ({args}) {problem}:\n{server.log[-4000:]}" for problem in problems]
 
 
+@contextlib.contextmanager
+def serving(config: Path) -> Iterator[ServerProcess]:
+    """A running `resnest serve` of `config` for a fixture to yield; at the fixture's teardown it must stop
+    (SIGTERM) with exit 0 and no Python traceback in its log (see teardown_problems)."""
+    server = ServerProcess(config)
+    yield server
+    problems = teardown_problems(server)
+    if problems:
+        pytest.fail("\n\n".join(problems))
+
+
 def write_config(path: Path, model_dir: Path, op: dict | None = None, top: dict | None = None,
                  lsc: dict | None = None) -> Path:
     """launcher.write_config with one math thread per engine instance (tests share 2 cores)."""
     return launcher.write_config(path, model_dir, op, top, lsc={"thread_num": 1, **(lsc or {})})
+
+
+def write_token_file(path: Path, *tokens: str) -> Path:
+    """A token file holding `tokens`, one per line, readable by its owner only (as the server wants it)."""
+    path.write_text("".join(f"{token}\n" for token in tokens))
+    path.chmod(0o600)
+    return path
+
+
+def load_unload_config(folder: Path, model_dir: Path, token: str) -> Path:
+    """A config in `folder` serving `model_dir` with the V2 load/unload calls open (`model_control:
+    explicit`) and guarded by `token` (`auth:` on)."""
+    tokens = write_token_file(folder / "tokens.txt", token)
+    return write_config(folder / "config.yml", model_dir,
+                        top={"model_control": "explicit", "auth": {"token_file": str(tokens)}})
 
 
 def make_tls_files(folder: Path) -> dict[str, Path]:

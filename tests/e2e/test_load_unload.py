@@ -19,7 +19,7 @@ import requests
 from resnest_serving.client import Credentials, TransportError, connect
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
-from support import ServerProcess, run_tritonclient, teardown_problems, write_config
+from support import load_unload_config, run_tritonclient, serving, write_config
 
 TOKEN = "load-unload-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,16 +28,8 @@ LOAD_HINT = "POST /v2/repository/models/imagenet/load"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    folder = tmp_path_factory.mktemp("loadunload")
-    tokens = folder / "tokens.txt"
-    tokens.write_text(TOKEN + "\n")
-    tokens.chmod(0o600)
-    cfg = write_config(folder / "config.yml", tiny_model_dir,
-                       top={"model_control": "explicit", "auth": {"token_file": str(tokens)}})
-    server = ServerProcess(cfg)
-    yield server
-    problems = teardown_problems(server)  # exit 0 on SIGTERM, no traceback in its log
-    assert not problems, problems
+    with serving(load_unload_config(tmp_path_factory.mktemp("loadunload"), tiny_model_dir, TOKEN)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +153,8 @@ def versioned(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("versioned") / "imagenet"
     shutil.copytree(tiny_model_dir, folder / "1")
     cfg = write_config(folder.parent / "config.yml", folder, top={"model_control": "explicit"})
-    server = ServerProcess(cfg)
-    yield server, folder
-    problems = teardown_problems(server)
-    assert not problems, problems
+    with serving(cfg) as server:
+        yield server, folder
 
 
 def v2_version(server, jpeg: bytes) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import REPO_ROOT, ServerProcess, write_config
+from support import REPO_ROOT, ServerProcess, write_config, write_token_file
 
 TOKEN = "refuse-before-reading-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,10 +50,7 @@ def metric(text: str, prefix: str) -> float:
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("auth") / "tokens.txt"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
+    return write_token_file(tmp_path_factory.mktemp("auth") / "tokens.txt", TOKEN)
 
 
 @pytest.fixture(scope="module")

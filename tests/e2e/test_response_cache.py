@@ -24,15 +24,12 @@ CACHE_MB = 0.001  # 1048 bytes: four entries of the tiny model (10 classes: 40 b
 
 @pytest.fixture(scope="module")
 def cached_server(tmp_path_factory, tiny_model_dir):
-    from support import ServerProcess, teardown_problems, write_config
+    from support import serving, write_config
 
     cfg = write_config(tmp_path_factory.mktemp("cache") / "config.yml", tiny_model_dir,
                        op={"topk": 3, "response_cache_mb": CACHE_MB})
-    server = ServerProcess(cfg)
-    yield server
-    problems = teardown_problems(server)
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    with serving(cfg) as server:
+        yield server
 
 
 def b64(data: bytes) -> str:

@@ -22,7 +22,7 @@ from resnest_serving.protocol import general_model_service_pb2 as gm
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 from resnest_serving.protocol.brpc_client import SyncBrpcClient
-from support import REPO_ROOT, ServerProcess, make_tls_files
+from support import REPO_ROOT, ServerProcess, make_tls_files, write_token_file
 
 HOST = "127.0.0.1"
 GM = "baidu.paddle_serving.predictor.general_model.GeneralModelService"
@@ -138,10 +138,8 @@ def test_secured_split_deployment_tls_and_token(tmp_path, tiny_model_dir, image_
     know) gives err_no 10000 naming no internal address, and the right one works again without a restart."""
     files = make_tls_files(tmp_path / "tls")
     server_tokens, pipeline_token = tmp_path / "model_tokens.txt", tmp_path / "pipeline_token.txt"
-    server_tokens.write_text(f"{TOKEN}\n")
-    pipeline_token.write_text(f"{TOKEN}\n")
     for path in (server_tokens, pipeline_token):
-        path.chmod(0o600)
+        write_token_file(path, TOKEN)
     model = start_model_server(tiny_model_dir, extra={
         "tls.cert_file": str(files["server_cert"]), "tls.key_file": str(files["server_key"]),
         "auth.token_file": str(server_tokens)})

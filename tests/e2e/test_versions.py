@@ -21,7 +21,7 @@ from resnest_serving.protocol import grpc_predict_v2_pb2 as v2
 from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as v2_grpc
 from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
-from support import ServerProcess, teardown_problems, write_config
+from support import serving, write_config
 
 POLL_S = 0.5
 
@@ -47,11 +47,8 @@ def folder(tmp_path_factory, tiny_model_dir) -> Path:
 def server(tmp_path_factory, folder):
     config = write_config(tmp_path_factory.mktemp("cfg") / "config.yml", folder, {"batch_size": 1},
                           {"model_repository_poll_s": POLL_S})
-    server = ServerProcess(config)
-    yield server
-    problems = teardown_problems(server)
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    with serving(config) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from resnest_serving.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from resnest_serving.serving.errors import ErrorKind, ServingError
 from resnest_serving.serving.v2.repository import check_request, rest_parameters
 from resnest_serving.serving.v2.routes import Endpoint, Route, match, takes_body
-from support import ServerProcess, teardown_problems, write_config
+from support import load_unload_config, serving
 
 TOKEN = "repository-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -72,16 +72,8 @@ def test_parameter_rules():
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, tiny_model_dir):
     """model_control: explicit, auth on."""
-    folder = tmp_path_factory.mktemp("v2repo")
-    tokens = folder / "tokens.txt"
-    tokens.write_text(TOKEN + "\n")
-    tokens.chmod(0o600)
-    cfg = write_config(folder / "config.yml", tiny_model_dir,
-                       top={"model_control": "explicit", "auth": {"token_file": str(tokens)}})
-    server = ServerProcess(cfg)
-    yield server
-    problems = teardown_problems(server)  # exit 0 on SIGTERM, no traceback in its log
-    assert not problems, problems
+    with serving(load_unload_config(tmp_path_factory.mktemp("v2repo"), tiny_model_dir, TOKEN)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
