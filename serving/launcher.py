@@ -34,8 +34,10 @@ class ServerProcess:
         self.lines: list[str] = []
         self.ports: dict[str, int] = {}
         self.info: dict = {}
+        # errors="replace": native libraries may write bytes that are not UTF-8 (a corrupt model's contents);
+        # the reader thread must not die on them, or the pipe fills and the server blocks on its next log line
         self.proc = subprocess.Popen(args, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     text=True, errors="replace", env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._read, daemon=True).start()
         if wait:
             self.wait_ready()

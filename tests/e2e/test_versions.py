@@ -104,7 +104,7 @@ def drop_in(folder: Path, number: int, source: Path, corrupt: bool = False) -> N
     shutil.copytree(source, hidden)
     if corrupt:
         for weights in (*hidden.glob("*.pdiparams"), *hidden.glob("*.onnx")):
-            weights.write_bytes(b"these are not weights\n" * 200)  # text: libraries may echo what they read
+            weights.write_bytes(bytes(range(256)) * 20)  # binary garbage, as real corruption is
     hidden.rename(folder / str(number))
 
 
