@@ -30,7 +30,6 @@ from resnest_serving.client.fingerprint import machine_fingerprint
 from resnest_serving.client.images import list_images
 from resnest_serving.pipeline.engines.choose import AUTO_ORDER, RUNTIMES
 from resnest_serving.protocol.bundle import ModelBundle
-from resnest_serving.serving.config.schema import OpConfig, default_of
 from resnest_serving.serving.launcher import ServerProcess, write_config
 
 log = logging.getLogger(__name__)
@@ -133,6 +132,8 @@ class Tuner:
 
     def levels(self, cand: Candidate) -> list[int]:
         """The first load levels: 1, 2, 4 and 2 x (batch_size x instances); `next_level` may add more."""
+        from resnest_serving.serving.config.schema import OpConfig, default_of  # needs yaml: not at import
+
         op = {name: default_of(OpConfig, name) for name in ("batch_size", "concurrency")} | cand.op
         per_batch = int(op["batch_size"]) * int(op["concurrency"])
         return sorted({1, 2, 4, min(MAX_LEVEL, 2 * per_batch)})
