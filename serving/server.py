@@ -227,8 +227,7 @@ class Server:
         self.repository = ModelRepository(
             self.core, lambda model, version: start_pipeline(config, model.op, model.name, self.metrics, version),
             config.model_repository_poll_s, config.shutdown_grace_s)
-        self.v2 = V2Models(self.core)  # the Open Inference Protocol's view, one for its REST and gRPC doors
-        self.v2.model_control = config.model_control  # load/unload open only with `model_control: explicit`
+        self.v2 = V2Models(self.core, config.model_control)  # the Open Inference Protocol's view, both its doors
         self._grpc = self._rest = self._brpc = self._prometheus = None
         door = door_settings(config)
         self.tokens = door.tokens

@@ -29,7 +29,6 @@ from resnest_serving.serving.v2.tensors import MAX_REQUESTED_OUTPUTS, RequestedO
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "1"
 SERVER_NAME = "resnest-serving"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository",
               "model_repository(index)"]
@@ -188,8 +187,9 @@ class V2Models:
     """Every served model's V2 view, shared by the REST and gRPC doors: finding a model by name and version
     (the routing itself is ServingCore.model's), server metadata, the repository index and readiness."""
 
-    def __init__(self, core: ServingCore):
+    def __init__(self, core: ServingCore, model_control: str = "none"):
         self.core = core
+        self.model_control = model_control  # config.yml's `model_control`: "explicit" opens load and unload
 
     @property
     def ready(self) -> bool:
@@ -244,9 +244,6 @@ class V2Models:
                  name, error.kind.name, error.message)
         self.core.reject(protocol, error.err_no, name)
         error.counted = True
-
-    model_control = "none"
-    """config.yml's `model_control` (set by Server.start): "explicit" opens load and unload."""
 
     async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         """The repository extension's load (serving.v2.repository's rules), by the model repository."""
