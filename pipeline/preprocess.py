@@ -1,10 +1,11 @@
 """Image decode and PaddleClas inference preprocessing, per image (runs in worker threads: OpenCV
 releases the GIL).
 
-PaddleClas steps (../shared/reference/paddle_serving_protocol.md §8): cv2 decode (BGR) → resize the short side to `resize_short` with
-Python's round() and cv2 bilinear → centre crop → BGR→RGB → /255 → ImageNet mean/std → CHW float32. The server
-stops after BGR→RGB and hands its local engines the uint8 pixels; the rest runs inside the engine
-(`pipeline.pixels`).
+PaddleClas steps (../shared/reference/paddle_serving_protocol.md §8): cv2 decode (BGR) → resize the short side to
+`resize_short` with Python's round() and cv2 bilinear → centre crop → BGR→RGB → /255 → ImageNet mean/std → CHW
+float32. The server stops after the crop and hands its local engines the uint8 RGB pixels; the rest runs inside
+the engine (`pipeline.pixels`). It decodes JPEGs straight to RGB instead of flipping BGR after the crop: bilinear
+resizing treats each channel alone, so the pixels are the same, without a strided copy (~0.2 ms per image).
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def check_limits(key: str, header: ImageHeader, max_pixels: int, max_aspect_rati
 
 
 def decode_image(key: str, data: bytes, max_pixels: int, max_aspect_ratio: float = 20.0,
-                 min_short_side: int = 0) -> np.ndarray:
-    """Encoded bytes → BGR uint8 HWC (upright, as cv2.imdecode gives). Headers are checked against the
+                 min_short_side: int = 0, rgb: bool = False) -> np.ndarray:
+    """Encoded bytes → BGR uint8 HWC (upright, as cv2.imdecode gives), or RGB with `rgb`. Headers are checked against the
     limits first; JPEGs are decoded strictly (any corrupt or missing data is an error), PNGs by libpng,
     which checks every chunk's CRC. `min_short_side` > 0: a JPEG whose short side is at least twice that is
     decoded at a libjpeg DCT scale (1/2 ... 1/8) that keeps the short side >= min_short_side: about half the
@@ -125,7 +126,7 @@ def decode_image(key: str, data: bytes, max_pixels: int, max_aspect_ratio: float
     if header.format == "JPEG":
         size = {"min_height": min_short_side, "min_width": min_short_side} if scaled else {}
         try:
-            img = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size)
+            img = simplejpeg.decode_jpeg(data, colorspace="RGB" if rgb else "BGR", strict=True, **size)
         except ValueError as exc:
             raise _bad(key, f"corrupt JPEG ({len(data)} bytes): {exc}") from None
         img = np.ascontiguousarray(_ORIENT[header.orientation](img)) if header.orientation != 1 else img
@@ -133,6 +134,7 @@ def decode_image(key: str, data: bytes, max_pixels: int, max_aspect_ratio: float
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise _bad(key, f"corrupt {header.format} ({len(data)} bytes): the decoder gave up")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
     want = {(header.width, header.height), (header.height, header.width)}
     if scaled:  # libjpeg rounds each scaled side up: ceil(side * M / 8)
         want = {(-(-w * m // 8), -(-h * m // 8)) for w, h in want for m in range(1, 9)}
@@ -168,12 +170,12 @@ class Preprocessor:
     def pixels_from_bytes(self, key: str, data: bytes) -> np.ndarray:
         """Encoded image bytes → the cropped RGB pixels, uint8 [crop, crop, 3]."""
         min_short_side = self.spec.resize_short if self.spec.jpeg_dct_scaling else 0
-        return self.pixels_from_bgr(key, decode_image(key, data, self.spec.max_pixels, self.spec.max_aspect_ratio,
-                                                      min_short_side))
+        rgb = decode_image(key, data, self.spec.max_pixels, self.spec.max_aspect_ratio, min_short_side, rgb=True)
+        return np.ascontiguousarray(self.resize_crop(key, rgb))
 
     def pixels_from_bgr(self, key: str, img: np.ndarray) -> np.ndarray:
         """A decoded BGR uint8 image → the cropped RGB pixels, uint8 [crop, crop, 3] (contiguous)."""
-        return np.ascontiguousarray(self.resize_crop(key, img)[:, :, ::-1])
+        return cv2.cvtColor(self.resize_crop(key, img), cv2.COLOR_BGR2RGB)
 
     def __call__(self, key: str, value: str | bytes) -> np.ndarray:
         """A base64-encoded image (a request value) → the model's float input."""

@@ -113,6 +113,35 @@ def test_decodes_like_cv2_with_exif_orientation(image_paths):
         assert np.array_equal(decode_image("o", buf.getvalue(), 10**8), want), orientation
 
 
+
+def test_rgb_decode_gives_the_same_pixels_as_flipping_after_the_crop(image_paths):
+    """The pixels path decodes straight to RGB (no flip after the crop): for every accepted format and EXIF
+    orientation its uint8 pixels equal cv2.imdecode (BGR) → resize → crop → BGR→RGB, bit for bit."""
+    import io
+
+    from PIL import Image
+
+    pre = Preprocessor(PreprocessSpec())
+    src = Image.open(image_paths[0])
+    encoded = []
+    for orientation in (1, 3, 6, 8):
+        exif = src.getexif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        src.save(buf, "JPEG", exif=exif.tobytes())
+        encoded.append(buf.getvalue())
+    for ext in (".png", ".bmp", ".webp"):
+        ok, data = cv2.imencode(ext, cv2.imread(str(image_paths[1])))
+        encoded.append(data.tobytes())
+    encoded += [path.read_bytes() for path in image_paths]
+    for i, data in enumerate(encoded):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        want = np.ascontiguousarray(pre.resize_crop("k", bgr)[:, :, ::-1])
+        got = pre.pixels_from_bytes("k", data)
+        assert got.flags.c_contiguous and got.dtype == np.uint8 and np.array_equal(got, want), i
+        assert np.array_equal(pre.pixels_from_bgr("k", bgr), want), i
+        assert np.array_equal(decode_image("k", data, 10**8, rgb=True), bgr[:, :, ::-1]), i
+
 def test_multi_picture_jpeg_is_a_jpeg(image_paths):
     """Phone photos often carry an MPF segment (Pillow: format "MPO"): decoded like any JPEG, as cv2 does."""
     import io
