@@ -1,6 +1,6 @@
 """One served load point, measured: a `resnest serve` child process started from a written config, the client
-benchmark against one of its doors, and what the server's processes and threads spent in CPU meanwhile (from
-/proc: CPU time, never wall time), optionally with a py-spy profile of the front door (a flame graph, or the
+benchmark against one of its doors, and what the server's processes and threads and the load generator (this
+process) spent in CPU meanwhile (CPU time, never wall time), optionally with a py-spy profile of the front door (a flame graph, or the
 raw stacks bench/stages.py splits). Used by the served benchmark (bench/served.py) and its batch-size
 comparison (bench/batching.py)."""
 
@@ -13,11 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 FRONT, LOOP, OTHER, ENGINE = "front door", "event-loop thread", "other threads", "engine workers"
+LOADGEN = "load generator"  # this process: the client benchmark shares the machine's cores with the server
 
 
 def start_server(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, workdir: Path,
@@ -87,9 +89,9 @@ def measure_point(server, protocol: str, concurrency: int, image_paths: list[Pat
         spies.append(py_spy(server.proc.pid, args.flamegraph / f"{name}.svg", args.seconds * repeats))
     if profile is not None:
         spies.append(py_spy(server.proc.pid, profile, args.seconds * repeats, raw=True))
-    before = process_tree_cpu(server.proc.pid)
+    before = process_tree_cpu(server.proc.pid) | {LOADGEN: time.process_time()}
     run = asyncio.run(run_repeats(bench, repeats))
-    after = process_tree_cpu(server.proc.pid)
+    after = process_tree_cpu(server.proc.pid) | {LOADGEN: time.process_time()}
     for spy in spies:
         spy.wait(60)
     requests_done = sum(len(r.samples) for r in run.reports) + bench.warmup  # warmed up once

@@ -1,6 +1,7 @@
 """Served-vs-raw benchmark, per engine configuration, on the same model and images in one run:
-1. the raw engine alone in its own process at batch 1/4/8 (its best batch size) and preprocessing alone,
-   which give the bound "engine + preprocessing" = 1 / (preprocess s/img + engine s/img at the best batch);
+1. the raw engine alone in its own process at batch 1/4/8 and preprocessing alone, just before and just after
+   the served points, which give each point's bound "engine + preprocessing" = 1 / (preprocess s/img + engine
+   s/img at the best batch size the server can form at that load: at most min(concurrency, batch_size));
 2. the server (a real `resnest serve` child process) over gRPC at concurrency 1 and 4, REST and bRPC at 4;
 3. `GET /health/live` latency while a 32-image request is being classified (the event loop must not wait
    for the engine);
@@ -8,7 +9,8 @@
    a miss) and to a second one with `response_cache_mb` (every request after the first a hit);
 and prints images/s (median and min–max over --repeats), × bound, latency, × the same server running Paddle
 Inference fp32 (what Paddle Serving 0.9's pipeline runs in its best configuration), and the CPU each request
-cost in the server's processes: the front door (protocols, preprocessing, batching) and the engine workers.
+cost in the server's processes: the front door (protocols, preprocessing, batching) and the engine workers,
+and in the load generator (this process, on the same cores).
 `--arch ResNeSt_tiny` gives the per-request overhead (the engine costs next to nothing). `--json` writes
 every figure with the machine fingerprint. `--stages` profiles every point with py-spy and prints the front
 door's CPU per request by stage (bench/stages.py); `--batch-sizes 1 4` instead compares batch sizes side by
@@ -27,6 +29,7 @@ import argparse
 import base64
 import json
 import logging
+import statistics
 import sys
 import threading
 import time
@@ -37,7 +40,7 @@ import requests
 
 from bench.batching import batch_table, compare_batch_sizes
 from bench.engines import ensure_export, in_child
-from bench.load_points import measure_point, start_server
+from bench.load_points import ENGINE, FRONT, LOADGEN, measure_point, start_server
 from bench.stages import stage_table
 from resnest_serving.client.fingerprint import machine_fingerprint
 from resnest_serving.client.images import list_images
@@ -84,6 +87,34 @@ def health_during_big_request(server, images: list[bytes]) -> dict:
     thread.join()
     return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
             "max_ms": max(latencies), "count": len(latencies)}
+
+
+def engine_alone(model_dir: Path, bundle: ModelBundle, engine: str, precision: str, args: argparse.Namespace,
+                 images: list[bytes]) -> dict | None:
+    """The engine alone in its own process at batch 1, 4 and 8 (ms per image; `auto` takes the first of
+    OpenVINO, ONNX Runtime, Paddle that runs) and preprocessing alone (ms per image): the bound's parts."""
+    raw: dict = {}
+    for candidate in ([engine] if engine != "auto" else ["openvino", "onnxruntime", "paddle"]):
+        raw = in_child({"model": str(model_dir), "engine": candidate, "precision": precision,
+                        "threads": args.threads, "batches": [1, 4, 8], "seconds": 3})
+        if "ms" in raw:
+            break
+    if "ms" not in raw:
+        log.warning("%s:%s: %s", engine, precision, raw.get("error"))
+        return None
+    return {"ms_per_image": {int(bs): ms / int(bs) for bs, ms in raw["ms"].items()},
+            "preprocess_ms": 1000 * measure_preprocess(bundle, images)}
+
+
+def bound(alone: dict[str, dict], batch_limit: int) -> float:
+    """Images/s the engine and preprocessing allow, one after the other, at the best batch size the server can
+    form at this load (at most min(concurrency, batch_size)): from the mean of the before and after
+    measurements."""
+    def per_image(a: dict) -> float:
+        feasible = [ms for bs, ms in a["ms_per_image"].items() if bs <= batch_limit]
+        return a["preprocess_ms"] + min(feasible or a["ms_per_image"].values())
+
+    return 1000.0 / statistics.mean(per_image(a) for a in alone.values())
 
 
 def run_served(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, images: list[bytes],
@@ -160,49 +191,48 @@ def main(argv: list[str] | None = None) -> int:
     bundle = ModelBundle.load(model_dir)
     if args.batch_sizes:
         return batch_sizes_main(model_dir, bundle, image_dir, fingerprint, args)
-    pre_s = measure_preprocess(bundle, images)
-
-    rows, health, bounds, stage_lines = {}, {}, {}, {}
+    rows, health, alone, stage_lines = {}, {}, {}, {}
     for spec in args.configs:
         engine, _, precision = spec.partition(":")
-        kind = engine if engine != "auto" else None
-        raw = {}
-        for candidate in ([kind] if kind else ["openvino", "onnxruntime", "paddle"]):
-            raw = in_child({"model": str(model_dir), "engine": candidate, "precision": precision or "fp32",
-                            "threads": args.threads, "batches": [1, 4, 8], "seconds": 3})
-            if "ms" in raw:
-                break
-        if "ms" not in raw:
-            log.warning("%s: %s", spec, raw.get("error"))
+        before = engine_alone(model_dir, bundle, engine, precision or "fp32", args, images)
+        if before is None:
             continue
-        engine_s = min(ms / int(bs) for bs, ms in raw["ms"].items()) / 1000
-        bounds[spec] = 1.0 / (pre_s + engine_s)
         served = run_served(model_dir, engine, precision or "fp32", args, images, image_dir, args.out,
                             cache_rows=not rows and args.cache_mb > 0)
+        after = engine_alone(model_dir, bundle, engine, precision or "fp32", args, images) or before
+        alone[spec] = {"before": before, "after": after}
         health[spec] = (served.pop("engine"), served.pop("health"))
         if "stages" in served:
             stage_lines[spec] = served.pop("stages")
         rows[spec] = served
 
+    pre_ms = statistics.mean([a[when]["preprocess_ms"] for a in alone.values() for when in a]
+                             or [1000 * measure_preprocess(bundle, images)])
     out = [f"model {bundle.meta.arch or model_dir} input {bundle.meta.crop_size}, {args.threads} math threads, "
            f"server batch_size {args.batch_size} / auto_batching_timeout {args.batch_timeout_ms} ms, "
-           f"{len(images)} real images, preprocessing {1000 * pre_s:.2f} ms/img", "",
-           "| config | engine chosen | protocol | concurrency | images/s (min–max) | × bound | × paddle fp32 | p50 ms "
-           "| p99 ms | CPU ms/request: front door + engine |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           f"{len(images)} real images, preprocessing {pre_ms:.2f} ms/img", "",
+           "| config | engine chosen | protocol | concurrency | images/s (min–max) | bound | × bound | × paddle fp32 "
+           "| p50 ms | p99 ms | CPU ms/request: front door + engine + load generator |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for spec, served in rows.items():
         for (protocol, concurrency), s in served.items():
             base = rows.get(BASELINE, {}).get((protocol, concurrency))
             ratio = f"×{s['images_per_s'] / base['images_per_s']:.2f}" if base else "-"
             spread = s["figures"]["images_per_s"]
             cpu = s["cpu_ms_per_request"]
+            limit = bound(alone[spec], min(concurrency, args.batch_size))
+            s["bound_images_per_s"] = limit
             out.append(f"| {spec} | {health[spec][0]} | {protocol} | {concurrency} | "
-                       f"{spread['median']:.2f} ({spread['min']:.2f}–{spread['max']:.2f}) | "
-                       f"{spread['median'] / bounds[spec]:.2f} | {ratio} | "
+                       f"{spread['median']:.2f} ({spread['min']:.2f}–{spread['max']:.2f}) | {limit:.1f} | "
+                       f"{spread['median'] / limit:.2f} | {ratio} | "
                        f"{s['latency_ms']['p50']:.1f} | {s['latency_ms']['p99']:.1f} | "
-                       f"{cpu['front door']:.2f} + {cpu['engine workers']:.2f} |")
-    out += ["", "bound = 1 / (preprocessing + engine at its best batch size, alone in its own process):"]
-    out += [f"- {spec}: {bound:.2f} images/s" for spec, bound in bounds.items()]
+                       f"{cpu[FRONT]:.2f} + {cpu[ENGINE]:.2f} + {cpu[LOADGEN]:.2f} |")
+    out += ["", "bound = 1 / (preprocessing + the engine alone in its own process at its best batch size of at most "
+            "min(concurrency, batch_size)), each measured just before and just after the config's served points "
+            "(the mean of the two is used); engine ms/img by batch size, preprocessing ms/img:"]
+    out += [f"- {spec}: " + "; ".join(f"{when}: " + ", ".join(f"bs {bs} {ms:.2f}" for bs, ms in a[when]["ms_per_image"].items())
+                                      + f", preprocessing {a[when]['preprocess_ms']:.2f}" for when in a)
+            for spec, a in alone.items()]
     out += ["", "GET /health/live while a 32-image request runs (back-to-back checks):"]
     out += [f"- {spec}: p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, max {h['max_ms']:.1f} ms "
             f"({h['count']} checks)" for spec, (_, h) in health.items()]
@@ -211,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write("\n".join(out) + "\n")
     if args.json:
         args.json.write_text(json.dumps(strict_json({
-            "fingerprint": fingerprint, "model": str(model_dir), "preprocess_ms": 1000 * pre_s,
-            "bounds_images_per_s": bounds, "health": {k: h for k, (_, h) in health.items()},
+            "fingerprint": fingerprint, "model": str(model_dir), "preprocess_ms": pre_ms,
+            "engine_alone": alone, "health": {k: h for k, (_, h) in health.items()},
             "points": [{"config": spec, "engine": health[spec][0], "protocol": p, "concurrency": c, **summary}
                        for spec, served in rows.items() for (p, c), summary in served.items()]}), indent=1))
     return 0

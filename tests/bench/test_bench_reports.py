@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from bench.batching import batch_table
 from bench.engines import table
 from bench.load_points import process_tree_cpu
@@ -97,3 +99,17 @@ def test_batch_table_gives_medians_and_the_ratio_of_each_round():
     assert lines[0] == "| config | point | batch_size 1 | batch_size 4 |"
     assert lines[2] == ("| auto:fp32 | grpc c1 | 80.00 img/s, p50 12.5 ms | 80.00 img/s, p50 12.5 ms, "
                         "×1.00 (0.90–1.10) |")
+
+
+def test_bound_takes_the_best_batch_the_load_allows_and_the_mean_of_before_and_after():
+    """At one request in flight the server can only form batches of 1: the bound uses batch 1's time there,
+    the best of the batches <= min(concurrency, batch_size) elsewhere, averaged over the two measurements."""
+    from bench.served import bound
+
+    before = {"ms_per_image": {1: 8.0, 4: 6.0, 8: 5.0}, "preprocess_ms": 2.0}
+    after = {"ms_per_image": {1: 10.0, 4: 7.0, 8: 5.5}, "preprocess_ms": 2.0}
+    alone = {"before": before, "after": after}
+    assert bound(alone, 1) == pytest.approx(1000 / 11.0)  # (10 + 12) / 2 ms per image
+    assert bound(alone, 4) == pytest.approx(1000 / 8.5)  # (8 + 9) / 2
+    assert bound(alone, 16) == pytest.approx(1000 / 7.25)  # batch 8: (7 + 7.5) / 2
+    assert bound({"before": {"ms_per_image": {4: 6.0}, "preprocess_ms": 2.0}}, 1) == pytest.approx(125.0)
