@@ -57,7 +57,7 @@ def engine_options(op: OpConfig) -> EngineOptions:
                          mkldnn_op_list=lsc.mkldnn_op_list, mkldnn_bf16_op_list=lsc.mkldnn_bf16_op_list,
                          ir_optim=lsc.ir_optim, mem_optim=lsc.mem_optim, precision=lsc.precision,
                          min_subgraph_size=lsc.min_subgraph_size, use_calib=lsc.use_calib,
-                         max_batch_size=op.batch_size)
+                         max_batch_size=op.batch_size, batch_streams=lsc.batch_streams)
 
 
 def door_settings(config: ServerConfig) -> DoorSettings:

@@ -209,6 +209,9 @@ def _parse_op(ops: dict, name: Any, base_dir: Path, worker_num: int) -> OpConfig
         raise op.fail("client_config", op.raw("client_config"), "it names the remote model's client prototxt and "
                       "is used only with client_type: brpc (server_endpoints); remove it for an in-process model")
     local = _parse_local(lsc, base_dir, client_type, endpoints, values["concurrency"] * worker_num)
+    if local.batch_streams > 1 and values["engine"] not in ("openvino", "auto"):
+        raise lsc.fail("batch_streams", local.batch_streams, f"engine is {values['engine']!r}, and only OpenVINO "
+                       "splits a batch over streams; use engine: openvino (or auto), or remove it")
     policy = parse_policy(op.raw("version_policy"), op.key("version_policy"))
     return OpConfig(name=name, local_service_conf=local, server_endpoints=endpoints, client_type=client_type,
                     fetch_list=_fetch_list(op), version_policy=policy, **values)

@@ -16,13 +16,14 @@ from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
 
 
-@pytest.mark.parametrize("kind", ["paddle", "onnxruntime", "openvino"])
-def test_worker_is_idle_between_batches(tiny_model_dir, kind):
+@pytest.mark.parametrize(("kind", "streams"), [("paddle", 1), ("onnxruntime", 1), ("openvino", 1), ("openvino", 2)])
+def test_worker_is_idle_between_batches(tiny_model_dir, kind, streams):
+    """streams 2: OpenVINO's batch split over two streams (a second compiled model, its own threads)."""
     bundle = ModelBundle.load(tiny_model_dir)
     x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
 
     async def main() -> list[float]:
-        (engine,) = await start_engines(bundle, kind, EngineOptions(thread_num=2), 1, 4)
+        (engine,) = await start_engines(bundle, kind, EngineOptions(thread_num=2, batch_streams=streams), 1, 4)
         idle = []
         try:
             for _ in range(3):

@@ -396,3 +396,39 @@ def test_a_cancelled_call_does_not_leak_into_the_next(tiny_model_dir):
 
     got = asyncio.run(main())
     assert np.abs(got - want).max() <= 1e-5
+
+
+def test_split_streams_auto_is_two_for_int8_and_bf16_only():
+    from resnest_serving.pipeline.engines.openvino_runtime import split_streams
+
+    assert [split_streams(EngineOptions(thread_num=2), p) for p in ("fp32", "bf16", "int8")] == [1, 2, 2]
+    assert split_streams(EngineOptions(thread_num=1), "int8") == 1  # never more streams than threads
+    assert split_streams(EngineOptions(thread_num=2, batch_streams=1), "int8") == 1  # 1 = off
+    assert split_streams(EngineOptions(thread_num=4, batch_streams=3), "fp32") == 3
+    assert split_streams(EngineOptions(thread_num=2, batch_streams=8), "fp32") == 2
+
+
+def test_openvino_split_batches_get_the_unsplit_answers(tiny_model_dir, image_paths):
+    """With batch_streams 2, a batch of 2+ images runs as parts on two streams in parallel (uneven batches
+    too) and a lone image on the one-stream model; every answer equals the unsplit engine's, pixels and
+    float input alike."""
+    if RUNTIMES["openvino"].unavailable(ModelBundle.load(tiny_model_dir), EngineOptions()):
+        pytest.skip("OpenVINO is not installed")
+    bundle = ModelBundle.load(tiny_model_dir)
+    images = {p.name: p.read_bytes() for p in image_paths}
+    pixels = preprocess_images(bundle, images, pixels=True)
+    pixels = np.concatenate([pixels, pixels[::-1]])[:7]
+    tensors = preprocess_images(bundle, images)
+    split, report = open_runtime(bundle, ("openvino",), EngineOptions(thread_num=2, batch_streams=2), 8)
+    whole, _ = open_runtime(bundle, ("openvino",), EngineOptions(thread_num=2, batch_streams=1), 8)
+    try:
+        assert "batches of 2+ split over 2 streams" in report.summary and len(split.split_requests) == 2
+        assert not whole.split_requests and "split" not in whole.detail
+        for n in (1, 2, 3, 7):
+            assert np.abs(split.infer(pixels[:n]) - whole.infer(pixels[:n])).max() <= 1e-5, n
+        assert [r.get_output_tensor(0).shape[0] for r in split.split_requests] == [4, 3]  # the last batch, split
+        assert np.abs(split.infer(tensors[:3]) - whole.infer(tensors[:3])).max() <= 1e-5
+        assert [r.get_output_tensor(0).shape[0] for r in split.split_requests] == [2, 1]
+    finally:
+        split.close()
+        whole.close()
