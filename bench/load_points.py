@@ -23,15 +23,16 @@ LOADGEN = "load generator"  # this process: the client benchmark shares the mach
 
 
 def start_server(model_dir: Path, engine: str, precision: str, args: argparse.Namespace, workdir: Path,
-                 name: str = "", batch_size: int | None = None, **extra):
-    """A running `resnest serve` of `model_dir` (op settings from the bench's arguments, `extra` op keys on top)."""
+                 name: str = "", batch_size: int | None = None, lsc: dict | None = None, **extra):
+    """A running `resnest serve` of `model_dir` (op settings from the bench's arguments, `extra` op keys and
+    `lsc` local_service_conf keys on top)."""
     from resnest_serving.serving.launcher import ServerProcess, write_config
 
     workdir.mkdir(parents=True, exist_ok=True)
     op = {"batch_size": args.batch_size if batch_size is None else batch_size,
           "auto_batching_timeout": args.batch_timeout_ms, "engine": engine, **extra}
     config = write_config(workdir / f"bench_{engine}_{precision}{name}.yml", model_dir, op=op,
-                          lsc={"thread_num": args.threads, "precision": precision})
+                          lsc={"thread_num": args.threads, "precision": precision, **(lsc or {})})
     return ServerProcess(config, timeout=300)
 
 

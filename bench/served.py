@@ -14,11 +14,13 @@ and in the load generator (this process, on the same cores).
 `--arch ResNeSt_tiny` gives the per-request overhead (the engine costs next to nothing). `--json` writes
 every figure with the machine fingerprint. `--stages` profiles every point with py-spy and prints the front
 door's CPU per request by stage (bench/stages.py); `--batch-sizes 1 4` instead compares batch sizes side by
-side, one server each, in interleaved rounds (bench/batching.py).
+side, one server each, in interleaved rounds (bench/batching.py), and `--compare KEY=A,B` any op or
+local_service_conf key's values the same way.
 
     python -m bench.served [--arch ResNeSt50 | --model-dir DIR] [--configs auto:fp32 paddle:fp32 auto:bf16]
     python -m bench.served --arch ResNeSt_tiny --configs auto:fp32 --stages --flamegraph DIR
     python -m bench.served --configs auto:fp32 --batch-sizes 1 4 --batch-timeout-ms -1 --repeats 5
+    python -m bench.served --configs auto:int8 --compare local_service_conf.batch_streams=1,2 --repeats 5
 
 Not a test: the machines are shared and noisy; compare the ratios within one run.
 """
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from bench.batching import batch_table, compare_batch_sizes
+from bench.batching import batch_table, compare_settings, variants_of
 from bench.engines import ensure_export, in_child
 from bench.load_points import ENGINE, FRONT, LOADGEN, measure_point, start_server
 from bench.stages import stage_table
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="N",
                         help="instead of the usual points: one server per batch size, gRPC c1/c4 and HTTP c1 in "
                              "interleaved rounds (--repeats rounds), images/s and the ratio to the first size")
+    parser.add_argument("--compare", metavar="KEY=A,B",
+                        help="like --batch-sizes for any op key or local_service_conf.KEY, e.g. "
+                             "local_service_conf.batch_streams=1,2: one server per value")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = {f"image{i}": data for i, data in enumerate(images)}
     model_dir = args.model_dir or ensure_export(args.arch, args.out, shared, {"shared-images": shared})
     bundle = ModelBundle.load(model_dir)
-    if args.batch_sizes:
+    if args.batch_sizes or args.compare:
         return batch_sizes_main(model_dir, bundle, image_dir, fingerprint, args)
     rows, health, alone, stage_lines = {}, {}, {}, {}
     for spec in args.configs:
@@ -250,21 +255,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def batch_sizes_main(model_dir: Path, bundle: ModelBundle, image_dir: Path, fingerprint: dict,
                      args: argparse.Namespace) -> int:
-    """--batch-sizes: every config's servers side by side (bench/batching.py), one table."""
+    """--batch-sizes / --compare: every config's servers side by side (bench/batching.py), one table."""
     results = {}
     for spec in args.configs:
         engine, _, precision = spec.partition(":")
-        results[spec] = compare_batch_sizes(model_dir, engine, precision or "fp32", args, image_dir, args.out)
-    out = [f"model {bundle.meta.arch or model_dir}, {args.threads} math threads, auto_batching_timeout "
+        results[spec] = compare_settings(model_dir, engine, precision or "fp32", args, image_dir, args.out)
+    batching = "" if args.batch_sizes else f"batch_size {args.batch_size}, "
+    out = [f"model {bundle.meta.arch or model_dir}, {args.threads} math threads, {batching}auto_batching_timeout "
            f"{args.batch_timeout_ms} ms, {args.repeats} interleaved rounds of {args.seconds:g} s", "",
            *batch_table(results)]
     sys.stdout.write("\n".join(out) + "\n")
     if args.json:
         args.json.write_text(json.dumps(strict_json({
-            "fingerprint": fingerprint, "model": str(model_dir), "batch_sizes": args.batch_sizes,
-            "points": [{"config": spec, "protocol": p, "concurrency": c, "batch_size": bs, "rounds": runs}
-                       for spec, rounds in results.items() for (p, c), by_size in rounds.items()
-                       for bs, runs in by_size.items()]}), indent=1))
+            "fingerprint": fingerprint, "model": str(model_dir), "variants": variants_of(args),
+            "points": [{"config": spec, "protocol": p, "concurrency": c, "variant": label, "rounds": runs}
+                       for spec, rounds in results.items() for (p, c), by_variant in rounds.items()
+                       for label, runs in by_variant.items()]}), indent=1))
     return 0
 
 

@@ -94,7 +94,8 @@ def test_batch_table_gives_medians_and_the_ratio_of_each_round():
     def run(ips: float) -> dict:
         return {"images_per_s": ips, "latency_ms": {"p50": 1000 / ips}}
 
-    rounds = {("grpc", 1): {1: [run(100), run(50), run(80)], 4: [run(110), run(45), run(80)]}}
+    rounds = {("grpc", 1): {"batch_size 1": [run(100), run(50), run(80)],
+                            "batch_size 4": [run(110), run(45), run(80)]}}
     lines = batch_table({"auto:fp32": rounds})
     assert lines[0] == "| config | point | batch_size 1 | batch_size 4 |"
     assert lines[2] == ("| auto:fp32 | grpc c1 | 80.00 img/s, p50 12.5 ms | 80.00 img/s, p50 12.5 ms, "
@@ -113,3 +114,21 @@ def test_bound_takes_the_best_batch_the_load_allows_and_the_mean_of_before_and_a
     assert bound(alone, 4) == pytest.approx(1000 / 8.5)  # (8 + 9) / 2
     assert bound(alone, 16) == pytest.approx(1000 / 7.25)  # batch 8: (7 + 7.5) / 2
     assert bound({"before": {"ms_per_image": {4: 6.0}, "preprocess_ms": 2.0}}, 1) == pytest.approx(125.0)
+
+
+def test_compare_takes_op_and_local_service_conf_keys():
+    import argparse
+
+    from bench.batching import variants_of
+
+    def of(**kw):
+        return variants_of(argparse.Namespace(**{"compare": None, "batch_sizes": None, **kw}))
+
+    assert of(batch_sizes=[1, 4]) == {"batch_size 1": {"batch_size": 1}, "batch_size 4": {"batch_size": 4}}
+    assert of(compare="local_service_conf.batch_streams=1,2") == {
+        "local_service_conf.batch_streams 1": {"lsc": {"batch_streams": 1}},
+        "local_service_conf.batch_streams 2": {"lsc": {"batch_streams": 2}}}
+    assert of(compare="engine=openvino,onnxruntime") == {"engine openvino": {"engine": "openvino"},
+                                                         "engine onnxruntime": {"engine": "onnxruntime"}}
+    with pytest.raises(SystemExit, match="expected KEY=VALUE1,VALUE2"):
+        of(compare="batch_size=4")
