@@ -37,7 +37,7 @@ def zip_strict(*iterables, strict: bool = False):
     lists = [list(i) for i in iterables]
     if strict and len({len(x) for x in lists}) > 1:
         raise ValueError(f"zip() arguments have different lengths: {[len(x) for x in lists]}")
-    return zip(*lists)
+    return zip(*lists)  # noqa: B905  (Python 3.9: no strict argument)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from paddle_serving_app.reader import CenterCrop, Div, Normalize, Resize, RGB2BGR, Sequential, Transpose
+from paddle_serving_app.reader import RGB2BGR, CenterCrop, Div, Normalize, Resize, Sequential, Transpose
 from paddle_serving_server.web_service import Op, WebService
 
 log = logging.getLogger("web_service")
@@ -34,7 +34,7 @@ def read_labels(path: Path | None) -> list[str] | None:
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     pairs = [line.split(" ", 1) for line in lines]
     if all(len(p) == 2 and p[0].isdigit() for p in pairs):
-        names = dict((int(i), name.strip()) for i, name in pairs)
+        names = {int(i): name.strip() for i, name in pairs}
         return [names[i] for i in range(len(names))]
     return lines
 
