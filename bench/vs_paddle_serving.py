@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def check_python(python: Path) -> Path:
     hint = SETUP_HINT.format(venv=venv)
     if not python.is_file():
         raise PaddleServingMissing(f"--paddle-serving {python}: no such interpreter; {hint}")
-    probe = subprocess.run([str(python), "-c", "import paddle, paddle_serving_server.web_service, "
-                            "paddle_serving_app.reader"], capture_output=True, text=True, timeout=120)
+    with tempfile.TemporaryDirectory() as scratch:  # importing Paddle Serving writes PipelineServingLogs/ here
+        probe = subprocess.run([str(python), "-c", "import paddle, paddle_serving_server.web_service, "
+                                "paddle_serving_app.reader"], capture_output=True, text=True, timeout=120, cwd=scratch)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise PaddleServingMissing(f"--paddle-serving {python} cannot import Paddle Serving's pipeline ({last}); {hint}")
