@@ -1,16 +1,31 @@
 """The side-by-side benchmark against Paddle Serving, where it runs without Paddle Serving installed: the round
 table's medians and per-round ratios, the top-1 agreement line, and the clear refusal (with the recipe to run)
-when the Python 3.9 venv is missing or lacks Paddle Serving."""
+when the Python 3.9 venv is missing or lacks Paddle Serving; where the venv exists, both real servers on one
+legacy model."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.load_points import start_server
 from bench.served import main as served_main
-from bench.vs_paddle_serving import THEIRS, PaddleServingMissing, check_python, ratio_table, top1_lines
+from bench.vs_paddle_serving import (
+    THEIRS,
+    PaddleServingMissing,
+    PaddleServingServer,
+    check_python,
+    compare_top1,
+    legacy_bundle,
+    ratio_table,
+    top1_lines,
+)
+from resnest_serving.protocol.bundle import ModelBundle
+from support import REPO_ROOT
 
 
 def summary(qps: float, p50: float, cpu: float = 4.0) -> dict:
@@ -62,3 +77,33 @@ def test_served_option_fails_clearly_before_any_work(tmp_path: Path, shared: Pat
     assert code == 2
     assert "no such interpreter; create it with bench/paddle_serving/setup.sh" in capfd.readouterr().err  # the log
     assert not (tmp_path / "out").exists()  # nothing exported, no server started
+
+
+PS_PYTHON = Path(os.environ.get("RESNEST_PADDLE_SERVING", REPO_ROOT.parent / "ps39" / "bin" / "python"))
+
+
+@pytest.mark.skipif(not PS_PYTHON.is_file(), reason=f"no Paddle Serving venv at {PS_PYTHON} (bench/paddle_serving/"
+                                                     "setup.sh makes one; RESNEST_PADDLE_SERVING points elsewhere)")
+def test_both_servers_give_the_same_top1_on_the_same_legacy_model(tmp_path: Path, shared: Path):
+    """The real chain where the venv exists: Paddle 2.x writes the .pdmodel, our exporter bundles it, Paddle
+    Serving 0.9 and our server classify the shared images alike, and our clients read Paddle Serving's answers."""
+    from resnest_serving.client.factory import connect
+    from resnest_serving.client.images import list_images
+
+    model_dir = legacy_bundle(check_python(PS_PYTHON), "ResNeSt_tiny", tmp_path, None)
+    assert ModelBundle.load(model_dir).model_file.name == "inference.pdmodel"
+    images = list_images(shared / "data" / "images")
+    args = argparse.Namespace(batch_size=4, batch_timeout_ms=2, threads=1)
+    servers: dict = {}
+    try:
+        servers["ours"] = start_server(model_dir, "auto", "fp32", args, tmp_path, "_ours")
+        servers[THEIRS] = PaddleServingServer(PS_PYTHON, model_dir, 1, tmp_path / "ps")
+        answers = compare_top1(servers, images)
+        with connect("http", f"127.0.0.1:{servers[THEIRS].ports['http']}") as client:
+            over_http = client.classify({path.name: path for path in images})  # one request, five images
+    finally:
+        for server in servers.values():
+            server.stop()
+    assert top1_lines(answers)[0].startswith(f"top-1 on the {len(images)} shared images: the same on every server")
+    assert [r.label for r in over_http] == [answers[path.name][THEIRS][0] for path in images]
+    assert servers[THEIRS].proc.returncode is not None  # stopped with its process group
