@@ -179,10 +179,10 @@ def run_rounds(servers: dict, image_paths: list[Path], args: argparse.Namespace)
 
 
 def ratio_table(rounds: dict, theirs: str = THEIRS) -> list[str]:
-    """Markdown: per point and server the median req/s and p50 over the rounds, CPU per request, and for each
-    other server the median (min–max) of each round's req/s ratio to `theirs`."""
-    lines = ["| point | server | req/s | p50 ms | CPU ms/request | × Paddle Serving (min–max) |",
-             "|---|---|---|---|---|---|"]
+    """Markdown: per point and server the median req/s and p50 over the rounds, CPU per request, the answers
+    that failed the load generator's check out of all sent, and for each other server the median (min–max) of each round's req/s ratio to `theirs`."""
+    lines = ["| point | server | req/s | p50 ms | CPU ms/request | failed/checked answers | × Paddle Serving (min–max) |",
+             "|---|---|---|---|---|---|---|"]
     for (protocol, concurrency), by_server in rounds.items():
         base = by_server[theirs]
         for name, runs in by_server.items():
@@ -190,16 +190,17 @@ def ratio_table(rounds: dict, theirs: str = THEIRS) -> list[str]:
             p50 = statistics.median(s["latency_ms"]["p50"] for s in runs)
             cpu = statistics.median(sum(s["cpu_ms_per_request"][k] for k in ("front door", "engine workers"))
                                     for s in runs) if all("cpu_ms_per_request" in s for s in runs) else None
+            failed = f"{sum(s['errors'] for s in runs)}/{sum(s['requests'] for s in runs)}"
             ratio = "-"
             if name != theirs:
                 ratios = [s["qps"] / b["qps"] for s, b in zip(runs, base, strict=True)]
                 ratio = f"×{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
             lines.append(f"| {protocol} c{concurrency} | {name} | {rps:.1f} | {p50:.1f} | "
-                         f"{'-' if cpu is None else f'{cpu:.1f}'} | {ratio} |")
+                         f"{'-' if cpu is None else f'{cpu:.1f}'} | {failed} | {ratio} |")
     rounds_n = len(next(iter(next(iter(rounds.values())).values()))) if rounds else 0
     return lines + ["", f"medians over {rounds_n} interleaved rounds; × = median of each round's req/s ratio to "
                         f"{theirs} (min–max over the rounds); CPU = all the server's processes, per request "
-                        "(/proc CPU time)"]
+                        "(/proc CPU time); every answer is checked (err_no 0, one result per image, the same top-1 for the same image)"]
 
 
 def vs_main(args: argparse.Namespace, image_dir: Path, fingerprint: dict) -> int:

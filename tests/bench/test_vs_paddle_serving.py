@@ -28,19 +28,20 @@ from resnest_serving.protocol.bundle import ModelBundle
 from support import REPO_ROOT
 
 
-def summary(qps: float, p50: float, cpu: float = 4.0) -> dict:
+def summary(qps: float, p50: float, cpu: float = 4.0, errors: int = 0) -> dict:
     """The fields of a load point's summary the table reads."""
-    return {"qps": qps, "latency_ms": {"p50": p50}, "cpu_ms_per_request": {"front door": cpu, "engine workers": 1.0}}
+    return {"qps": qps, "latency_ms": {"p50": p50}, "requests": 100, "errors": errors,
+            "cpu_ms_per_request": {"front door": cpu, "engine workers": 1.0}}
 
 
 def test_ratio_table_gives_medians_and_the_per_round_ratio_range():
     rounds = {("grpc", 1): {"ours (auto:fp32)": [summary(200, 5), summary(150, 6), summary(300, 4)],
-                            THEIRS: [summary(100, 10), summary(100, 11), summary(120, 9)]}}
+                            THEIRS: [summary(100, 10), summary(100, 11, errors=2), summary(120, 9)]}}
     lines = ratio_table(rounds)
     assert lines[0].startswith("| point | server | req/s | p50 ms |")
     # median 200 req/s, p50 5 ms, CPU 4 + 1; round ratios 2.0, 1.5, 2.5 → median 2.0 (1.5–2.5)
-    assert lines[2] == "| grpc c1 | ours (auto:fp32) | 200.0 | 5.0 | 5.0 | ×2.00 (1.50–2.50) |"
-    assert lines[3] == f"| grpc c1 | {THEIRS} | 100.0 | 10.0 | 5.0 | - |"
+    assert lines[2] == "| grpc c1 | ours (auto:fp32) | 200.0 | 5.0 | 5.0 | 0/300 | ×2.00 (1.50–2.50) |"
+    assert lines[3] == f"| grpc c1 | {THEIRS} | 100.0 | 10.0 | 5.0 | 2/300 | - |"
     assert "medians over 3 interleaved rounds" in lines[-1]
 
 
