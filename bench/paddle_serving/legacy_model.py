@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.params is not None:
         missing, unexpected = net.set_state_dict(paddle.load(str(args.params)))
         if missing or unexpected:
-            raise SystemExit(f"{args.params} does not fit {args.arch}: missing {missing}, unexpected {unexpected}")
+            raise SystemExit(f"{args.params} does not fit {args.arch}: {len(missing)} weights missing or of another "
+                             f"shape (first: {', '.join(missing[:3])}), {len(unexpected)} left unused "
+                             f"(first: {', '.join(unexpected[:3])})")
     model = paddle.nn.Sequential(net, paddle.nn.Softmax(axis=-1))
     model.eval()
     size = net.spec.crop_size
