@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", metavar="KEY=A,B",
                         help="like --batch-sizes for any op key or local_service_conf.KEY, e.g. "
                              "local_service_conf.batch_streams=1,2: one server per value")
+    parser.add_argument("--paddle-serving", type=Path, metavar="PYTHON",
+                        help="instead: the first --configs entry side by side with the real Paddle Serving 0.9 "
+                             "pipeline run by this Python 3.9 (bench/paddle_serving/setup.sh makes one), "
+                             "interleaved rounds (bench/vs_paddle_serving.py)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -191,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint = machine_fingerprint()
     image_dir = args.shared / "data" / "images"
     images = [p.read_bytes() for p in list_images(image_dir)]
+    if args.paddle_serving:
+        from bench.vs_paddle_serving import vs_main
+
+        return vs_main(args, image_dir, fingerprint)
     shared = {f"image{i}": data for i, data in enumerate(images)}
     model_dir = args.model_dir or ensure_export(args.arch, args.out, shared, {"shared-images": shared})
     bundle = ModelBundle.load(model_dir)
