@@ -27,7 +27,7 @@ def variants_of(args: argparse.Namespace) -> dict[str, dict]:
         raise SystemExit(f"--compare: expected KEY=VALUE1,VALUE2[,...], got {args.compare!r}")
     out = {}
     for text in values.split(","):
-        value = int(text) if text.lstrip("-").isdigit() else text
+        value = int(text) if text.lstrip("-").isdigit() else {"true": True, "false": False}.get(text, text)
         out[f"{key} {text}"] = {"lsc": {key[len(LSC):]: value}} if key.startswith(LSC) else {key: value}
     return out
 

@@ -128,6 +128,7 @@ def test_compare_takes_op_and_local_service_conf_keys():
     assert of(compare="local_service_conf.batch_streams=1,2") == {
         "local_service_conf.batch_streams 1": {"lsc": {"batch_streams": 1}},
         "local_service_conf.batch_streams 2": {"lsc": {"batch_streams": 2}}}
+    assert of(compare="jpeg_dct_scaling=false,true")["jpeg_dct_scaling true"] == {"jpeg_dct_scaling": True}
     assert of(compare="engine=openvino,onnxruntime") == {"engine openvino": {"engine": "openvino"},
                                                          "engine onnxruntime": {"engine": "onnxruntime"}}
     with pytest.raises(SystemExit, match="expected KEY=VALUE1,VALUE2"):
