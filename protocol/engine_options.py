@@ -30,7 +30,7 @@ class EngineOptions:
     use_calib: bool = False
     gpu_mem_mb: int = 500
     max_batch_size: int = 32  # TensorRT engine's max batch (the server sets op.batch_size)
-    batch_streams: int = 0  # OpenVINO: parallel streams a batch of 2+ images is split over; 0 = auto, 1 = off
+    batch_streams: int = 1  # OpenVINO: parallel streams a batch of 2+ images is split over; 1 = no split
 
     @property
     def on_gpu(self) -> bool:

@@ -3,10 +3,11 @@ PIR `.json`), runs fp32, bf16 (`INFERENCE_PRECISION_HINT`, on CPUs with avx512_b
 model of `resnest export --int8`, with the pixel input added in memory (`pixel_input`: PrePostProcessor).
 OpenVINO releases the GIL while it runs.
 
-With `batch_streams` > 1 (the default for int8 and bf16), the model is compiled twice: once for latency (one
-stream on every thread: a lone image) and once with that many streams of fewer threads, over which a batch of
-two or more images is split and run in parallel. On 2 cores int8 spends ~30 % less CPU per image that way
-(threads of one stream wait for each other at every layer; separate streams do not); fp32 gains nothing."""
+With `batch_streams` > 1 (off by default), the model is compiled twice: once for latency (one stream on every
+thread: a lone image) and once with that many streams of fewer threads, over which a batch of two or more
+images is split and run in parallel. Alone, int8 spends ~30 % less CPU per image that way on 2 cores (threads
+of one stream wait for each other at every layer; separate streams do not); served on 2 cores it measured no
+faster, hence off by default."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class OpenVinoRuntime(Runtime):
         if got != getattr(ov.Type, hint):
             raise EngineError(f"OpenVINO compiled the model for {got.get_type_name()} where {hint} was asked for")
         self.request = self.compiled.create_infer_request()
-        self.streams = split_streams(options, self.precision)
+        self.streams = split_streams(options)
         self.split_requests = []
         if self.streams > 1:  # the same model again, as `streams` streams of thread_num / streams threads
             split = core.compile_model(model, "CPU", {**config, "NUM_STREAMS": self.streams,
@@ -89,9 +90,7 @@ class OpenVinoRuntime(Runtime):
         self.split_requests = []
 
 
-def split_streams(options: EngineOptions, precision: str) -> int:
-    """How many streams a batch of two or more images is split over: `batch_streams`, where 0 (auto) means 2
-    for int8 and bf16 with at least 2 threads (measured: ~30 % less CPU per image on 2 cores) and 1 (no
-    split) otherwise; never more streams than threads."""
-    wanted = options.batch_streams or (2 if precision in ("int8", "bf16") else 1)
-    return max(1, min(wanted, options.thread_num))
+def split_streams(options: EngineOptions) -> int:
+    """How many streams a batch of two or more images is split over: `batch_streams`, never more than the
+    threads (1: no split)."""
+    return max(1, min(options.batch_streams, options.thread_num))

@@ -186,13 +186,13 @@ class LocalServiceConf:
         None, "The ops to run in bf16. Same restriction as `mkldnn_op_list`.", kind="str_list")
     min_subgraph_size: int = setting(3, "The smallest subgraph that is handed to TensorRT.", minimum=0)
     batch_streams: int = setting(
-        0, "OpenVINO only: a batch of two or more images is split over this many inference streams that run in "
-        "parallel, with `thread_num` / streams math threads each, while a lone image still runs on all "
-        "`thread_num` threads. int8 and bf16 spend ~30 % less CPU per image this way on 2 cores (README "
-        "\"Performance\"); fp32 gains nothing. 0: 2 streams for int8 and bf16 when `thread_num` ≥ 2, otherwise off; "
-        "1: off. A value above 1 with `engine` paddle or onnxruntime is refused; with `auto` it applies when OpenVINO "
-        "is the engine chosen.", origin="ours",
-        minimum=0, default_doc="**0** (auto)")
+        1, "OpenVINO only: a batch of two or more images is split over this many inference streams that run in "
+        "parallel, with `thread_num` / streams math threads each (at most `thread_num` streams), while a lone "
+        "image still runs on all `thread_num` threads. The engine alone spends ~30 % less CPU per image this way "
+        "at int8 on 2 cores, but served on 2 cores it measured no faster (README \"Performance\"), so it is "
+        "off by default: measure it on your machine (`python -m bench.served --compare "
+        "local_service_conf.batch_streams=1,2`). 1: off. A value above 1 with `engine` paddle or onnxruntime is "
+        "refused; with `auto` it applies when OpenVINO is the engine chosen.", origin="ours", minimum=1)
     fetch_list: tuple[str, ...] | None = setting(None, "Fetch aliases. Overrides the op-level `fetch_list`.",
                                                  kind="custom", type_doc="non-empty list of str")
     server_endpoints: tuple[str, ...] = setting(

@@ -398,14 +398,13 @@ def test_a_cancelled_call_does_not_leak_into_the_next(tiny_model_dir):
     assert np.abs(got - want).max() <= 1e-5
 
 
-def test_split_streams_auto_is_two_for_int8_and_bf16_only():
+def test_split_streams_never_exceed_the_threads():
     from resnest_serving.pipeline.engines.openvino_runtime import split_streams
 
-    assert [split_streams(EngineOptions(thread_num=2), p) for p in ("fp32", "bf16", "int8")] == [1, 2, 2]
-    assert split_streams(EngineOptions(thread_num=1), "int8") == 1  # never more streams than threads
-    assert split_streams(EngineOptions(thread_num=2, batch_streams=1), "int8") == 1  # 1 = off
-    assert split_streams(EngineOptions(thread_num=4, batch_streams=3), "fp32") == 3
-    assert split_streams(EngineOptions(thread_num=2, batch_streams=8), "fp32") == 2
+    assert split_streams(EngineOptions(thread_num=2)) == 1  # the default: no split
+    assert split_streams(EngineOptions(thread_num=4, batch_streams=3)) == 3
+    assert split_streams(EngineOptions(thread_num=2, batch_streams=8)) == 2
+    assert split_streams(EngineOptions(thread_num=1, batch_streams=2)) == 1
 
 
 def test_openvino_split_batches_get_the_unsplit_answers(tiny_model_dir, image_paths):

@@ -763,16 +763,16 @@ def test_explicit_model_control_excludes_polling_and_several_workers(top: dict, 
 
 
 def test_batch_streams_is_openvinos_and_reaches_the_engine_options(tmp_path: Path) -> None:
-    """batch_streams (0 = auto by default) reaches EngineOptions; a split with an engine that cannot split is
-    refused by name, negative values too."""
+    """batch_streams (1 = no split by default) reaches EngineOptions; a split with an engine that cannot split
+    is refused by name, values below 1 too."""
     from resnest_serving.serving.server import engine_options
 
     config = parse(with_op(lsc={"model_config": "m", "batch_streams": 2}, op={"engine": "openvino"}))
     assert engine_options(config.op[0]).batch_streams == 2
-    assert engine_options(parse(with_op(lsc={"model_config": "m"})).op[0]).batch_streams == 0
+    assert engine_options(parse(with_op(lsc={"model_config": "m"})).op[0]).batch_streams == 1
     for engine in ("paddle", "onnxruntime"):
         with pytest.raises(ConfigError, match=rf"batch_streams: got 2; engine is '{engine}', and only OpenVINO"):
             parse(with_op(lsc={"model_config": "m", "batch_streams": 2}, op={"engine": engine}))
     parse(with_op(lsc={"model_config": "m", "batch_streams": 1}, op={"engine": "paddle"}))  # 1 = off: fine
-    with pytest.raises(ConfigError, match=r"batch_streams: got -1; must be >= 0"):
-        parse(with_op(lsc={"model_config": "m", "batch_streams": -1}))
+    with pytest.raises(ConfigError, match=r"batch_streams: got 0; must be >= 1"):
+        parse(with_op(lsc={"model_config": "m", "batch_streams": 0}))
