@@ -78,11 +78,15 @@ class OpenVinoRuntime(Runtime):
             return self.request.get_output_tensor(0).data.copy()
         parts = np.array_split(np.arange(rows), min(rows, len(self.split_requests)))
         used = self.split_requests[:len(parts)]
-        for request, part in zip(used, parts, strict=True):
-            start, stop = int(part[0]), int(part[-1]) + 1
-            request.start_async({0: tensor[start:stop], PIXELS: pixels[start:stop]})
-        for request in used:
-            request.wait()
+        started = []
+        try:
+            for request, part in zip(used, parts, strict=True):
+                start, stop = int(part[0]), int(part[-1]) + 1
+                request.start_async({0: tensor[start:stop], PIXELS: pixels[start:stop]})
+                started.append(request)
+        finally:  # a part that failed to start leaves none of the others running into the next batch
+            for request in started:
+                request.wait()
         return np.concatenate([request.get_output_tensor(0).data for request in used])
 
     def close(self) -> None:
