@@ -133,3 +133,20 @@ def test_compare_takes_op_and_local_service_conf_keys():
                                                          "engine onnxruntime": {"engine": "onnxruntime"}}
     with pytest.raises(SystemExit, match="expected KEY=VALUE1,VALUE2"):
         of(compare="batch_size=4")
+
+
+def test_cores_times_the_work_alone_and_beside_each_other_cpu():
+    """bench.cores: a block per round alone and per other CPU busy, and the affinity given back afterwards."""
+    from bench.cores import measure
+
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        with pytest.raises(SystemExit, match="one CPU only"):
+            measure(lambda: None, rounds=1, calls=2)
+        return
+    calls = []
+    results = measure(lambda: calls.append(os.sched_getaffinity(0)), rounds=2, calls=3)
+    assert set(results) == {"alone"} | {f"CPU {cpu} busy" for cpu in sorted(cpus)[1:]}
+    assert all(len(blocks) == 2 and all(ms >= 0 for ms in blocks) for blocks in results.values())
+    assert all(seen == {min(cpus)} for seen in calls)  # the work ran pinned to the first CPU
+    assert os.sched_getaffinity(0) == cpus
