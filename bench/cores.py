@@ -24,6 +24,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from bench.handoff import median_us  # noqa: E402
+
 
 def spin(cpu: int, stop) -> None:
     """Integer arithmetic in a loop on `cpu` until `stop` is set."""
@@ -32,16 +34,6 @@ def spin(cpu: int, stop) -> None:
     while not stop.is_set():
         for _ in range(100_000):
             x = (x * 1103515245 + 12345) & 0xFFFFFFFF
-
-
-def median_ms(work, calls: int) -> float:
-    """Median ms of `calls` calls of `work()`."""
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def workload(args: argparse.Namespace):
@@ -67,16 +59,16 @@ def measure(work, rounds: int, calls: int) -> dict[str, list[float]]:
     if len(cpus) < 2:
         raise SystemExit("one CPU only: nothing to compare")
     os.sched_setaffinity(0, {cpus[0]})
-    median_ms(work, 5)
+    median_us(work, 5)
     results: dict[str, list[float]] = {"alone": []} | {f"CPU {cpu} busy": [] for cpu in cpus[1:]}
     for _ in range(rounds):
-        results["alone"].append(median_ms(work, calls))
+        results["alone"].append(median_us(work, calls) / 1000)
         for cpu in cpus[1:]:
             stop = mp.Event()
             neighbour = mp.Process(target=spin, args=(cpu, stop), daemon=True)
             neighbour.start()
             time.sleep(0.2)
-            results[f"CPU {cpu} busy"].append(median_ms(work, calls))
+            results[f"CPU {cpu} busy"].append(median_us(work, calls) / 1000)
             stop.set()
             neighbour.join()
     os.sched_setaffinity(0, set(cpus))

@@ -129,7 +129,7 @@ def normalize_us(bundle: ModelBundle, calls: int) -> float:
 # --parts: each piece of the hand-off alone
 
 
-def _median_us(fn, calls: int) -> float:
+def median_us(fn, calls: int) -> float:
     """Median µs of `fn()` over `calls` calls (medians: the cores are shared, the mean follows the noise)."""
     samples = []
     for _ in range(calls):
@@ -205,7 +205,7 @@ def _ping_pong(calls: int, way: str, loop_side: str | None = None, busy_s: float
     wire = _Wire(ours, way)
     try:
         if loop_side is None:
-            return _median_us(lambda: (wire.send(), wire.read()), calls) - busy_s * 1e6
+            return median_us(lambda: (wire.send(), wire.read()), calls) - busy_s * 1e6
         return asyncio.run(_loop_round_us(wire, wire, calls, loop_side == "kept")) - busy_s * 1e6
     finally:
         wire.close()
@@ -294,7 +294,7 @@ def _preprocess_us(size: int, calls: int) -> float:
     photo = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), np.uint8), (0, 0), 3)  # smooth, like a photo
     data = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     preprocess = Preprocessor(PreprocessSpec(resize_short=round(size * 8 / 7), crop_size=size))
-    return _median_us(lambda: preprocess.pixels_from_bytes("photo", data), calls)
+    return median_us(lambda: preprocess.pixels_from_bytes("photo", data), calls)
 
 
 def parts(size: int, classes: int, calls: int) -> list[tuple[str, float]]:
@@ -314,9 +314,9 @@ def parts(size: int, classes: int, calls: int) -> list[tuple[str, float]]:
          _ping_pong(calls // 4, "pickled", "per call", 1e-3)),
         ("message path now, the worker busy 1 ms per call (less the 1 ms)",
          _ping_pong(calls // 4, "channel", "kept", 1e-3)),
-        ("encode+decode a call and its answer: pickle (before)", _median_us(
+        ("encode+decode a call and its answer: pickle (before)", median_us(
             lambda: (pickle.loads(pickle.dumps(call)), pickle.loads(pickle.dumps(reply))), calls)),
-        ("encode+decode a call and its answer: struct (now)", _median_us(
+        ("encode+decode a call and its answer: struct (now)", median_us(
             lambda: (header.unpack(header.pack(INFER, 1, 4, 0, 7)), header.pack_into(buf, 0, OK, 0, 0, 0, 7),
                      header.unpack_from(buf)), calls)),
         ("front door wake-up alone, reader per call, call waiting (before)", _waiting_read_us(calls, "pickled", False)),
@@ -324,16 +324,16 @@ def parts(size: int, classes: int, calls: int) -> list[tuple[str, float]]:
         ("worker read of a waiting call: Connection.recv, 2 reads + unpickle (before)",
          _waiting_read_us(calls, "pickled")),
         ("worker read of a waiting call: Channel.recv, 1 read + struct (now)", _waiting_read_us(calls, "channel")),
-        (f"copy 1 image into shared memory ({image[0].nbytes:,} B)", _median_us(
+        (f"copy 1 image into shared memory ({image[0].nbytes:,} B)", median_us(
             lambda: np.copyto(block[:1], image[:1]), calls)),
-        ("copy 4 images into shared memory", _median_us(lambda: np.copyto(block, image), calls)),
-        ("4 one-image requests: concatenate, then copy into shared memory", _median_us(
+        ("copy 4 images into shared memory", median_us(lambda: np.copyto(block, image), calls)),
+        ("4 one-image requests: concatenate, then copy into shared memory", median_us(
             lambda: np.copyto(block, np.concatenate([image[i:i + 1] for i in range(4)])), calls)),
-        ("4 one-image requests: concatenate straight into shared memory (out=)", _median_us(
+        ("4 one-image requests: concatenate straight into shared memory (out=)", median_us(
             lambda: np.concatenate([image[i:i + 1] for i in range(4)], out=block), calls)),
         ("for scale: preprocess one 640x480 JPEG (decode, resize, crop, BGR→RGB)", _preprocess_us(size, calls // 10)),
-        (f"answer out of shared memory, 4 x {classes} float32: copy", _median_us(lambda: answer.copy(), calls)),
-        ("answer out: np.empty + slice assignment", _median_us(
+        (f"answer out of shared memory, 4 x {classes} float32: copy", median_us(lambda: answer.copy(), calls)),
+        ("answer out: np.empty + slice assignment", median_us(
             lambda: np.empty_like(answer).__setitem__(slice(None), answer), calls)),
     ]
     return rows
