@@ -72,6 +72,7 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._arriving = 0  # requests announced (in preprocessing) but not yet submitted
+        self._submitted = 0  # requests submitted and not yet answered (queued, in an open batch or an engine)
         self.wait_for_arrivals = wait_for_arrivals
 
     async def start(self) -> None:
@@ -100,6 +101,11 @@ class DynamicBatcher:
         if self._wakeup is not None:
             self._wakeup.set()
 
+    @property
+    def idle(self) -> bool:
+        """No request is queued, waiting in an open batch or running in an engine."""
+        return self._submitted == 0
+
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Queue a request's images (uint8 pixels [n, H, W, 3] or float32 tensors [n, 3, H, W]); wait for and
         return its output rows [n, classes]."""
@@ -111,7 +117,11 @@ class DynamicBatcher:
         self._queued_images += item.count
         self.observer.queue_depth(self._queued_images)
         self._wakeup.set()
-        return await item.future
+        self._submitted += 1
+        try:
+            return await item.future
+        finally:
+            self._submitted -= 1
 
     def _take(self) -> _Item:
         item = self._queue.popleft()

@@ -66,10 +66,12 @@ class StageObserver(BatchObserver):
 
 
 INLINE_MAX_BYTES = 300_000
-"""A request's lone image of at most this many bytes (base64 text or file), when no other request is being
-preprocessed, is decoded on the event loop itself: an ImageNet-size JPEG takes 1-3 ms, and handing it to a
-pool thread and waking the loop again costs about 1 CPU-ms per request on 2 cores (bench.served --stages).
-More images, bigger ones, or a busy pool: the thread pool, so the loop never decodes a big photo."""
+"""A request's lone image of at most this many bytes (base64 text or file), when the server is otherwise idle
+(no request in preprocessing, none queued or in an engine), is decoded on the event loop itself: an
+ImageNet-size JPEG takes 1-3 ms, and handing it to a pool thread and waking the loop again costs about
+1 CPU-ms per request on 2 cores (bench.served --stages). More images, bigger ones, or a busy server: the
+thread pool, so the loop never decodes a big photo, and a request decoded while others are under way is
+announced to the batcher over an await (an inline decode has none), so open batches wait for it."""
 
 
 class Pipeline:
@@ -310,11 +312,12 @@ class Pipeline:
         return np.ascontiguousarray(tensor)
 
     async def _preprocess_all(self, images: list[tuple[str, str | bytes]]) -> np.ndarray:
-        """Preprocess every image in the thread pool, or a lone small image at once on the event loop when no
-        other request is being preprocessed (see INLINE_MAX_BYTES). At the first bad image the ones not yet
+        """Preprocess every image in the thread pool, or a lone small image at once on the event loop when the
+        server is otherwise idle (see INLINE_MAX_BYTES). At the first bad image the ones not yet
         started are cancelled, the ones already decoding are awaited (so their memory is back when we answer),
         and the error is raised without its traceback, so no decoded pixels outlive it."""
-        if len(images) == 1 and not self._pool_requests and len(images[0][1]) <= INLINE_MAX_BYTES:
+        if (len(images) == 1 and not self._pool_requests and self.batcher.idle
+                and len(images[0][1]) <= INLINE_MAX_BYTES):
             try:
                 return self._prepare(*images[0])[None]
             except PipelineError as exc:

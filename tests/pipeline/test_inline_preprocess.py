@@ -1,5 +1,6 @@
-"""A lone small image is preprocessed on the event loop (no thread hops); more images, a big one, or a request
-arriving while the pool is busy go to the preprocessing threads; both paths answer byte for byte alike and
+"""A lone small image is preprocessed on the event loop (no thread hops) when the server is otherwise idle; more
+images, a big one, or a request arriving while another is in the pool, the batcher or an engine go to the
+preprocessing threads, so open batches wait for them; both paths answer byte for byte alike and
 refuse a bad image with the same message. A real ONNX Runtime worker process runs the tiny model."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 import resnest_serving.pipeline.pipeline as pipeline_module
 from resnest_serving.pipeline.errors import ErrorCode
-from resnest_serving.pipeline.pipeline import Pipeline
+from resnest_serving.pipeline.pipeline import Pipeline, StageObserver
 from resnest_serving.pipeline.types import Request
 from support import pipeline_settings, run_pipeline
 
@@ -57,6 +58,30 @@ def test_lone_small_image_inline_others_in_the_pool(tiny_model_dir, image_paths,
         assert [r.err_no for r in both] == [0, 0] and all(t.startswith("preprocess") for t in threads)
 
     run_pipeline(tiny_model_dir, pipeline_settings(), scenario)
+
+
+class BatchRecorder(StageObserver):
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def batch_done(self, images: int, requests: int, queue_wait_s: float, infer_s: float) -> None:
+        self.batches.append(images)
+
+
+def test_lone_image_arriving_while_another_is_in_the_batcher_is_announced_and_shares_its_batch(
+        tiny_model_dir, image_paths):
+    values = [base64.b64encode(path.read_bytes()).decode() for path in image_paths[:2]]
+
+    async def scenario(pipeline: Pipeline, recorder: BatchRecorder) -> None:
+        threads = record_threads(pipeline)
+        loop_thread = threading.current_thread().name
+        first, second = await asyncio.gather(  # the first is decoded inline and queued before the second starts
+            pipeline.infer(Request(keys=["a"], values=values[:1])), pipeline.infer(Request(keys=["b"], values=values[1:])))
+        assert first.err_no == second.err_no == 0
+        assert threads[0] == loop_thread and threads[1].startswith("preprocess")
+        assert recorder.batches == [2]  # the open batch waited for the announced second request
+
+    run_pipeline(tiny_model_dir, pipeline_settings(auto_batching_timeout_ms=5000), scenario, BatchRecorder())
 
 
 def test_bad_lone_image_refused_alike_inline_and_in_the_pool(tiny_model_dir, image_paths, monkeypatch):
