@@ -70,8 +70,10 @@ INLINE_MAX_BYTES = 300_000
 (no request in preprocessing, none queued or in an engine), is decoded on the event loop itself: an
 ImageNet-size JPEG takes 1-3 ms, and handing it to a pool thread and waking the loop again costs about
 1 CPU-ms per request on 2 cores (bench.served --stages). More images, bigger ones, or a busy server: the
-thread pool, so the loop never decodes a big photo, and a request decoded while others are under way is
-announced to the batcher over an await (an inline decode has none), so open batches wait for it."""
+thread pool, so the loop never decodes a big photo; a request decoded while others are under way is
+announced to the batcher over an await (an inline decode has none), so open batches wait for it, and it
+decodes on the other core while the loop serves the protocols (README: inlining under load was slower at c4
+even where batches never wait)."""
 
 
 class Pipeline:
