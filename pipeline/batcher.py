@@ -103,8 +103,8 @@ class DynamicBatcher:
 
     @property
     def idle(self) -> bool:
-        """No request is queued, waiting in an open batch or running in an engine."""
-        return self._submitted == 0
+        """No request is on its way (announced, being preprocessed), queued, in an open batch or in an engine."""
+        return self._arriving == 0 and self._submitted == 0
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Queue a request's images (uint8 pixels [n, H, W, 3] or float32 tensors [n, 3, H, W]); wait for and

@@ -96,7 +96,6 @@ class Pipeline:
         self.batcher = DynamicBatcher(engines, settings.batch_size, settings.auto_batching_timeout_ms,
                                       settings.max_queue_images, self.observer, wait_for_arrivals=True)
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_requests = 0  # requests whose images are in the thread pool now
         self._in_flight: set[asyncio.Future] = set()
         self._abort_reason = ""
         self.ready = False
@@ -227,9 +226,10 @@ class Pipeline:
     async def _run_engine(self, images: list[tuple[str, str | bytes]], tensor: np.ndarray | None,
                           profile: dict[str, float], t0: float) -> np.ndarray:
         """Preprocess `images` (or check `tensor`), run them through the batcher; the rows, in order."""
+        idle = self.batcher.idle  # asked before this request is announced (see INLINE_MAX_BYTES)
         self.batcher.announce()
         try:
-            batch = self._check_tensor(tensor) if tensor is not None else await self._preprocess_all(images)
+            batch = self._check_tensor(tensor) if tensor is not None else await self._preprocess_all(images, idle)
         finally:
             self.batcher.withdraw()
         profile["preprocess"] = time.perf_counter() - t0
@@ -313,22 +313,17 @@ class Pipeline:
             raise PipelineError(ErrorCode.INPUT_PARAMS_ERROR, "tensor has NaN or infinite values")
         return np.ascontiguousarray(tensor)
 
-    async def _preprocess_all(self, images: list[tuple[str, str | bytes]]) -> np.ndarray:
+    async def _preprocess_all(self, images: list[tuple[str, str | bytes]], idle: bool) -> np.ndarray:
         """Preprocess every image in the thread pool, or a lone small image at once on the event loop when the
-        server is otherwise idle (see INLINE_MAX_BYTES). At the first bad image the ones not yet
+        server is otherwise `idle` (see INLINE_MAX_BYTES). At the first bad image the ones not yet
         started are cancelled, the ones already decoding are awaited (so their memory is back when we answer),
         and the error is raised without its traceback, so no decoded pixels outlive it."""
-        if (len(images) == 1 and not self._pool_requests and self.batcher.idle
-                and len(images[0][1]) <= INLINE_MAX_BYTES):
+        if idle and len(images) == 1 and len(images[0][1]) <= INLINE_MAX_BYTES:
             try:
                 return self._prepare(*images[0])[None]
             except PipelineError as exc:
                 raise PipelineError(exc.code, exc.message) from None
-        self._pool_requests += 1
-        try:
-            return await self._preprocess_in_pool(images)
-        finally:
-            self._pool_requests -= 1
+        return await self._preprocess_in_pool(images)
 
     async def _preprocess_in_pool(self, images: list[tuple[str, str | bytes]]) -> np.ndarray:
         jobs = [self._pool.submit(self._prepare, k, v) for k, v in images]
