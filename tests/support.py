@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from resnest_serving.pipeline.pipeline import StageObserver
 from resnest_serving.serving import launcher
 from resnest_serving.serving.launcher import ServerProcess  # noqa: F401  (re-exported for tests)
 
@@ -148,6 +149,16 @@ def installed_folders() -> tuple[str, ...]:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FOLDERS" for t in node.targets):
             return tuple(f for f in ast.literal_eval(node.value) if (REPO_ROOT / f).is_dir())
     raise AssertionError("setup.py has no FOLDERS")
+
+
+class BatchRecorder(StageObserver):
+    """Each engine batch as the batcher reports it: (images, requests)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+
+    def batch_done(self, images: int, requests: int, queue_wait_s: float, infer_s: float) -> None:
+        self.batches.append((images, requests))
 
 
 def pipeline_settings(**changes):

@@ -8,18 +8,11 @@ import asyncio
 
 import numpy as np
 
-from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher, QueueFull
+from resnest_serving.pipeline.batcher import DynamicBatcher, QueueFull
 from resnest_serving.pipeline.engines import open_runtime, start_engines
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
-
-
-class Recorder(BatchObserver):
-    def __init__(self):
-        self.batches: list[tuple[int, int]] = []
-
-    def batch_done(self, images, requests, queue_wait_s, infer_s):
-        self.batches.append((images, requests))
+from support import BatchRecorder
 
 
 def inputs(n: int, seed: int) -> np.ndarray:
@@ -34,7 +27,7 @@ def test_each_request_gets_its_own_rows(tiny_model_dir):
     runtime, _ = open_runtime(ModelBundle.load(tiny_model_dir), ("onnxruntime",), EngineOptions(), 8)
     requests = [inputs(n, seed) for seed, n in enumerate([1, 2, 1, 3, 1])]
     want = [runtime.infer(x) for x in requests]
-    recorder = Recorder()
+    recorder = BatchRecorder()
 
     async def main():
         batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=8, timeout_ms=50, max_queue_images=1024, observer=recorder)
@@ -51,7 +44,7 @@ def test_each_request_gets_its_own_rows(tiny_model_dir):
 
 
 def test_batch_closes_at_size_and_timeout(tiny_model_dir):
-    recorder = Recorder()
+    recorder = BatchRecorder()
 
     async def main():
         batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=2, timeout_ms=200, max_queue_images=1024, observer=recorder)
@@ -90,7 +83,7 @@ def test_queue_limit(tiny_model_dir):
 
 def test_waits_only_for_announced_arrivals(tiny_model_dir):
     """With wait_for_arrivals, a lone request does not wait out the timeout; an announced one is waited for."""
-    recorder = Recorder()
+    recorder = BatchRecorder()
 
     async def main():
         batcher = DynamicBatcher([await started_engine(tiny_model_dir)], batch_size=4, timeout_ms=30_000, max_queue_images=1024, observer=recorder,

@@ -13,9 +13,9 @@ import numpy as np
 
 import resnest_serving.pipeline.pipeline as pipeline_module
 from resnest_serving.pipeline.errors import ErrorCode
-from resnest_serving.pipeline.pipeline import Pipeline, StageObserver
+from resnest_serving.pipeline.pipeline import Pipeline
 from resnest_serving.pipeline.types import Request
-from support import pipeline_settings, run_pipeline
+from support import BatchRecorder, pipeline_settings, run_pipeline
 
 
 def record_threads(pipeline: Pipeline) -> list[str]:
@@ -60,14 +60,6 @@ def test_lone_small_image_inline_others_in_the_pool(tiny_model_dir, image_paths,
     run_pipeline(tiny_model_dir, pipeline_settings(), scenario)
 
 
-class BatchRecorder(StageObserver):
-    def __init__(self) -> None:
-        self.batches: list[int] = []
-
-    def batch_done(self, images: int, requests: int, queue_wait_s: float, infer_s: float) -> None:
-        self.batches.append(images)
-
-
 def test_lone_image_arriving_while_another_is_in_the_batcher_is_announced_and_shares_its_batch(
         tiny_model_dir, image_paths):
     values = [base64.b64encode(path.read_bytes()).decode() for path in image_paths[:2]]
@@ -79,7 +71,7 @@ def test_lone_image_arriving_while_another_is_in_the_batcher_is_announced_and_sh
             pipeline.infer(Request(keys=["a"], values=values[:1])), pipeline.infer(Request(keys=["b"], values=values[1:])))
         assert first.err_no == second.err_no == 0
         assert threads[0] == loop_thread and threads[1].startswith("preprocess")
-        assert recorder.batches == [2]  # the open batch waited for the announced second request
+        assert recorder.batches == [(2, 2)]  # the open batch waited for the announced second request
 
     run_pipeline(tiny_model_dir, pipeline_settings(auto_batching_timeout_ms=5000), scenario, BatchRecorder())
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from resnest_serving.pipeline.accuracy import preprocess_images
-from resnest_serving.pipeline.batcher import BatchObserver, DynamicBatcher
+from resnest_serving.pipeline.batcher import DynamicBatcher
 from resnest_serving.pipeline.engines import AUTO_ORDER, RUNTIMES, open_runtime, start_engines
 from resnest_serving.pipeline.engines.base import CONSISTENCY_TOLERANCE, WARM_UP_SEED
 from resnest_serving.protocol.bundle import ModelBundle
 from resnest_serving.protocol.engine_options import EngineOptions
+from support import BatchRecorder
 
 TOLERANCE = 1e-5
 
@@ -118,14 +119,6 @@ def test_reduced_precisions_take_pixels(demo_export, image_paths, heldout_digits
         assert len(refused) == len(AUTO_ORDER) and all(precision in reason for reason in refused), refused
 
 
-class Recorder(BatchObserver):
-    def __init__(self):
-        self.batches: list[tuple[int, int]] = []
-
-    def batch_done(self, images, requests, queue_wait_s, infer_s):
-        self.batches.append((images, requests))
-
-
 def test_the_batcher_never_mixes_pixels_and_tensors(tiny_model_dir, image_paths):
     """Requests queued as pixel, pixel, tensor, tensor, pixel: three batches (2, 2, 1), each request its own
     answers (the rule does not depend on the size: the tiny model's 64x64 is enough)."""
@@ -134,7 +127,7 @@ def test_the_batcher_never_mixes_pixels_and_tensors(tiny_model_dir, image_paths)
     pixels, tensors = preprocess_images(bundle, images, pixels=True), preprocess_images(bundle, images)
     runtime, _ = open_runtime(bundle, ("onnxruntime",), EngineOptions(), 8)
     want = runtime.infer(tensors)
-    recorder = Recorder()
+    recorder = BatchRecorder()
     requests = [pixels[0:1], pixels[1:2], tensors[2:3], tensors[3:4], pixels[4:5]]
 
     async def main():
