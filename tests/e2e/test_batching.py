@@ -3,8 +3,8 @@
 through the engine's batches, as the batcher logs each one ("batch of N image(s) from R request(s) closed
 (why) after T ms") and as /metrics counts them.
 
-A slow request (one 40-megapixel progressive JPEG, about a second to decode) stays "on its way" (in
-preprocessing) while small requests are sent: a batch then waits for it, so four small requests sent
+A slow request (one 80-megapixel progressive JPEG, about a second or more to decode; the server's
+max_image_pixels raised to let it in) stays "on its way" (in preprocessing) while small requests are sent: a batch then waits for it, so four small requests sent
 together close a batch at batch_size, and a single one closes its batch at the timeout. With nothing on its
 way, a lone request runs at once instead of waiting out the timeout."""
 
@@ -26,14 +26,18 @@ from resnest_serving.protocol import pipeline_service_pb2 as pb
 from resnest_serving.protocol import pipeline_service_pb2_grpc as pb_grpc
 
 TIMEOUT_MS = 300
+SLOW_SIZE = (10_000, 8_000)  # width, height: decoding must outlast ~0.3 s + TIMEOUT_MS even on a fast machine
 BATCH_LINE = re.compile(r"batch of (\d+) image\(s\) from (\d+) request\(s\) closed \(([^)]+)\) after ([\d.]+) ms")
 
 
 @pytest.fixture(scope="module")
 def slow_jpeg() -> bytes:
-    """8000x5000 (40 MP, the default max_image_pixels), progressive: ~1 s to decode on one core."""
-    y, x = np.mgrid[0:5000, 0:8000]
-    image = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+    """SLOW_SIZE (80 MP), progressive: 1.2-2 s to decode on one core (40 MP took 0.46-1 s, too close to the
+    ~0.65 s the test needs it on its way)."""
+    width, height = SLOW_SIZE
+    x, y = np.arange(width)[None, :], np.arange(height)[:, None]
+    image = np.empty((height, width, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = x % 256, y % 256, (x + y) % 256
     image += np.random.default_rng(0).integers(0, 16, image.shape, dtype=np.uint8)
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
     assert ok
@@ -61,7 +65,8 @@ def batches_of_four(server) -> float:
 
 
 def test_batches_close_full_at_the_timeout_or_when_nothing_is_arriving(server_factory, image_paths, slow_jpeg):
-    server = server_factory(op={"engine": "onnxruntime", "batch_size": 4, "auto_batching_timeout": TIMEOUT_MS},
+    server = server_factory(op={"engine": "onnxruntime", "batch_size": 4, "auto_batching_timeout": TIMEOUT_MS,
+                                "max_image_pixels": SLOW_SIZE[0] * SLOW_SIZE[1]},
                             top={"log_level": "DEBUG"})
     small = base64.b64encode(image_paths[0].read_bytes()).decode()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.ports['grpc']}")
