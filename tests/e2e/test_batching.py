@@ -3,7 +3,7 @@
 through the engine's batches, as the batcher logs each one ("batch of N image(s) from R request(s) closed
 (why) after T ms") and as /metrics counts them.
 
-A slow request (one 80-megapixel progressive JPEG, about a second or more to decode; the server's
+A slow request (one 80-megapixel progressive JPEG, about a second to decode; the server's
 max_image_pixels raised to let it in) stays "on its way" (in preprocessing) while small requests are sent: a batch then waits for it, so four small requests sent
 together close a batch at batch_size, and a single one closes its batch at the timeout. With nothing on its
 way, a lone request runs at once instead of waiting out the timeout."""
@@ -32,7 +32,7 @@ BATCH_LINE = re.compile(r"batch of (\d+) image\(s\) from (\d+) request\(s\) clos
 
 @pytest.fixture(scope="module")
 def slow_jpeg() -> bytes:
-    """SLOW_SIZE (80 MP), progressive: 1.2-2 s to decode on one core (40 MP took 0.46-1 s, too close to the
+    """SLOW_SIZE (80 MP), progressive: ~1.1 s to decode on one core here (40 MP took 0.46-1 s, too close to the
     ~0.65 s the test needs it on its way)."""
     width, height = SLOW_SIZE
     x, y = np.arange(width)[None, :], np.arange(height)[:, None]
